@@ -1,0 +1,1 @@
+"""Edge-deployment pipeline for TVM-compiled CNNs: profile -> build -> push -> run -> result."""
