@@ -1,0 +1,313 @@
+// tvm_runner: runs an exported Relax executable on a board that has no Python.
+//
+// The host pushes this binary with libtvm_runtime.so and libtvm_ffi.so and drives it over ssh, so
+// the command line and the output lines below are a contract with the host side:
+//   tvm_runner --info
+//     stdout: {"arch": "...", "cores": N, "runner_version": 1}
+//   tvm_runner --lib model.so --params params.bin --input input.bin --input-shape 1,3,224,224
+//              --output out.bin [--warmup W] [--runs R]
+//     stderr: "progress <first|warmup|run> <i> <n> <ms>" after each inference (i counts from 1)
+//     stdout: one JSON line with load_ms, first_ms, warmup_ms, runs_ms, output_shape, num_outputs
+//             (load_ms covers loading the library, initialising the VM, reading params and input)
+// Every error prints one message on stderr and exits with code 2.
+
+#include <tvm/ffi/any.h>
+#include <tvm/ffi/container/array.h>
+#include <tvm/ffi/container/map.h>
+#include <tvm/ffi/container/tensor.h>
+#include <tvm/ffi/error.h>
+#include <tvm/ffi/extra/module.h>
+#include <tvm/ffi/function.h>
+#include <tvm/ffi/string.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace ffi = tvm::ffi;
+
+namespace {
+
+constexpr int kRunnerVersion = 1;
+constexpr int kExitError = 2;
+constexpr size_t kAlignment = 64;
+// Relax VM allocator kinds (tvm::runtime::memory::AllocatorType): 2 reuses freed blocks.
+constexpr int kPooledAllocator = 2;
+
+#if defined(__aarch64__)
+constexpr const char* kArch = "aarch64";
+#elif defined(__x86_64__)
+constexpr const char* kArch = "x86_64";
+#else
+#error "tvm_runner supports aarch64 and x86_64 only"
+#endif
+
+// A bad command line or input file: reported the same way as a TVM error, without a backtrace.
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+using Clock = std::chrono::steady_clock;
+
+double MillisSince(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+// Fixed notation keeps microsecond resolution for fast layers and never switches to exponents.
+std::string FormatMs(double ms) {
+  std::ostringstream text;
+  text << std::fixed << std::setprecision(4) << ms;
+  return text.str();
+}
+
+// Input tensors come from here so that generated kernels can assume aligned data, as they do for
+// tensors TVM allocates itself.
+struct AlignedCPUAlloc {
+  void AllocData(DLTensor* tensor) {
+    size_t bytes = ffi::GetDataSize(*tensor);
+    size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
+    tensor->data = std::aligned_alloc(kAlignment, rounded == 0 ? kAlignment : rounded);
+    if (tensor->data == nullptr) throw std::bad_alloc();
+  }
+  void FreeData(DLTensor* tensor) { std::free(tensor->data); }
+};
+
+struct Options {
+  std::string lib, params, input, output;
+  std::vector<int64_t> input_shape;
+  int warmup = 1;
+  int runs = 10;
+};
+
+std::vector<int64_t> ParseShape(const std::string& text) {
+  std::vector<int64_t> shape;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    size_t used = 0;
+    long long dim = -1;
+    try {
+      dim = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != item.size() || dim <= 0) {
+      throw UsageError("--input-shape must be positive integers separated by commas, got '" +
+                       text + "'");
+    }
+    shape.push_back(dim);
+  }
+  if (shape.empty()) throw UsageError("--input-shape is empty");
+  return shape;
+}
+
+int ParseCount(const std::string& flag, const std::string& text) {
+  size_t used = 0;
+  int value = -1;
+  try {
+    value = std::stoi(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != text.size() || value < 0) {
+    throw UsageError(flag + " must be a non-negative integer, got '" + text + "'");
+  }
+  return value;
+}
+
+Options ParseOptions(int argc, char** argv) {
+  std::map<std::string, std::string> values;
+  for (int i = 1; i < argc; i += 2) {
+    std::string flag = argv[i];
+    if (i + 1 >= argc) throw UsageError("missing value after " + flag);
+    values[flag] = argv[i + 1];
+  }
+  Options opts;
+  auto take = [&](const std::string& flag) -> std::optional<std::string> {
+    auto it = values.find(flag);
+    if (it == values.end()) return std::nullopt;
+    std::string value = it->second;
+    values.erase(it);
+    return value;
+  };
+  auto require = [&](const std::string& flag) {
+    std::optional<std::string> value = take(flag);
+    if (!value) throw UsageError("missing required option " + flag);
+    return *value;
+  };
+  opts.lib = require("--lib");
+  opts.params = require("--params");
+  opts.input = require("--input");
+  opts.input_shape = ParseShape(require("--input-shape"));
+  opts.output = require("--output");
+  if (auto warmup = take("--warmup")) opts.warmup = ParseCount("--warmup", *warmup);
+  if (auto runs = take("--runs")) opts.runs = ParseCount("--runs", *runs);
+  if (!values.empty()) throw UsageError("unknown option " + values.begin()->first);
+  if (opts.runs < 1) throw UsageError("--runs must be at least 1");
+  return opts;
+}
+
+void RequireFile(const std::string& what, const std::string& path) {
+  std::ifstream probe(path, std::ios::binary);
+  if (!probe) throw UsageError(what + " not found or not readable: " + path);
+}
+
+ffi::Tensor ReadInput(const std::string& path, const std::vector<int64_t>& shape) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) throw UsageError("input file not found or not readable: " + path);
+  DLDataType f32{kDLFloat, 32, 1};
+  ffi::Tensor tensor = ffi::Tensor::FromNDAlloc(
+      AlignedCPUAlloc(), ffi::ShapeView(shape.data(), shape.size()), f32, DLDevice{kDLCPU, 0});
+  size_t expected = ffi::GetDataSize(tensor);
+  size_t actual = static_cast<size_t>(in.tellg());
+  if (actual != expected) {
+    throw UsageError("input file " + path + " has " + std::to_string(actual) +
+                     " bytes, the float32 input shape needs " + std::to_string(expected));
+  }
+  in.seekg(0);
+  in.read(static_cast<char*>(tensor.data_ptr()), static_cast<std::streamsize>(expected));
+  if (!in) throw UsageError("could not read input file " + path);
+  return tensor;
+}
+
+// Parameters arrive as one save_param_dict file keyed p00000, p00001, ... in argument order.
+std::vector<ffi::Tensor> LoadParams(const std::string& path) {
+  RequireFile("parameters file", path);
+  ffi::Function load = ffi::Function::GetGlobalRequired("runtime.LoadParamsFromFile");
+  auto params = load(ffi::String(path)).cast<ffi::Map<ffi::String, ffi::Tensor>>();
+  std::vector<ffi::Tensor> ordered;
+  for (size_t i = 0; i < params.size(); ++i) {
+    char key[32];
+    std::snprintf(key, sizeof(key), "p%05zu", i);
+    auto found = params.find(ffi::String(key));
+    if (found == params.end()) {
+      throw UsageError("parameters file " + path + " lacks key " + key +
+                       ": expected keys p00000, p00001, ... in argument order");
+    }
+    ordered.push_back((*found).second);
+  }
+  return ordered;
+}
+
+// The VM returns a tensor for a single output and an array (a Relax tuple) for several.
+std::vector<ffi::Tensor> Outputs(const ffi::Any& result) {
+  if (auto tensor = result.as<ffi::Tensor>()) return {*tensor};
+  std::vector<ffi::Tensor> outputs;
+  if (auto items = result.as<ffi::Array<ffi::Any>>()) {
+    for (const ffi::Any& item : *items) {
+      auto tensor = item.as<ffi::Tensor>();
+      if (!tensor) throw UsageError("model output holds a non-tensor: " + item.GetTypeKey());
+      outputs.push_back(*tensor);
+    }
+  }
+  if (outputs.empty()) throw UsageError("model returned no tensor: " + result.GetTypeKey());
+  return outputs;
+}
+
+void WriteOutput(const std::string& path, const ffi::Tensor& tensor) {
+  DLDataType dtype = tensor.dtype();
+  if (dtype.code != kDLFloat || dtype.bits != 32 || dtype.lanes != 1) {
+    throw UsageError("output 0 is not float32");
+  }
+  if (!tensor.IsContiguous()) throw UsageError("output 0 is not contiguous");
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  const char* data = static_cast<const char*>(tensor.data_ptr()) + tensor.byte_offset();
+  out.write(data, static_cast<std::streamsize>(ffi::GetDataSize(tensor)));
+  if (!out) throw UsageError("could not write output file " + path);
+}
+
+std::string JsonList(const std::vector<double>& values) {
+  std::ostringstream text;
+  text << "[";
+  for (size_t i = 0; i < values.size(); ++i) text << (i ? ", " : "") << FormatMs(values[i]);
+  text << "]";
+  return text.str();
+}
+
+std::string JsonList(const ffi::ShapeView& shape) {
+  std::ostringstream text;
+  text << "[";
+  for (size_t i = 0; i < shape.size(); ++i) text << (i ? ", " : "") << shape[i];
+  text << "]";
+  return text.str();
+}
+
+ffi::Function RequireFunction(const ffi::Module& module, const char* name, const std::string& lib) {
+  ffi::Optional<ffi::Function> func = module->GetFunction(name);
+  if (!func) throw UsageError(lib + " is not an exported Relax executable with '" + name + "'");
+  return *func;
+}
+
+int PrintInfo() {
+  std::cout << "{\"arch\": \"" << kArch << "\", \"cores\": " << std::thread::hardware_concurrency()
+            << ", \"runner_version\": " << kRunnerVersion << "}" << std::endl;
+  return 0;
+}
+
+int Run(const Options& opts) {
+  Clock::time_point load_start = Clock::now();
+  RequireFile("model library", opts.lib);
+  // dlopen searches the library path for a name without a slash, so pass an absolute path.
+  ffi::Module lib = ffi::Module::LoadFromFile(std::filesystem::absolute(opts.lib).string());
+  ffi::Module vm = RequireFunction(lib, "vm_load_executable", opts.lib)().cast<ffi::Module>();
+  RequireFunction(vm, "vm_initialization", opts.lib)(static_cast<int>(kDLCPU), 0,
+                                                     kPooledAllocator);
+  ffi::Function main_fn = RequireFunction(vm, "main", opts.lib);
+  std::vector<ffi::Tensor> params = LoadParams(opts.params);
+  ffi::Tensor input = ReadInput(opts.input, opts.input_shape);
+
+  std::vector<ffi::AnyView> args;
+  args.emplace_back(input);
+  for (const ffi::Tensor& param : params) args.emplace_back(param);
+  double load_ms = MillisSince(load_start);
+
+  ffi::Any result;
+  auto infer = [&](const char* phase, int i, int n) {
+    Clock::time_point start = Clock::now();
+    main_fn.CallPacked(args.data(), static_cast<int32_t>(args.size()), &result);
+    double ms = MillisSince(start);
+    std::cerr << "progress " << phase << " " << i << " " << n << " " << FormatMs(ms) << std::endl;
+    return ms;
+  };
+  double first_ms = infer("first", 1, 1);
+  std::vector<double> warmup_ms, runs_ms;
+  for (int i = 1; i <= opts.warmup; ++i) warmup_ms.push_back(infer("warmup", i, opts.warmup));
+  for (int i = 1; i <= opts.runs; ++i) runs_ms.push_back(infer("run", i, opts.runs));
+
+  std::vector<ffi::Tensor> outputs = Outputs(result);
+  WriteOutput(opts.output, outputs[0]);
+  std::cout << "{\"load_ms\": " << FormatMs(load_ms) << ", \"first_ms\": " << FormatMs(first_ms)
+            << ", \"warmup_ms\": " << JsonList(warmup_ms) << ", \"runs_ms\": " << JsonList(runs_ms)
+            << ", \"output_shape\": " << JsonList(outputs[0].shape())
+            << ", \"num_outputs\": " << outputs.size() << "}" << std::endl;
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    if (argc == 2 && std::string(argv[1]) == "--info") return PrintInfo();
+    return Run(ParseOptions(argc, argv));
+  } catch (const UsageError& err) {
+    std::cerr << "tvm_runner: error: " << err.what() << std::endl;
+  } catch (const ffi::Error& err) {
+    std::cerr << "tvm_runner: error: " << err.kind() << ": " << err.message() << std::endl;
+  } catch (const std::exception& err) {
+    std::cerr << "tvm_runner: error: " << err.what() << std::endl;
+  }
+  return kExitError;
+}
