@@ -1,0 +1,73 @@
+"""Result records: one JSON file per deploy under results/, written atomically."""
+
+import json
+import os
+import tempfile
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .check import CheckResult
+from .facts import BoardFacts
+from .paths import RESULTS_DIR
+from .timing import TimingStats
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Timings:
+    load_ms: float
+    first_ms: float
+    warmup_ms: list[float]
+    runs_ms: list[float]
+    stats: TimingStats
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    """Everything needed later to compare two deploys: what ran where, how fast, and whether it was right."""
+
+    created: str
+    board: str
+    emulated: bool
+    timing_kind: str
+    model: str
+    tvm_version: str
+    target: dict[str, Any]
+    threads: int
+    build: dict[str, Any]
+    push: dict[str, Any]
+    runtime_arch: str
+    board_facts: BoardFacts
+    timings: Timings
+    check: CheckResult
+    schema_version: int = SCHEMA_VERSION
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def write_result(result: DeployResult, results_dir: Path = RESULTS_DIR) -> Path:
+    """Write to a temp file in the same folder and rename, so an interrupt never leaves half a record."""
+    folder = results_dir / result.board
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = result.created.replace("-", "").replace(":", "")
+    path = folder / f"{result.model}-{stamp}-{uuid.uuid4().hex[:4]}.json"
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(asdict(result), stream, indent=2)
+            stream.write("\n")
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_result(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())

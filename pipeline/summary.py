@@ -1,0 +1,48 @@
+"""The deploy summary a person reads at a glance (TFLite benchmark_model style), as plain text lines."""
+
+from pathlib import Path
+
+from .results import DeployResult
+
+
+def _ms(value: float) -> str:
+    return f"{value:.2f} ms"
+
+
+def summary_lines(result: DeployResult, result_path: Path | None = None) -> list[str]:
+    stats = result.timings.stats
+    t = result.timings
+    target = result.target
+    board_line = result.board
+    if result.emulated:
+        board_line += "  [EMULATED under qemu: timings are emulation costs, not figures of the real board]"
+    build = result.build
+    build_line = "cached" if build["cached"] else "compiled"
+    build_line += f" in {build['compile_seconds']:.1f} s (key {build['key']})"
+    push = result.push
+    lines = [
+        f"Board        {board_line}",
+        f"Model        {result.model}  input {'x'.join(map(str, build['input_shape']))}",
+        f"Target       {target['mtriple']} -mcpu={target['mcpu']} {' '.join(target.get('mattr', []))}".rstrip()
+        + f", {result.threads} threads, runtime {result.runtime_arch}",
+        f"TVM          {result.tvm_version}",
+        f"Build        {build_line}",
+        f"Push         {len(push['uploaded'])} uploaded ({push['bytes_sent'] / 1e6:.1f} MB), "
+        f"{len(push['skipped'])} unchanged, {push['seconds']:.1f} s",
+        f"Init         {_ms(t.load_ms)}",
+        f"First run    {_ms(t.first_ms)}",
+        f"Warm-up      {len(t.warmup_ms)} runs" + (f", avg {_ms(sum(t.warmup_ms) / len(t.warmup_ms))}" if t.warmup_ms else ""),
+        f"Steady state count={stats.count} min={stats.min_ms:.2f} avg={stats.mean_ms:.2f} std={stats.std_ms:.2f} "
+        f"median={stats.median_ms:.2f} p90={stats.p90_ms:.2f} max={stats.max_ms:.2f} (ms)",
+        f"Mean inference time (std dev): {stats.mean_ms:.2f} ms ({stats.std_ms:.2f} ms)"
+        + ("  [emulated]" if result.emulated else ""),
+    ]
+    check = result.check
+    verdict = "matches" if check.passed else "DOES NOT MATCH"
+    lines.append(
+        f"Check        output {verdict} {check.reference} (relative error {check.relative_error:.2e}, "
+        f"tolerance {check.tolerance:.0e}, top-1 {'same' if check.same_top1 else 'differs'})"
+    )
+    if result_path is not None:
+        lines.append(f"Result       {result_path}")
+    return lines
