@@ -1,0 +1,82 @@
+"""The build step: TVM cross-compiles for the profile's target, and an unchanged input is never rebuilt."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import compile
+from pipeline.boards import load_board
+from pipeline.check import compare
+from pipeline.elf import elf_arch
+from pipeline.errors import PipelineError
+from pipeline.models import resolve_model
+from pipeline.timing import summarize
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.mark.parametrize(("board", "arch"), [("local", "x86_64"), ("rk3399-emu", "aarch64")])
+def test_build_targets_the_boards_architecture(cache: Path, board: str, arch: str) -> None:
+    artifact = compile.build(resolve_model("tiny"), load_board(board), cache_dir=cache)
+    assert artifact.arch == arch
+    assert elf_arch(artifact.library) == arch
+    assert artifact.params.stat().st_size > 0
+    assert artifact.cached is False
+
+
+def test_unchanged_input_is_not_rebuilt(cache: Path) -> None:
+    model, board = resolve_model("tiny"), load_board("local")
+    first = compile.build(model, board, cache_dir=cache)
+    second = compile.build(model, board, cache_dir=cache)
+    assert second.cached is True
+    assert second.key == first.key
+    assert second.library == first.library
+
+
+def test_another_target_or_model_is_a_different_build() -> None:
+    model, board = resolve_model("tiny"), load_board("rk3399-emu")
+    other_cpu = board.model_copy(update={"target": board.target.model_copy(update={"mcpu": "cortex-a53"})})
+    assert compile.build_key(model, board) != compile.build_key(model, other_cpu)
+    assert compile.build_key(model, board) != compile.build_key(resolve_model("mobilenet_v2"), board)
+
+
+def test_edited_model_file_is_rebuilt(cache: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "tiny.onnx"
+    shutil.copy(resolve_model("tiny").path, copy)
+    spec = resolve_model(str(copy))
+    key = compile.build_key(spec, load_board("local"))
+    with copy.open("ab") as stream:
+        stream.write(b"\0")
+    assert compile.build_key(spec, load_board("local")) != key
+
+
+def test_host_cpu_is_resolved_for_the_local_board() -> None:
+    assert compile.resolved_target(load_board("local"))["mcpu"] not in ("host", "")
+
+
+def test_failed_build_leaves_nothing_in_the_cache(cache: Path, tmp_path: Path) -> None:
+    board = load_board("rk3399-emu").model_copy(update={"cross_compiler": "no-such-compiler-g++"})
+    with pytest.raises(PipelineError, match="no-such-compiler-g"):
+        compile.build(resolve_model("tiny"), board, cache_dir=cache)
+    assert list((cache / "builds").iterdir()) == []
+
+
+def test_output_check_uses_relative_error() -> None:
+    reference = np.array([[1.0, -4.0, 2.0]], dtype=np.float32)
+    assert compare(reference + 1e-5, reference).passed
+    wrong = compare(reference * 1.1, reference)
+    assert not wrong.passed and wrong.relative_error == pytest.approx(0.1, rel=1e-3)
+    assert not compare(reference[:, :2], reference).passed
+
+
+def test_timing_summary() -> None:
+    stats = summarize([10.0, 12.0, 11.0, 13.0, 14.0])
+    assert (stats.count, stats.min_ms, stats.max_ms, stats.median_ms) == (5, 10.0, 14.0, 12.0)
+    assert stats.mean_ms == pytest.approx(12.0)
+    assert stats.std_ms == pytest.approx(np.std([10, 12, 11, 13, 14], ddof=1))
+    assert 13.0 <= stats.p90_ms <= 14.0

@@ -1,0 +1,213 @@
+"""`invoke deploy` end to end on real parts: the project's own sshd on loopback, the x86 runtime for
+`local`, the aarch64 runtime under qemu-aarch64 for `rk3399-emu`. Bad input ends in one error line."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import paramiko
+import pytest
+import yaml
+
+from pipeline.boards import BOARDS_DIR
+from pipeline.paths import ROOT
+from pipeline.remote import run
+from pipeline.sshd import SshEndpoint
+
+INVOKE = [sys.executable, "-m", "invoke"]
+ENDLESS_RUNS = "100000"
+
+
+def endless_runner_pids(client: paramiko.SSHClient) -> str:
+    """PIDs of the board processes started with ENDLESS_RUNS (the bracket keeps pgrep from matching itself)."""
+    return run(client, f"pgrep -f '[t]vm_runner --lib.*--runs {ENDLESS_RUNS}' || true", timeout_s=10).stdout.strip()
+
+
+def deploy(results: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PIPELINE_RESULTS": str(results)}
+    return subprocess.run(
+        [*INVOKE, "deploy", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def result_files(results: Path) -> list[Path]:
+    return sorted(results.rglob("*.json"))
+
+
+def assert_one_clear_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    assert "fix:" in errors[0]
+
+
+def profile_variant(tmp_path: Path, base: str, **changes: object) -> Path:
+    """A copy of a shipped profile with some fields replaced (nested dicts are merged)."""
+    data = yaml.safe_load((BOARDS_DIR / f"{base}.yaml").read_text())
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    path = tmp_path / f"{base}-variant.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def direct_ssh(endpoint: SshEndpoint, **overrides: object) -> dict[str, object]:
+    """SSH settings that name the embedded sshd explicitly, as a real board's profile would."""
+    settings: dict[str, object] = {
+        "host": endpoint.host,
+        "port": endpoint.port,
+        "user": endpoint.user,
+        "key_file": str(endpoint.key_file),
+        "known_hosts": str(endpoint.known_hosts),
+        "embedded": False,
+        "connect_timeout_s": 5,
+    }
+    settings.update(overrides)
+    return settings
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    return tmp_path / "results"
+
+
+@pytest.mark.parametrize(
+    ("board", "arch", "emulated"), [("local", "x86_64", False), ("rk3399-emu", "aarch64", True)]
+)
+def test_deploy_tiny_runs_checks_and_records(
+    embedded_endpoint: SshEndpoint, results: Path, board: str, arch: str, emulated: bool
+) -> None:
+    proc = deploy(results, "--board", board, "--model", "tiny", "--runs", "5", "--warmup", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "Mean inference time (std dev):" in proc.stdout
+    assert "output matches onnxruntime" in proc.stdout
+    assert ("EMULATED" in proc.stdout) is emulated
+    [path] = result_files(results)
+    assert str(path) in proc.stdout
+    record = json.loads(path.read_text())
+    assert record["board"] == board
+    assert record["emulated"] is emulated
+    assert record["timing_kind"] == ("emulated" if emulated else "native")
+    assert record["runtime_arch"] == arch
+    assert record["target"]["mtriple"].startswith(arch)
+    assert record["check"]["passed"] is True
+    timings = record["timings"]
+    assert len(timings["runs_ms"]) == 5 and len(timings["warmup_ms"]) == 1
+    assert timings["stats"]["count"] == 5
+    assert timings["stats"]["min_ms"] <= timings["stats"]["median_ms"] <= timings["stats"]["max_ms"]
+    assert record["board_facts"]["online_cores"] >= 1
+    assert record["tvm_version"].startswith("0.27")
+
+
+def test_redeploy_reuses_the_build_and_skips_unchanged_files(embedded_endpoint: SshEndpoint, results: Path) -> None:
+    deploy(results, "--board", "local", "--model", "tiny", "--runs", "1")
+    proc = deploy(results, "--board", "local", "--model", "tiny", "--runs", "1")
+    assert proc.returncode == 0, proc.stderr
+    latest = json.loads(result_files(results)[-1].read_text())
+    assert latest["build"]["cached"] is True
+    assert latest["push"]["uploaded"] == []
+    assert "Build        cached" in proc.stdout
+
+
+def test_a_wrong_output_fails_the_deploy_but_keeps_the_record(embedded_endpoint: SshEndpoint, results: Path) -> None:
+    proc = deploy(results, "--board", "local", "--model", "tiny", "--runs", "1", "--tolerance", "1e-12")
+    assert_one_clear_error(proc, "does not match onnxruntime")
+    [path] = result_files(results)
+    assert json.loads(path.read_text())["check"]["passed"] is False
+
+
+def test_unknown_board(results: Path) -> None:
+    proc = deploy(results, "--board", "no-such-board", "--model", "tiny")
+    assert_one_clear_error(proc, "unknown board 'no-such-board'", "rk3399-emu")
+    assert result_files(results) == []
+
+
+def test_invalid_yaml_names_the_file_and_line(tmp_path: Path, results: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: broken\nssh: {host: 127.0.0.1\ntarget: [\n")
+    proc = deploy(results, "--board", str(broken), "--model", "tiny")
+    assert_one_clear_error(proc, str(broken), "invalid YAML", "line")
+
+
+def test_invalid_field_names_the_field(tmp_path: Path, results: Path) -> None:
+    proc = deploy(results, "--board", str(profile_variant(tmp_path, "local", threads=0)), "--model", "tiny")
+    assert_one_clear_error(proc, "field 'threads'")
+
+
+def test_unfilled_real_board_profile_says_what_to_fill_in(results: Path) -> None:
+    proc = deploy(results, "--board", "rk3399", "--model", "tiny")
+    assert_one_clear_error(proc, "rk3399.yaml", "ssh.host", "CHANGE-ME")
+
+
+def test_missing_model_file(results: Path) -> None:
+    proc = deploy(results, "--board", "local", "--model", "nowhere/model.onnx")
+    assert_one_clear_error(proc, "nowhere/model.onnx")
+
+
+def test_unreachable_host(embedded_endpoint: SshEndpoint, tmp_path: Path, results: Path) -> None:
+    closed_port = 1
+    profile = profile_variant(tmp_path, "local", ssh=direct_ssh(embedded_endpoint, port=closed_port))
+    proc = deploy(results, "--board", str(profile), "--model", "tiny")
+    assert_one_clear_error(proc, "reach")
+    assert result_files(results) == []
+
+
+def test_host_key_mismatch_is_refused(embedded_endpoint: SshEndpoint, tmp_path: Path, results: Path) -> None:
+    impostor = paramiko.Ed25519Key.from_private_key_file(str(embedded_endpoint.key_file))
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"[{embedded_endpoint.host}]:{embedded_endpoint.port} {impostor.get_name()} {impostor.get_base64()}\n")
+    ssh = direct_ssh(embedded_endpoint, known_hosts=str(known_hosts))
+    proc = deploy(results, "--board", str(profile_variant(tmp_path, "local", ssh=ssh)), "--model", "tiny")
+    assert_one_clear_error(proc, "MISMATCH")
+    assert result_files(results) == []
+
+
+def test_library_for_another_architecture_is_refused_before_running(
+    embedded_endpoint: SshEndpoint, tmp_path: Path, results: Path
+) -> None:
+    """An aarch64 board profile whose target says x86_64: caught before the model runs."""
+    x86_target = {"mtriple": "x86_64-linux-gnu", "mcpu": "x86-64", "mattr": [], "num-cores": 2}
+    profile = profile_variant(tmp_path, "rk3399-emu", target=x86_target, cross_compiler="g++")
+    proc = deploy(results, "--board", str(profile), "--model", "tiny")
+    assert_one_clear_error(proc, "architecture")
+    assert result_files(results) == []
+
+
+def test_timeout_kills_the_run_on_the_board(
+    embedded_endpoint: SshEndpoint, ssh_client: paramiko.SSHClient, results: Path
+) -> None:
+    started = time.monotonic()
+    proc = deploy(results, "--board", "rk3399-emu", "--model", "tiny", "--runs", ENDLESS_RUNS, "--timeout", "3")
+    assert_one_clear_error(proc, "timed out after 3 s")
+    assert time.monotonic() - started < 60
+    assert result_files(results) == []
+    assert endless_runner_pids(ssh_client) == ""
+
+
+def test_ctrl_c_stops_the_board_and_keeps_nothing(
+    embedded_endpoint: SshEndpoint, ssh_client: paramiko.SSHClient, results: Path
+) -> None:
+    env = {**os.environ, "PIPELINE_RESULTS": str(results)}
+    cmd = [*INVOKE, "deploy", "--board", "rk3399-emu", "--model", "tiny", "--runs", ENDLESS_RUNS]
+    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if endless_runner_pids(ssh_client):
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in stderr
+    assert result_files(results) == []
+    assert endless_runner_pids(ssh_client) == ""
