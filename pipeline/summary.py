@@ -17,8 +17,11 @@ def summary_lines(result: DeployResult, result_path: Path | None = None) -> list
     if result.emulated:
         board_line += "  [EMULATED under qemu: timings are emulation costs, not figures of the real board]"
     build = result.build
-    build_line = "cached" if build["cached"] else "compiled"
-    build_line += f" in {build['compile_seconds']:.1f} s (key {build['key']})"
+    build_line = (
+        f"cached (compiled earlier in {build['compile_seconds']:.1f} s, key {build['key']})"
+        if build["cached"]
+        else f"compiled in {build['compile_seconds']:.1f} s (key {build['key']})"
+    )
     push = result.push
     lines = [
         f"Board        {board_line}",

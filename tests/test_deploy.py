@@ -3,6 +3,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from pipeline.boards import BOARDS_DIR
+from pipeline.models import resolve_model
 from pipeline.paths import ROOT
 from pipeline.remote import run
 from pipeline.sshd import SshEndpoint
@@ -117,6 +119,16 @@ def test_redeploy_reuses_the_build_and_skips_unchanged_files(embedded_endpoint: 
     assert latest["build"]["cached"] is True
     assert latest["push"]["uploaded"] == []
     assert "Build        cached" in proc.stdout
+
+
+def test_any_onnx_file_deploys_by_path(embedded_endpoint: SshEndpoint, tmp_path: Path, results: Path) -> None:
+    model = tmp_path / "my_net.onnx"
+    shutil.copy(resolve_model("tiny").path, model)
+    proc = deploy(results, "--board", "local", "--model", str(model), "--runs", "2")
+    assert proc.returncode == 0, proc.stderr
+    [path] = result_files(results)
+    assert path.name.startswith("my_net-")
+    assert json.loads(path.read_text())["check"]["passed"] is True
 
 
 def test_a_wrong_output_fails_the_deploy_but_keeps_the_record(embedded_endpoint: SshEndpoint, results: Path) -> None:
