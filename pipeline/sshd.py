@@ -32,6 +32,7 @@ SSH_KEYGEN = "ssh-keygen"
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 POLL_S = 0.05
+PORT_VARIABLE = "PIPELINE_SSHD_PORT"
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,17 @@ class _State:
         return self.port_dir / "users.lock"
 
 
+def _embedded(settings: SshSettings) -> SshSettings:
+    """PIPELINE_SSHD_PORT moves the embedded board to another port, so two checkouts (or CI jobs)
+    on one machine each get their own server."""
+    port = os.environ.get(PORT_VARIABLE)
+    if port is None:
+        return settings
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise PipelineError(f"{PORT_VARIABLE}={port} is not a TCP port", f"set {PORT_VARIABLE} to e.g. 2222")
+    return settings.model_copy(update={"port": int(port)})
+
+
 def _state_for(settings: SshSettings) -> _State:
     return _State(CACHE_DIR / "sshd", settings.port)
 
@@ -102,6 +114,7 @@ def endpoint_for(settings: SshSettings) -> SshEndpoint:
     """The endpoint a profile describes; for embedded boards, the pipeline's own loopback server
     (which board_endpoint must have started)."""
     if settings.embedded:
+        settings = _embedded(settings)
         state = _state_for(settings)
         return SshEndpoint(settings.host, settings.port, getpass.getuser(), state.client_key,
                            state.known_hosts, settings.connect_timeout_s)
@@ -123,6 +136,7 @@ def board_endpoint(settings: SshSettings) -> Iterator[SshEndpoint]:
     if not settings.embedded:
         yield endpoint_for(settings)
         return
+    settings = _embedded(settings)
     _check_loopback(settings.host)
     state = _state_for(settings)
     with _exclusive(state.lock):

@@ -17,7 +17,7 @@ import paramiko
 import pytest
 
 import pipeline.sshd
-from pipeline.boards import SshSettings
+from pipeline.boards import SshSettings, load_board
 from pipeline.connection import connect
 from pipeline.errors import PipelineError
 from pipeline.remote import run
@@ -274,3 +274,14 @@ def test_stderr_lines_arrive_while_the_command_runs(ssh_client: paramiko.SSHClie
     assert [line for line, _ in arrivals] == ["step 1/2", "step 2/2"]
     assert finished - arrivals[0][1] > 0.3
     assert result.stderr == "step 1/2\nstep 2/2"
+
+
+def test_embedded_board_port_can_be_moved_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIPELINE_SSHD_PORT", "2299")
+    with board_endpoint(load_board("local").ssh) as endpoint, connect(endpoint) as client:
+        assert endpoint.port == 2299
+        assert run(client, "echo ok", timeout_s=10).stdout.strip() == "ok"
+    monkeypatch.setenv("PIPELINE_SSHD_PORT", "not-a-port")
+    with pytest.raises(PipelineError, match="PIPELINE_SSHD_PORT"):
+        with board_endpoint(load_board("local").ssh):
+            pass
