@@ -68,7 +68,15 @@ def deploy(
 ) -> None:
     """Build the model for the board, push it, run it there, check the output, and record the timings."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TransferSpeedColumn,
+    )
 
     from pipeline import benchmark, check, compile, facts, inputs, results, summary, timing
     from pipeline.boards import load_board
@@ -91,8 +99,18 @@ def deploy(
     data, input_file = inputs.make_input(spec.input_shape)
 
     with board_endpoint(profile.ssh) as endpoint, connect(endpoint) as client:
-        with _step(console, f"Pushing to {profile.name} ({endpoint.host}:{endpoint.port})..."):
-            deployment = push_model(client, profile.remote_dir, bundle, artifact, input_file)
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console
+        ) as progress:
+            uploads: dict[str, Any] = {}
+
+            def on_upload(name: str, sent: int, size: int) -> None:
+                if name not in uploads:
+                    uploads[name] = progress.add_task(f"Pushing {name}", total=size)
+                progress.update(uploads[name], completed=sent)
+
+            deployment = push_model(client, profile.remote_dir, bundle, artifact, input_file, on_progress=on_upload)
+        with _step(console, f"Checking {profile.name} ({endpoint.host}:{endpoint.port})..."):
             runtime = benchmark.probe_runtime(client, profile, deployment)
             benchmark.check_architecture(artifact.arch, runtime, profile)
             board_facts = facts.collect_facts(client)

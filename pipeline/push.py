@@ -7,7 +7,7 @@ import paramiko
 
 from .bundle import RuntimeBundle
 from .compile import LIBRARY_NAME, PARAMS_NAME, BuildArtifact
-from .transfer import PushReport, push
+from .transfer import Progress, PushReport, push
 
 RUNTIME_DIR = "runtime"
 
@@ -25,7 +25,12 @@ class Deployment:
 
 
 def push_model(
-    client: paramiko.SSHClient, remote_dir: str, bundle: RuntimeBundle, artifact: BuildArtifact, input_file: Path
+    client: paramiko.SSHClient,
+    remote_dir: str,
+    bundle: RuntimeBundle,
+    artifact: BuildArtifact,
+    input_file: Path,
+    on_progress: Progress | None = None,
 ) -> Deployment:
     """One push of everything the run needs; unchanged files are skipped by hash, so a re-deploy is cheap."""
     model_dir = PurePosixPath("models") / artifact.key
@@ -34,7 +39,7 @@ def push_model(
     files[str(model_dir / PARAMS_NAME)] = artifact.params
     input_name = f"inputs/{input_file.name}"
     files[input_name] = input_file
-    report = push(client, files, remote_dir)
+    report = push(client, files, remote_dir, on_progress=on_progress)
     return Deployment(
         remote_dir=remote_dir,
         runner=f"{RUNTIME_DIR}/tvm_runner",
