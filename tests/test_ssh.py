@@ -78,6 +78,7 @@ def remote_dir(ssh_client: paramiko.SSHClient) -> Iterator[str]:
 
 def test_embedded_sshd_runs_for_the_block_and_stops_after(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pipeline.sshd, "CACHE_DIR", tmp_path)
+    monkeypatch.delenv("PIPELINE_SSHD_PORT", raising=False)
     settings = SshSettings(host="127.0.0.1", port=free_port(), embedded=True)
     with board_endpoint(settings) as endpoint:
         assert port_answers(endpoint.port)
@@ -95,6 +96,7 @@ def test_a_running_embedded_sshd_is_reused_and_left_running(embedded_endpoint: S
 
 def test_embedded_port_taken_by_another_program(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pipeline.sshd, "CACHE_DIR", tmp_path)
+    monkeypatch.delenv("PIPELINE_SSHD_PORT", raising=False)
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
