@@ -1,0 +1,135 @@
+"""Naive vs default schedules on this host: GFLOP/s per conv/dense task, and the whole model against
+ONNX Runtime with the same thread count. A benchmark to run by hand, not a test.
+
+    .venv/bin/python benchmarks/default_schedules.py --model vgg16 --layers 4
+    .venv/bin/python benchmarks/default_schedules.py --model resnet18 --layers 0 --model-runs 3
+
+--layers N times the N most expensive distinct tasks (0: none, -1: all); the model latency needs a
+full naive build of the model, which for VGG-16 runs for about 15 s per inference.
+"""
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+THREADS = 2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="vgg16")
+    parser.add_argument("--layers", type=int, default=4, help="tasks to time, most expensive first (-1: all)")
+    parser.add_argument("--model-runs", type=int, default=0, help="timed whole-model runs (0: skip the model)")
+    parser.add_argument("--threads", type=int, default=THREADS)
+    args = parser.parse_args()
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+
+    import onnx
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+    from tvm.target import codegen
+
+    from pipeline.default_schedules import apply_schedules, build_fused, default_schedules, legalize_and_fuse
+    from pipeline.models import resolve_model
+
+    target = tvm.target.Target(
+        {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": str(codegen.llvm_get_system_cpu()),
+         "num-cores": args.threads}
+    )
+    spec = resolve_model(args.model)
+    model = onnx.load(spec.path)
+    mod = from_onnx(model, shape_dict={spec.input_name: list(spec.input_shape)}, keep_params_in_input=True)
+    mod, params = relax.frontend.detach_params(mod)
+    mod = relax.transform.DecomposeOpsForInference()(mod)
+    mod = relax.transform.BindParams("main", dict(zip(mod["main"].params[1:], params["main"])))(mod)
+    fused = legalize_and_fuse(mod)
+
+    started = time.perf_counter()
+    schedules = default_schedules(fused, target)
+    print(f"default schedules for {len(schedules)} PrimFuncs in {time.perf_counter() - started:.1f} s")
+
+    tasks = sorted(
+        ((name, _flops(fused[name])) for name, s in schedules.items() if s is not None),
+        key=lambda pair: -pair[1],
+    )
+    count = len(tasks) if args.layers < 0 else args.layers
+    print(f"{'task':44} {'GFLOP':>7} {'naive':>8} {'default':>8} {'ratio':>7}  rule")
+    for name, flops in tasks[:count]:
+        naive = _gflops(tvm.get_global_func("tvm.s_tir.meta_schedule.normalize_mod")(fused[name]), flops, target)
+        default = _gflops(schedules[name].mod, flops, target)
+        print(f"{name:44} {flops / 1e9:7.3f} {naive:8.1f} {default:8.1f} {default / naive:6.1f}x  {schedules[name].rule}")
+
+    if args.model_runs:
+        data = np.random.default_rng(0).standard_normal(spec.input_shape, dtype=np.float32)
+        scheduled = apply_schedules(fused, schedules, target)
+        latencies = {
+            "naive": _model_seconds(build_fused(fused, target), data, args.model_runs),
+            "default": _model_seconds(build_fused(scheduled, target), data, args.model_runs),
+            "onnxruntime": _ort_seconds(model, spec.input_name, data, args.model_runs, args.threads),
+        }
+        for label, seconds in latencies.items():
+            ratio = seconds / latencies["onnxruntime"]
+            print(f"{args.model} {label:12} {seconds * 1e3:9.1f} ms  ({ratio:.1f}x onnxruntime)")
+
+
+def _flops(func: object) -> float:
+    """TVM's count of the task's floating-point operations (the conv's multiply-adds dominate)."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    from pipeline.default_schedules import normalize
+
+    return float(estimate_tir_flops(normalize(func)))
+
+
+def _gflops(mod: object, flops: float, target: object) -> float:
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    function = tvm.compile(mod, target=target)["main"]
+    args = [
+        tvm.runtime.tensor(np.random.default_rng(0).random([int(d) for d in info.shape], dtype=np.float32))
+        for info in ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+    ]
+    function(*args)  # compiled lazily on the first call
+    best = _best_seconds(lambda: function(*args), repeat=3)
+    return flops / best / 1e9
+
+
+def _model_seconds(executable: object, data: np.ndarray, runs: int) -> float:
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    tensor = tvm.runtime.tensor(data)
+    vm["main"](tensor)
+    return _best_seconds(lambda: vm["main"](tensor), repeat=runs)
+
+
+def _ort_seconds(model: object, input_name: str, data: np.ndarray, runs: int, threads: int) -> float:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session.run(None, {input_name: data})
+    return _best_seconds(lambda: session.run(None, {input_name: data}), repeat=max(runs, 3))
+
+
+def _best_seconds(call: object, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+if __name__ == "__main__":
+    main()
