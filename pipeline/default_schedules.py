@@ -63,15 +63,15 @@ RULES: tuple[TileRule, ...] = (
 
 
 @dataclass(frozen=True)
-class DefaultSchedule:
+class TaskSchedule:
     """A schedule for one task, ready to commit into a MetaSchedule database."""
 
-    kind: str  # "default"
+    kind: str  # "default" or "transferred"
     task: str  # the PrimFunc's name in the fused module
     workload: IRModule  # the unscheduled task, normalized as MetaSchedule keys it in a database
     mod: IRModule  # the scheduled task
     trace: Trace  # replays on `workload`, postprocessing included
-    rule: str  # "<tile rule>/sketch<i>", for the coverage table
+    rule: str  # "<tile rule>/sketch<i>", or the donor record of a transfer, for the coverage table
 
 
 def cpu_traits(target: Target) -> CpuTraits:
@@ -95,31 +95,31 @@ def normalize(func: PrimFunc | IRModule) -> IRModule:
     return tvm.get_global_func("tvm.s_tir.meta_schedule.normalize_mod")(func)
 
 
-def default_schedule(func: PrimFunc | IRModule, target: Target, task: str = "main") -> DefaultSchedule | None:
+def default_schedule(func: PrimFunc | IRModule, target: Target, task: str = "main") -> TaskSchedule | None:
     """A rule-based schedule for a compute-heavy task (one MetaSchedule tiles: conv2d, dense,
     matmul, pooling), or None for a task without tiling decisions (elementwise, reshape): TVM's
     default lowering is already fine for those.
 
     Raises RuntimeError when the task is tileable but no rule applies to any sketch."""
     workload = normalize(func)
-    context = ms.TuneContext(mod=workload, target=target, space_generator="post-order-apply", task_name=task)
+    context = design_space(workload, target, task)
     sketches = [s.trace for s in context.space_generator.generate_design_space(workload)]
-    if not any(_tiled(trace) for trace in sketches):
+    if not any(tiled(trace) for trace in sketches):
         return None
     traits = cpu_traits(target)
     failures = []
     for rule in RULES:
-        for index, sketch in _ranked(sketches):
+        for index, sketch in ranked(sketches):
             try:
-                sch = _replay(workload, sketch, rule, traits, context.space_generator.postprocs)
+                sch = replay(workload, sketch, lambda sch: _decider(sch, rule, traits), postprocs(context))
             except (tvm.TVMError, RuntimeError, ValueError) as exc:
                 failures.append(f"{rule.name}/sketch{index}: {_last_line(exc)}")
                 continue
-            return DefaultSchedule("default", task, workload, sch.mod, sch.trace, f"{rule.name}/sketch{index}")
+            return TaskSchedule("default", task, workload, sch.mod, sch.trace, f"{rule.name}/sketch{index}")
     raise RuntimeError(f"no default schedule applies to {task}: " + "; ".join(failures))
 
 
-def default_schedules(mod: IRModule, target: Target) -> dict[str, DefaultSchedule | None]:
+def default_schedules(mod: IRModule, target: Target) -> dict[str, TaskSchedule | None]:
     """For each PrimFunc of a fused module (after LegalizeOps ... FuseTIR): its default schedule,
     or None when it needs none."""
     return {
@@ -129,7 +129,7 @@ def default_schedules(mod: IRModule, target: Target) -> dict[str, DefaultSchedul
     }
 
 
-def commit_defaults(database: ms.database.Database, schedules: dict[str, DefaultSchedule | None], target: Target) -> None:
+def commit_defaults(database: ms.database.Database, schedules: dict[str, TaskSchedule | None], target: Target) -> None:
     """Commit the default schedules as tuning records. Their run time is DEFAULT_RECORD_RUN_SECS,
     so a workload that also has a tuned record keeps using the tuned one."""
     for schedule in schedules.values():
@@ -147,7 +147,7 @@ def commit_defaults(database: ms.database.Database, schedules: dict[str, Default
         )
 
 
-def apply_schedules(mod: IRModule, schedules: dict[str, DefaultSchedule | None], target: Target) -> IRModule:
+def apply_schedules(mod: IRModule, schedules: dict[str, TaskSchedule | None], target: Target) -> IRModule:
     """The fused module with the given schedules applied exactly as the build applies tuned records
     (MetaScheduleApplyDatabase); an applied PrimFunc carries `tirx.is_scheduled`."""
     database = ms.database.MemoryDatabase()
@@ -178,20 +178,32 @@ def build_fused(mod: IRModule, target: Target) -> relax.VMExecutable:
     return tvm.compile(mod, target=target, relax_pipeline=tvm.transform.Sequential(passes))
 
 
-def _replay(workload: IRModule, sketch: Trace, rule: TileRule, traits: CpuTraits, postprocs: list) -> Schedule:
-    """The sketch with every sampling decision fixed by `rule`, postprocessed like a tuning
-    candidate, and checked by replaying the final trace as the database will."""
+def design_space(workload: IRModule, target: Target, task: str) -> ms.TuneContext:
+    """MetaSchedule's default CPU design space for the task, as tuning would generate it."""
+    return ms.TuneContext(mod=workload, target=target, space_generator="post-order-apply", task_name=task)
+
+
+def postprocs(context: ms.TuneContext) -> list:
+    return list(context.space_generator.postprocs)
+
+
+Decider = Callable[[Instruction, list, list, object], object]
+
+
+def replay(workload: IRModule, sketch: Trace, decider: Callable[[Schedule], Decider], post: list) -> Schedule:
+    """The sketch replayed with the decisions that `decider(sch)` provides, postprocessed like a
+    tuning candidate, and checked by replaying the final trace as the database will."""
     sch = Schedule(workload)
-    sketch.apply_to_schedule(sch, remove_postproc=True, decision_provider=_decider(sch, rule, traits))
+    sketch.apply_to_schedule(sch, remove_postproc=True, decision_provider=decider(sch))
     sch.enter_postproc()
-    for postproc in postprocs:
+    for postproc in post:
         if not postproc.apply(sch):
             raise RuntimeError(f"postprocessor {type(postproc).__name__} rejected the schedule")
     sch.trace.apply_to_schedule(Schedule(workload), remove_postproc=False)
     return sch
 
 
-def _decider(sch: Schedule, rule: TileRule, traits: CpuTraits) -> Callable:
+def _decider(sch: Schedule, rule: TileRule, traits: CpuTraits) -> Decider:
     """The decision provider for Trace.apply_to_schedule: called for every sampling instruction
     with its inputs already translated into `sch`."""
 
@@ -214,7 +226,7 @@ def _tile(sch: Schedule, loop: object, parts: int, rule: TileRule, traits: CpuTr
     """The split of one loop of a tiled block, from its role in the block: innermost spatial
     (vector columns), second innermost spatial (rows), other spatial (channels), first reduction
     (input channels, all outer) or later reduction (kernel taps, all inner)."""
-    block, position = _block_and_iter(sch, loop)
+    block, position = block_and_iter(sch, loop)
     extent = int(block.iter_vars[position].dom.extent)
     spatial = [i for i, v in enumerate(block.iter_vars) if int(v.iter_type) == _DATA_PARALLEL]
     if position not in spatial:
@@ -235,15 +247,15 @@ def _spatial_plan(extents: list[int], rule: TileRule, traits: CpuTraits) -> list
     plan = []
     for order, extent in enumerate(extents):
         if order == len(extents) - 1:
-            inner = _largest_divisor(extent, traits.lanes * rule.vectors)
+            inner = largest_divisor(extent, traits.lanes * rule.vectors)
             plan.append([1, extent // inner, 1, inner])
         else:
             register = rule.rows if order == len(extents) - 2 else rule.channels * traits.registers // 32
-            inner = _largest_divisor(extent, register)
+            inner = largest_divisor(extent, register)
             plan.append([1, extent // inner, inner, 1])
     wanted = rule.tasks_per_core * traits.cores
     for split in plan:
-        s0 = _largest_divisor(split[1], wanted)
+        s0 = largest_divisor(split[1], wanted)
         split[0], split[1] = s0, split[1] // s0
         wanted = -(-wanted // s0)
     return plan
@@ -255,11 +267,11 @@ def _pad(factors: list[int], parts: int, front: bool) -> list[int]:
     return ones + factors if front else factors + ones
 
 
-def _largest_divisor(n: int, limit: int) -> int:
+def largest_divisor(n: int, limit: int) -> int:
     return max(d for d in range(1, min(n, max(limit, 1)) + 1) if n % d == 0)
 
 
-def _block_and_iter(sch: Schedule, loop: object) -> tuple[SBlock, int]:
+def block_and_iter(sch: Schedule, loop: object) -> tuple[SBlock, int]:
     """The block under a not yet transformed loop, and which of its iterators the loop binds."""
     node = sch.get(loop)
     body = node.body
@@ -271,20 +283,29 @@ def _block_and_iter(sch: Schedule, loop: object) -> tuple[SBlock, int]:
     raise RuntimeError(f"loop {node.loop_var} binds no iterator of block {body.block.name_hint}")
 
 
-def _tiled(trace: Trace) -> bool:
+def tiled(trace: Trace) -> bool:
     return any(inst.kind.name == "SamplePerfectTile" for inst in trace.insts)
 
 
-def _ranked(sketches: list[Trace]) -> Iterator[tuple[int, Trace]]:
+def ranked(sketches: list[Trace]) -> Iterator[tuple[int, Trace]]:
     """Sketches with the epilogue computed deepest inside the tile loops first: it then runs
     while the output tile is still in cache."""
+    yield from sorted(enumerate(sketches), key=lambda pair: -fusion_level(pair[1]))
 
-    def depth(trace: Trace) -> int:
-        created = [rv for inst in trace.insts for rv in inst.outputs]
-        targets = [inst.inputs[1] for inst in trace.insts if inst.kind.name == "ReverseComputeAt"]
-        return max((i for i, rv in enumerate(created) for t in targets if rv.same_as(t)), default=-1)
 
-    yield from sorted(enumerate(sketches), key=lambda pair: -depth(pair[1]))
+def fusion_level(trace: Trace) -> int:
+    """Where the sketch computes the epilogue: the index of its loop among the tile loops that the
+    splits created (-1: not fused). Comparable between traces of the same operator."""
+    split_loops = [rv for inst in sketch_part(trace) if inst.kind.name == "Split" for rv in inst.outputs]
+    targets = [inst.inputs[1] for inst in sketch_part(trace) if inst.kind.name == "ReverseComputeAt"]
+    return max((i for i, rv in enumerate(split_loops) for t in targets if rv.same_as(t)), default=-1)
+
+
+def sketch_part(trace: Trace) -> list[Instruction]:
+    """The instructions before postprocessing."""
+    kinds = [inst.kind.name for inst in trace.insts]
+    end = kinds.index("EnterPostproc") if "EnterPostproc" in kinds else len(kinds)
+    return list(trace.insts[:end])
 
 
 def _last_line(exc: BaseException) -> str:

@@ -1,5 +1,6 @@
-"""Default CPU schedules: every conv and dense task of a model gets one without tuning, the build
-applies it through a MetaSchedule database, and the scheduled code computes what ONNX Runtime does."""
+"""Schedules without tuning: every conv and dense task of a model gets a default schedule or one
+transferred from a record of another shape, the build applies it through a MetaSchedule database,
+and the scheduled code computes what ONNX Runtime does."""
 
 import numpy as np
 import onnx
@@ -15,7 +16,7 @@ from tvm.tirx import PrimFunc
 from models import tiny
 from models.graph import GraphBuilder, Tensor
 from pipeline.default_schedules import (
-    DefaultSchedule,
+    TaskSchedule,
     apply_schedules,
     build_fused,
     commit_defaults,
@@ -24,6 +25,7 @@ from pipeline.default_schedules import (
     default_schedules,
     legalize_and_fuse,
 )
+from pipeline.schedule_transfer import adapt_tile, fallback_database, transferred_schedules
 
 HOST = tvm.target.Target(
     {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": str(codegen.llvm_get_system_cpu()), "num-cores": 2}
@@ -114,12 +116,12 @@ def tiny_fused() -> tvm.IRModule:
 
 
 @pytest.fixture(scope="module")
-def tiny_defaults(tiny_fused: tvm.IRModule) -> dict[str, DefaultSchedule | None]:
+def tiny_defaults(tiny_fused: tvm.IRModule) -> dict[str, TaskSchedule | None]:
     return default_schedules(tiny_fused, HOST)
 
 
 def test_every_conv_dense_and_pool_task_of_tiny_gets_a_default(
-    tiny_defaults: dict[str, DefaultSchedule | None],
+    tiny_defaults: dict[str, TaskSchedule | None],
 ) -> None:
     schedules = tiny_defaults
     heavy = {name for name in schedules if any(op in name for op in ("conv2d", "matmul", "pool", "mean"))}
@@ -129,7 +131,7 @@ def test_every_conv_dense_and_pool_task_of_tiny_gets_a_default(
 
 
 def test_the_build_applies_the_defaults_and_tiny_matches_onnxruntime(
-    tiny_fused: tvm.IRModule, tiny_defaults: dict[str, DefaultSchedule | None]
+    tiny_fused: tvm.IRModule, tiny_defaults: dict[str, TaskSchedule | None]
 ) -> None:
     scheduled = apply_schedules(tiny_fused, tiny_defaults, HOST)
     for gv, func in scheduled.functions.items():
@@ -141,7 +143,7 @@ def test_the_build_applies_the_defaults_and_tiny_matches_onnxruntime(
     np.testing.assert_allclose(actual, expected, rtol=0, atol=TOLERANCE * np.abs(expected).max())
 
 
-def test_a_tuned_record_outranks_the_default(tiny_defaults: dict[str, DefaultSchedule | None]) -> None:
+def test_a_tuned_record_outranks_the_default(tiny_defaults: dict[str, TaskSchedule | None]) -> None:
     """The default is only a fallback: the database returns a measured record first."""
     name, default = next((name, s) for name, s in tiny_defaults.items() if "conv2d" in name)
     database = ms.database.MemoryDatabase()
@@ -154,7 +156,7 @@ def test_a_tuned_record_outranks_the_default(tiny_defaults: dict[str, DefaultSch
     assert [float(s) for s in best.run_secs] == [1e-4]
 
 
-def test_elementwise_tasks_keep_tvm_lowering(tiny_defaults: dict[str, DefaultSchedule | None]) -> None:
+def test_elementwise_tasks_keep_tvm_lowering(tiny_defaults: dict[str, TaskSchedule | None]) -> None:
     assert tiny_defaults["fused_relu1"] is None
     assert tiny_defaults["reshape2"] is None
 
@@ -166,3 +168,75 @@ def test_aarch64_target_gets_neon_sized_vectors(tiny_fused: tvm.IRModule) -> Non
     schedule = default_schedule(tiny_fused[name], RK3399, name)
     assert schedule is not None
     tvm.compile(schedule.mod, target=RK3399)  # lowers and generates aarch64 code
+
+
+# Transfer: a record of the same operator at another shape, replayed with adapted tiles.
+
+
+def test_adapted_tiles_multiply_to_the_new_extent_and_keep_the_inner_factors_close() -> None:
+    assert adapt_tile((1, 4, 1, 16), 56) == [1, 4, 1, 14]
+    assert adapt_tile((8, 4, 2, 1), 64) == [8, 4, 2, 1]
+    assert adapt_tile((2, 8, 2), 13) == [1, 13, 1]
+    assert adapt_tile((512, 1), 3) == [3, 1]
+
+
+def conv_donor(model: onnx.ModelProto, shape: tuple[int, ...], target: tvm.target.Target = HOST):
+    """A conv's schedule committed as if tuning had measured it, plus the database holding it."""
+    fused = fused_module(model, shape)
+    name = next(gv.name_hint for gv in fused.functions if "conv2d" in gv.name_hint)
+    donor = default_schedule(fused[name], HOST, name)
+    database = ms.database.MemoryDatabase()
+    record = ms.database.TuningRecord(
+        donor.trace, database.commit_workload(donor.workload), run_secs=[1e-4], target=target
+    )
+    database.commit_tuning_record(record)
+    return database
+
+
+@pytest.mark.parametrize(
+    "case", ["3x3 stride 2, odd size", "7x7 output", "1x1 with residual add"], ids=lambda case: case
+)
+def test_transferred_schedule_from_another_conv_shape_matches_onnxruntime(case: str) -> None:
+    donor_db = conv_donor(*conv_case(16, 20, 24, 3, epilogue="none"))
+    model, shape = CONV_CASES[case]
+    fused = fused_module(model, shape)
+    name = next(gv.name_hint for gv in fused.functions if "conv2d" in gv.name_hint)
+    (transferred, *_) = transferred_schedules(fused[name], HOST, donor_db.get_all_tuning_records(), name)
+    assert transferred.kind == "transferred"
+    assert transferred.rule.startswith("record conv2d_nchw 1x24x20x20x16x3x3")
+    scheduled = apply_schedules(fused, {name: transferred}, HOST)
+    data = np.random.default_rng(1).standard_normal(shape, dtype=np.float32)
+    expected = onnxruntime_output(model, data)
+    actual = relax.VirtualMachine(build_fused(scheduled, HOST), tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=TOLERANCE * np.abs(expected).max())
+
+
+def test_records_of_another_cpu_or_operator_are_not_transferred(tiny_fused: tvm.IRModule) -> None:
+    other_cpu = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2})
+    records = conv_donor(*conv_case(16, 20, 24, 3), target=other_cpu).get_all_tuning_records()
+    conv = next(gv.name_hint for gv in tiny_fused.functions if "conv2d" in gv.name_hint)
+    assert transferred_schedules(tiny_fused[conv], HOST, records, conv) == []
+    records = conv_donor(*conv_case(16, 20, 24, 3)).get_all_tuning_records()
+    assert transferred_schedules(tiny_fused["fused_matmul_add4"], HOST, records, "fused_matmul_add4") == []
+
+
+def test_coverage_names_tuned_transferred_default_and_unscheduled_tasks(tiny_fused: tvm.IRModule) -> None:
+    """One conv of tiny has a (pretend) tuned record; every other tiled task gets a fallback."""
+    tuned_name = "fused_conv2d_add_relu"
+    tuned = ms.database.MemoryDatabase()
+    own = default_schedule(tiny_fused[tuned_name], HOST, tuned_name)
+    tuned.commit_tuning_record(
+        ms.database.TuningRecord(own.trace, tuned.commit_workload(own.workload), run_secs=[1e-5], target=HOST)
+    )
+    database, coverage = fallback_database(tiny_fused, HOST, tuned)
+    kinds = {row.task: row.kind for row in coverage}
+    assert kinds[tuned_name] == "tuned"
+    assert kinds["fused_relu1"] == kinds["reshape2"] == "unscheduled"
+    for name in ("fused_conv2d3_add2_add3", "fused_matmul_add4", "max_pool2d"):
+        assert kinds[name] in ("transferred", "default")
+    assert all(row.source for row in coverage if row.kind in ("transferred", "default"))
+    with HOST, database:
+        scheduled = relax.transform.MetaScheduleApplyDatabase()(tiny_fused)
+    for row in coverage:
+        func = scheduled[row.task]
+        assert bool(func.attrs and func.attrs.get("tirx.is_scheduled")) == (row.kind != "unscheduled"), row

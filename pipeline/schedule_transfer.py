@@ -1,0 +1,250 @@
+"""Transfer: a tuned record of the same operator at another shape, replayed on a task without one.
+
+Why: replaying a tuned conv's decisions on another conv of the same target beats the default rules
+on most 3x3 convs. A record's trace cannot be replayed as it is: its block names (epilogues differ)
+and tile factors (extents differ) belong to its own workload. We therefore read the donor's
+decisions per iterator of its tiled (anchor) block, replay the new task's own sketch with the same
+epilogue placement, and give each tile decision the closest valid factors for the new extent. A
+transfer is used only when it computes what the default computes and runs faster on this machine.
+"""
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm.ir import IRModule
+from tvm.s_tir import Schedule
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.schedule import Instruction, Trace
+from tvm.target import Target
+from tvm.tirx import PrimFunc
+
+from pipeline.default_schedules import (
+    Decider,
+    TaskSchedule,
+    block_and_iter,
+    commit_defaults,
+    default_schedule,
+    design_space,
+    fusion_level,
+    normalize,
+    postprocs,
+    ranked,
+    replay,
+)
+
+MAX_DONORS = 3  # nearest records tried per task
+_TIMING_RUNS = 5
+
+
+@dataclass(frozen=True)
+class TiledDecisions:
+    """What a trace decided for its anchor (tiled) block, by iterator position, so that it can be
+    compared with and carried to another workload of the same operator."""
+
+    anchor: str  # block name, e.g. conv2d_nchw
+    iter_types: tuple[int, ...]
+    extents: tuple[int, ...]
+    tiles: dict[int, tuple[int, ...]]  # iterator position -> split factors
+    categorical: tuple[int, ...]  # SampleCategorical decisions (the unroll limit), in order
+    fusion_level: int
+
+
+def tiled_decisions(trace: Trace, workload: IRModule) -> TiledDecisions | None:
+    """The anchor block's decisions in a trace applied to `workload` (None: nothing is tiled)."""
+    sch = Schedule(workload)
+    found: dict[int, tuple[int, ...]] = {}
+    anchor = None
+    categorical = []
+
+    def note(inst: Instruction, inputs: list, attrs: list, decision: object) -> object:
+        nonlocal anchor
+        if inst.kind.name == "SamplePerfectTile":
+            block, position = block_and_iter(sch, inputs[0])
+            anchor = block
+            found[position] = tuple(int(f) for f in decision)
+        elif inst.kind.name == "SampleCategorical":
+            categorical.append(int(decision))
+        return decision
+
+    trace.apply_to_schedule(sch, remove_postproc=True, decision_provider=note)
+    if anchor is None:
+        return None
+    return TiledDecisions(
+        anchor=anchor.name_hint,
+        iter_types=tuple(int(v.iter_type) for v in anchor.iter_vars),
+        extents=tuple(int(v.dom.extent) for v in anchor.iter_vars),
+        tiles=found,
+        categorical=tuple(categorical),
+        fusion_level=fusion_level(trace),
+    )
+
+
+def adapt_tile(factors: tuple[int, ...], extent: int) -> list[int]:
+    """The split of `extent` closest to the donor's factors: inner factors first (they hold the
+    register tile and the vector), each the divisor of what is left that is nearest in ratio; the
+    outermost takes the rest."""
+    left = extent
+    inner = []
+    for factor in reversed(factors[1:]):
+        divisor = min((d for d in range(1, left + 1) if left % d == 0), key=lambda d: (abs(math.log(d / factor)), d))
+        inner.append(divisor)
+        left //= divisor
+    return [left] + inner[::-1]
+
+
+def transferred_schedules(
+    func: PrimFunc | IRModule, target: Target, records: Iterable[ms.database.TuningRecord], task: str = "main"
+) -> list[TaskSchedule]:
+    """Schedules for the task from the records of the same operator and target (same anchor block,
+    iterators and `mtriple`/`mcpu`): the fastest record of each of the MAX_DONORS nearest shapes,
+    nearest first; records whose replay fails are skipped."""
+    workload = normalize(func)
+    context = design_space(workload, target, task)
+    sketches = [s.trace for s in context.space_generator.generate_design_space(workload)]
+    own = next((tiled_decisions(trace, workload) for _, trace in ranked(sketches)), None)
+    if own is None:
+        return []
+    fastest: dict[tuple[int, ...], tuple[float, TiledDecisions]] = {}  # per donor shape
+    for record in records:
+        if record.target is None or not _same_target(record.target, target) or not record.run_secs:
+            continue
+        decided = tiled_decisions(record.trace, record.workload.mod)
+        if decided and decided.anchor == own.anchor and decided.iter_types == own.iter_types:
+            seconds = float(np.mean([float(x) for x in record.run_secs]))
+            if decided.extents not in fastest or seconds < fastest[decided.extents][0]:
+                fastest[decided.extents] = (seconds, decided)
+    donors = sorted(fastest.values(), key=lambda donor: _distance(donor[1].extents, own.extents))
+    found = []
+    for seconds, decided in donors[:MAX_DONORS]:
+        sketch = next((t for _, t in ranked(sketches) if fusion_level(t) == decided.fusion_level), None)
+        if sketch is None:
+            sketch = next(t for _, t in ranked(sketches))
+        try:
+            sch = replay(workload, sketch, lambda sch, d=decided: _carrying(sch, d), postprocs(context))
+        except (tvm.TVMError, RuntimeError, ValueError):
+            continue
+        source = f"record {decided.anchor} {'x'.join(map(str, decided.extents))} ({seconds * 1e3:.3g} ms)"
+        found.append(TaskSchedule("transferred", task, workload, sch.mod, sch.trace, source))
+    return found
+
+
+def best_schedule(
+    func: PrimFunc | IRModule, target: Target, records: Iterable[ms.database.TuningRecord], task: str = "main"
+) -> TaskSchedule | None:
+    """The default schedule, or a transferred one that gives the same output on random inputs and
+    runs faster. Transfers are timed only where the target runs on this machine; for another
+    target the default stays (its rules are for that target; a transfer cannot be checked there)."""
+    default = default_schedule(func, target, task)
+    if default is None or not _runs_here(target):
+        return default
+    candidates = transferred_schedules(func, target, records, task)
+    if not candidates:
+        return default
+    inputs = _random_inputs(default.workload)
+    expected, best_seconds = _run(default.mod, target, inputs)
+    best = default
+    for candidate in candidates:
+        output, seconds = _run(candidate.mod, target, inputs)
+        scale = max(float(np.abs(expected).max()), 1e-6)
+        if np.allclose(output, expected, rtol=0, atol=1e-4 * scale) and seconds < best_seconds:
+            best, best_seconds = candidate, seconds
+    return best
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """One row of the coverage table: how a PrimFunc of the build gets its schedule."""
+
+    task: str
+    kind: str  # "tuned", "transferred", "default", or "unscheduled" (no tiling: elementwise, reshape)
+    source: str  # the donor record of a transfer, the rule of a default, else ""
+
+
+def fallback_database(
+    mod: IRModule, target: Target, tuned: ms.database.Database
+) -> tuple[ms.database.Database, list[Coverage]]:
+    """A database for MetaScheduleApplyDatabase on the fused module `mod`: the tuned records first,
+    then a transferred or default schedule for every tiled task that has none. The defaults live
+    in a separate in-memory database, so they never end up in the tuned record store."""
+    fallbacks = ms.database.MemoryDatabase()
+    records = list(tuned.get_all_tuning_records())
+    coverage = []
+    for gv, func in mod.functions.items():
+        if not isinstance(func, PrimFunc):
+            continue
+        name = gv.name_hint
+        if tuned.query_tuning_record(normalize(func), target, name) is not None:
+            coverage.append(Coverage(name, "tuned", ""))
+            continue
+        schedule = best_schedule(func, target, records, name)
+        if schedule is None:
+            coverage.append(Coverage(name, "unscheduled", ""))
+            continue
+        commit_defaults(fallbacks, {name: schedule}, target)
+        coverage.append(Coverage(name, schedule.kind, schedule.rule))
+    return ms.database.OrderedUnionDatabase(tuned, fallbacks), coverage
+
+
+def _carrying(sch: Schedule, donor: TiledDecisions) -> Decider:
+    """Decision provider: the donor's tiles adapted to this task's extents, its unroll choice,
+    and the padding at the root (a donor's loop position can point at a loop that no longer
+    exists)."""
+    categorical = iter(donor.categorical)
+
+    def decide(inst: Instruction, inputs: list, attrs: list, decision: object) -> object:
+        kind = inst.kind.name
+        if kind == "SamplePerfectTile":
+            block, position = block_and_iter(sch, inputs[0])
+            factors = donor.tiles.get(position)
+            if factors is None or len(factors) != int(attrs[0]):
+                raise RuntimeError(f"the donor has no {attrs[0]}-way tile for iterator {position}")
+            return adapt_tile(factors, int(block.iter_vars[position].dom.extent))
+        if kind == "SampleCategorical":
+            return next(categorical, decision)
+        if kind == "SampleComputeLocation":
+            return -1
+        return decision
+
+    return decide
+
+
+def _same_target(a: Target, b: Target) -> bool:
+    """Records are for one CPU: MetaSchedule's own lookup ignores the target, so we compare."""
+    keys = ("mtriple", "mcpu")
+    return all(str(a.attrs.get(k, "")) == str(b.attrs.get(k, "")) for k in keys)
+
+
+def _distance(a: tuple[int, ...], b: tuple[int, ...]) -> float:
+    return sum(abs(math.log(x / y)) for x, y in zip(a, b))
+
+
+def _runs_here(target: Target) -> bool:
+    from tvm.target import codegen
+
+    host = str(codegen.llvm_get_system_triple())
+    return str(target.attrs.get("mtriple", host)).split("-")[0] == host.split("-")[0]
+
+
+def _random_inputs(workload: IRModule) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [
+        rng.standard_normal([int(d) for d in info.shape]).astype(info.dtype)
+        for info in ms.arg_info.ArgInfo.from_prim_func(workload["main"])
+    ]
+
+
+def _run(mod: IRModule, target: Target, inputs: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    """The output (last argument) and the best of a few run times."""
+    function = tvm.compile(mod, target=target)["main"]
+    tensors = [tvm.runtime.tensor(array) for array in inputs]
+    function(*tensors)  # compiled lazily on the first call
+    best = math.inf
+    for _ in range(_TIMING_RUNS):
+        started = time.perf_counter()
+        function(*tensors)
+        best = min(best, time.perf_counter() - started)
+    return tensors[-1].numpy(), best
