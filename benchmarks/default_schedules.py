@@ -1,8 +1,13 @@
-"""Naive vs default schedules on this host: GFLOP/s per conv/dense task, and the whole model against
-ONNX Runtime with the same thread count. A benchmark to run by hand, not a test.
+"""Naive vs default (vs transferred and tuned, given records) schedules on this host: GFLOP/s per
+conv/dense task, and the whole model against ONNX Runtime with the same thread count. A benchmark
+to run by hand, not a test.
 
     .venv/bin/python benchmarks/default_schedules.py --model vgg16 --layers 4
     .venv/bin/python benchmarks/default_schedules.py --model resnet18 --layers 0 --model-runs 3
+    .venv/bin/python benchmarks/default_schedules.py --model vgg16 --records DIR  # workloads.json, records.json
+
+With --records, "tuned" replays a task's own record and "transfer" the best transfer from the
+records of other shapes (the task's own record left out).
 
 --layers N times the N most expensive distinct tasks (0: none, -1: all); the model latency needs a
 full naive build of the model, which for VGG-16 runs for about 15 s per inference.
@@ -27,6 +32,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4, help="tasks to time, most expensive first (-1: all)")
     parser.add_argument("--model-runs", type=int, default=0, help="timed whole-model runs (0: skip the model)")
     parser.add_argument("--threads", type=int, default=THREADS)
+    parser.add_argument("--records", type=Path, help="folder with a MetaSchedule workloads.json and records.json")
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
 
@@ -60,11 +66,17 @@ def main() -> None:
         key=lambda pair: -pair[1],
     )
     count = len(tasks) if args.layers < 0 else args.layers
-    print(f"{'task':44} {'GFLOP':>7} {'naive':>8} {'default':>8} {'ratio':>7}  rule")
+    records = _load_records(args.records) if args.records else []
+    extra = f" {'transfer':>8} {'tuned':>8}" if records else ""
+    print(f"{'task':44} {'GFLOP':>7} {'naive':>8} {'default':>8} {'ratio':>7}{extra}  rule")
     for name, flops in tasks[:count]:
-        naive = _gflops(tvm.get_global_func("tvm.s_tir.meta_schedule.normalize_mod")(fused[name]), flops, target)
+        workload = schedules[name].workload
+        naive = _gflops(workload, flops, target)
         default = _gflops(schedules[name].mod, flops, target)
-        print(f"{name:44} {flops / 1e9:7.3f} {naive:8.1f} {default:8.1f} {default / naive:6.1f}x  {schedules[name].rule}")
+        line = f"{name:44} {flops / 1e9:7.3f} {naive:8.1f} {default:8.1f} {default / naive:6.1f}x"
+        if records:
+            line += " " + " ".join(f"{g:8.1f}" for g in _with_records(workload, records, flops, target))
+        print(f"{line}  {schedules[name].rule}", flush=True)
 
     if args.model_runs:
         data = np.random.default_rng(0).standard_normal(spec.input_shape, dtype=np.float32)
@@ -77,6 +89,35 @@ def main() -> None:
         for label, seconds in latencies.items():
             ratio = seconds / latencies["onnxruntime"]
             print(f"{args.model} {label:12} {seconds * 1e3:9.1f} ms  ({ratio:.1f}x onnxruntime)")
+
+
+def _load_records(folder: Path) -> list:
+    from tvm.s_tir import meta_schedule as ms
+
+    database = ms.database.JSONDatabase(str(folder / "workloads.json"), str(folder / "records.json"))
+    return list(database.get_all_tuning_records())
+
+
+def _with_records(workload: object, records: list, flops: float, target: object) -> tuple[float, float]:
+    """GFLOP/s of the best transfer from other shapes' records, and of the task's own best record
+    (NaN where there is none)."""
+    import tvm
+    from tvm.s_tir import Schedule
+
+    from pipeline.schedule_transfer import transferred_schedules
+
+    own_hash = tvm.ir.structural_hash(workload)
+    own = [r for r in records if tvm.ir.structural_hash(r.workload.mod) == own_hash]
+    others = [r for r in records if tvm.ir.structural_hash(r.workload.mod) != own_hash]
+    transfer = max((_gflops(t.mod, flops, target) for t in transferred_schedules(workload, target, others)),
+                   default=float("nan"))
+    tuned = float("nan")
+    if own:
+        best = min(own, key=lambda r: float(np.mean([float(x) for x in r.run_secs])))
+        sch = Schedule(workload)
+        best.trace.apply_to_schedule(sch, remove_postproc=False)
+        tuned = _gflops(sch.mod, flops, target)
+    return transfer, tuned
 
 
 def _flops(func: object) -> float:
