@@ -131,9 +131,9 @@ def default_schedules(mod: IRModule, target: Target) -> dict[str, TaskSchedule |
     }
 
 
-def commit_defaults(database: ms.database.Database, schedules: dict[str, TaskSchedule | None], target: Target) -> None:
-    """Commit the default schedules as tuning records. Their run time is DEFAULT_RECORD_RUN_SECS,
-    so a workload that also has a tuned record keeps using the tuned one."""
+def commit_schedules(database: ms.database.Database, schedules: dict[str, TaskSchedule | None], target: Target) -> None:
+    """Commit default or transferred schedules as tuning records. Their run time is
+    DEFAULT_RECORD_RUN_SECS, so a workload that also has a tuned record keeps using the tuned one."""
     for schedule in schedules.values():
         if schedule is None:
             continue
@@ -153,7 +153,7 @@ def apply_schedules(mod: IRModule, schedules: dict[str, TaskSchedule | None], ta
     """The fused module with the given schedules applied exactly as the build applies tuned records
     (MetaScheduleApplyDatabase); an applied PrimFunc carries `tirx.is_scheduled`."""
     database = ms.database.MemoryDatabase()
-    commit_defaults(database, schedules, target)
+    commit_schedules(database, schedules, target)
     with target, database:
         return relax.transform.MetaScheduleApplyDatabase()(mod)
 

@@ -26,7 +26,7 @@ from pipeline.default_schedules import (
     Decider,
     TaskSchedule,
     block_and_iter,
-    commit_defaults,
+    commit_schedules,
     default_schedule,
     design_space,
     fusion_level,
@@ -160,8 +160,9 @@ class Coverage:
     """One row of the coverage table: how a PrimFunc of the build gets its schedule."""
 
     task: str
-    kind: str  # "tuned", "transferred", "default", or "unscheduled" (no tiling: elementwise, reshape)
-    source: str  # the donor record of a transfer, the rule of a default, else ""
+    kind: str  # "tuned", "transferred", "default", "naive" (no rule applied), or "unscheduled"
+    # (nothing to tile: elementwise, reshape, pooling; TVM's own lowering)
+    source: str  # the donor record of a transfer, the rule of a default, why a task stays naive
 
 
 def fallback_database(
@@ -180,11 +181,15 @@ def fallback_database(
         if tuned.query_tuning_record(normalize(func), target, name) is not None:
             coverage.append(Coverage(name, "tuned", ""))
             continue
-        schedule = best_schedule(func, target, records, name)
+        try:
+            schedule = best_schedule(func, target, records, name)
+        except RuntimeError as exc:  # no rule applied: the build still works, with naive loops
+            coverage.append(Coverage(name, "naive", str(exc)))
+            continue
         if schedule is None:
             coverage.append(Coverage(name, "unscheduled", ""))
             continue
-        commit_defaults(fallbacks, {name: schedule}, target)
+        commit_schedules(fallbacks, {name: schedule}, target)
         coverage.append(Coverage(name, schedule.kind, schedule.rule))
     return ms.database.OrderedUnionDatabase(tuned, fallbacks), coverage
 
@@ -223,10 +228,13 @@ def _distance(a: tuple[int, ...], b: tuple[int, ...]) -> float:
 
 
 def _runs_here(target: Target) -> bool:
+    """Whether code for the target runs (and times meaningfully) on this machine: same
+    architecture and CPU model, so no instruction the host lacks."""
     from tvm.target import codegen
 
-    host = str(codegen.llvm_get_system_triple())
-    return str(target.attrs.get("mtriple", host)).split("-")[0] == host.split("-")[0]
+    host_arch = str(codegen.llvm_get_system_triple()).split("-")[0]
+    arch = str(target.attrs.get("mtriple", host_arch)).split("-")[0]
+    return arch == host_arch and str(target.attrs.get("mcpu", "")) == str(codegen.llvm_get_system_cpu())
 
 
 def _random_inputs(workload: IRModule) -> list[np.ndarray]:

@@ -19,7 +19,7 @@ from pipeline.default_schedules import (
     TaskSchedule,
     apply_schedules,
     build_fused,
-    commit_defaults,
+    commit_schedules,
     cpu_traits,
     default_schedule,
     default_schedules,
@@ -145,7 +145,7 @@ def test_a_tuned_record_outranks_the_default(tiny_defaults: dict[str, TaskSchedu
     """The default is only a fallback: the database returns a measured record first."""
     name, default = next((name, s) for name, s in tiny_defaults.items() if "conv2d" in name)
     database = ms.database.MemoryDatabase()
-    commit_defaults(database, {name: default}, HOST)
+    commit_schedules(database, {name: default}, HOST)
     tuned = ms.database.TuningRecord(
         default.trace, database.commit_workload(default.workload), run_secs=[1e-4], target=HOST
     )
