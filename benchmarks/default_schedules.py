@@ -139,7 +139,9 @@ def _gflops(mod: object, flops: float, target: object) -> float:
         for info in ms.arg_info.ArgInfo.from_prim_func(mod["main"])
     ]
     function(*args)  # compiled lazily on the first call
-    best = _best_seconds(lambda: function(*args), repeat=3)
+    once = _best_seconds(lambda: function(*args), repeat=1)
+    # Best of up to 20 runs within about a second: the host is shared, a single run can be slowed.
+    best = min(once, _best_seconds(lambda: function(*args), repeat=int(min(20, max(3, 1.0 / once)))))
     return flops / best / 1e9
 
 
