@@ -101,14 +101,14 @@ def _load_records(folder: Path) -> list:
 def _with_records(workload: object, records: list, flops: float, target: object) -> tuple[float, float]:
     """GFLOP/s of the best transfer from other shapes' records, and of the task's own best record
     (NaN where there is none)."""
-    import tvm
+    import tvm_ffi
     from tvm.s_tir import Schedule
 
     from pipeline.schedule_transfer import transferred_schedules
 
-    own_hash = tvm.ir.structural_hash(workload)
-    own = [r for r in records if tvm.ir.structural_hash(r.workload.mod) == own_hash]
-    others = [r for r in records if tvm.ir.structural_hash(r.workload.mod) != own_hash]
+    own_hash = tvm_ffi.structural_hash(workload)
+    own = [r for r in records if tvm_ffi.structural_hash(r.workload.mod) == own_hash]
+    others = [r for r in records if tvm_ffi.structural_hash(r.workload.mod) != own_hash]
     transfer = max((_gflops(t.mod, flops, target) for t in transferred_schedules(workload, target, others)),
                    default=float("nan"))
     tuned = float("nan")

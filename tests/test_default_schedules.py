@@ -159,9 +159,16 @@ def test_elementwise_and_pooling_tasks_keep_tvm_lowering(tiny_defaults: dict[str
         assert tiny_defaults[name] is None, name
 
 
-def test_aarch64_target_gets_neon_sized_vectors(tiny_fused: tvm.IRModule) -> None:
-    assert cpu_traits(RK3399).lanes == 4
-    assert cpu_traits(HOST).lanes in (8, 16)
+def test_vector_width_and_registers_come_from_the_target_cpu() -> None:
+    def cpu(mcpu: str, mtriple: str = "x86_64-linux-gnu") -> tvm.target.Target:
+        return tvm.target.Target({"kind": "llvm", "mtriple": mtriple, "mcpu": mcpu, "num-cores": 4})
+
+    assert (cpu_traits(cpu("skylake-avx512")).lanes, cpu_traits(cpu("skylake-avx512")).registers) == (16, 32)
+    assert (cpu_traits(cpu("haswell")).lanes, cpu_traits(cpu("haswell")).registers) == (8, 16)
+    assert (cpu_traits(RK3399).lanes, cpu_traits(RK3399).registers, cpu_traits(RK3399).cores) == (4, 32, 2)
+
+
+def test_aarch64_target_gets_a_default_that_compiles(tiny_fused: tvm.IRModule) -> None:
     name = next(gv.name_hint for gv in tiny_fused.functions if "conv2d" in gv.name_hint)
     schedule = default_schedule(tiny_fused[name], RK3399, name)
     assert schedule is not None
