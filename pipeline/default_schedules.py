@@ -8,8 +8,9 @@ tuned record, and the build applies it with `relax.transform.MetaScheduleApplyDa
 
 The loop structure of a multi-level-tiled sketch on CPU is S0 S1 R0 S2 R1 S3 (S: spatial tiles,
 R: reduction tiles). The rules put parallel work in S0, the epilogue at the end of S1, all input
-channels in R0, a small register tile of output channels x rows in S2, the kernel taps in R1 and one
-vector of output columns in S3; the register tile is unrolled.
+channels in R0, a register tile in S2 (output channels; rows for depthwise convs; a row of vectors
+for dense), the kernel taps in R1 and one vector of output columns in S3; the register tile is
+unrolled. docs/default-schedules.md has the measurements behind each rule.
 """
 
 from collections.abc import Callable, Iterator

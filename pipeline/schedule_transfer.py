@@ -1,7 +1,7 @@
 """Transfer: a tuned record of the same operator at another shape, replayed on a task without one.
 
-Why: replaying a tuned conv's decisions on another conv of the same target beats the default rules
-on most 3x3 convs. A record's trace cannot be replayed as it is: its block names (epilogues differ)
+Why: a tuned conv's decisions, replayed on another conv of the same target, can beat the default
+rules (a tuned record has been measured on the target; the rules are fixed). A record's trace cannot be replayed as it is: its block names (epilogues differ)
 and tile factors (extents differ) belong to its own workload. We therefore read the donor's
 decisions per iterator of its tiled (anchor) block, replay the new task's own sketch with the same
 epilogue placement, and give each tile decision the closest valid factors for the new extent. A
