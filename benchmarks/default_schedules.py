@@ -104,13 +104,13 @@ def _with_records(workload: object, records: list, flops: float, target: object)
     import tvm_ffi
     from tvm.s_tir import Schedule
 
-    from pipeline.schedule_transfer import transferred_schedules
+    from pipeline.schedule_transfer import donors, transferred_schedules
 
     own_hash = tvm_ffi.structural_hash(workload)
     own = [r for r in records if tvm_ffi.structural_hash(r.workload.mod) == own_hash]
     others = [r for r in records if tvm_ffi.structural_hash(r.workload.mod) != own_hash]
-    transfer = max((_gflops(t.mod, flops, target) for t in transferred_schedules(workload, target, others)),
-                   default=float("nan"))
+    transfers = transferred_schedules(workload, target, donors(others, target))
+    transfer = max((_gflops(t.mod, flops, target) for t in transfers), default=float("nan"))
     tuned = float("nan")
     if own:
         best = min(own, key=lambda r: float(np.mean([float(x) for x in r.run_secs])))

@@ -1,11 +1,12 @@
 """Transfer: a tuned record of the same operator at another shape, replayed on a task without one.
 
 Why: a tuned conv's decisions, replayed on another conv of the same target, can beat the default
-rules (a tuned record has been measured on the target; the rules are fixed). A record's trace cannot be replayed as it is: its block names (epilogues differ)
-and tile factors (extents differ) belong to its own workload. We therefore read the donor's
-decisions per iterator of its tiled (anchor) block, replay the new task's own sketch with the same
-epilogue placement, and give each tile decision the closest valid factors for the new extent. A
-transfer is used only when it computes what the default computes and runs faster on this machine.
+rules (a tuned record has been measured on the target; the rules are fixed). A record's trace
+cannot be replayed as it is: its block names (epilogues differ) and tile factors (extents differ)
+belong to its own workload. We therefore read the donor's decisions per iterator of its tiled
+(anchor) block, replay the new task's own sketch with the same epilogue placement, and give each
+tile decision the closest valid factors for the new extent. A transfer is used only when it
+computes what the default computes and runs faster on this machine.
 """
 
 import math
@@ -96,30 +97,50 @@ def adapt_tile(factors: tuple[int, ...], extent: int) -> list[int]:
     return [left] + inner[::-1]
 
 
+@dataclass(frozen=True)
+class Donor:
+    """The fastest record of one workload shape, as decisions that can be carried elsewhere."""
+
+    decisions: TiledDecisions
+    seconds: float  # the record's mean measured run time
+
+
+def donors(records: Iterable[ms.database.TuningRecord], target: Target) -> list[Donor]:
+    """The records usable for transfer to `target` (same `mtriple`/`mcpu`; MetaSchedule's own
+    lookup ignores the target), reduced to the fastest per operator and shape. Read once per build:
+    each record's trace is replayed to read its decisions."""
+    fastest: dict[tuple[str, tuple[int, ...]], Donor] = {}
+    for record in records:
+        if record.target is None or not _same_target(record.target, target) or not record.run_secs:
+            continue
+        decided = tiled_decisions(record.trace, record.workload.mod)
+        if decided is None:
+            continue
+        donor = Donor(decided, float(np.mean([float(x) for x in record.run_secs])))
+        key = (decided.anchor, decided.extents)
+        if key not in fastest or donor.seconds < fastest[key].seconds:
+            fastest[key] = donor
+    return list(fastest.values())
+
+
 def transferred_schedules(
-    func: PrimFunc | IRModule, target: Target, records: Iterable[ms.database.TuningRecord], task: str = "main"
+    func: PrimFunc | IRModule, target: Target, candidates: Iterable[Donor], task: str = "main"
 ) -> list[TaskSchedule]:
-    """Schedules for the task from the records of the same operator and target (same anchor block,
-    iterators and `mtriple`/`mcpu`): the fastest record of each of the MAX_DONORS nearest shapes,
-    nearest first; records whose replay fails are skipped."""
+    """Schedules for the task from the donors of the same operator (same anchor block and iterator
+    kinds) at the MAX_DONORS nearest shapes, nearest first; donors whose replay fails are skipped."""
     workload = normalize(func)
     context = design_space(workload, target, task)
     sketches = [s.trace for s in context.space_generator.generate_design_space(workload)]
     own = next((tiled_decisions(trace, workload) for _, trace in ranked(sketches)), None)
     if own is None:
         return []
-    fastest: dict[tuple[int, ...], tuple[float, TiledDecisions]] = {}  # per donor shape
-    for record in records:
-        if record.target is None or not _same_target(record.target, target) or not record.run_secs:
-            continue
-        decided = tiled_decisions(record.trace, record.workload.mod)
-        if decided and decided.anchor == own.anchor and decided.iter_types == own.iter_types:
-            seconds = float(np.mean([float(x) for x in record.run_secs]))
-            if decided.extents not in fastest or seconds < fastest[decided.extents][0]:
-                fastest[decided.extents] = (seconds, decided)
-    donors = sorted(fastest.values(), key=lambda donor: _distance(donor[1].extents, own.extents))
+    same_operator = [
+        d for d in candidates if d.decisions.anchor == own.anchor and d.decisions.iter_types == own.iter_types
+    ]
+    same_operator.sort(key=lambda donor: _distance(donor.decisions.extents, own.extents))
     found = []
-    for seconds, decided in donors[:MAX_DONORS]:
+    for donor in same_operator[:MAX_DONORS]:
+        decided, seconds = donor.decisions, donor.seconds
         sketch = next((t for _, t in ranked(sketches) if fusion_level(t) == decided.fusion_level), None)
         if sketch is None:
             sketch = next(t for _, t in ranked(sketches))
@@ -133,7 +154,7 @@ def transferred_schedules(
 
 
 def best_schedule(
-    func: PrimFunc | IRModule, target: Target, records: Iterable[ms.database.TuningRecord], task: str = "main"
+    func: PrimFunc | IRModule, target: Target, candidates: Iterable[Donor], task: str = "main"
 ) -> TaskSchedule | None:
     """The default schedule, or a transferred one that gives the same output on random inputs and
     runs faster. Transfers are timed only where the target runs on this machine; for another
@@ -141,13 +162,13 @@ def best_schedule(
     default = default_schedule(func, target, task)
     if default is None or not _runs_here(target):
         return default
-    candidates = transferred_schedules(func, target, records, task)
-    if not candidates:
+    transfers = transferred_schedules(func, target, candidates, task)
+    if not transfers:
         return default
     inputs = _random_inputs(default.workload)
     expected, best_seconds = _run(default.mod, target, inputs)
     best = default
-    for candidate in candidates:
+    for candidate in transfers:
         output, seconds = _run(candidate.mod, target, inputs)
         scale = max(float(np.abs(expected).max()), 1e-6)
         if np.allclose(output, expected, rtol=0, atol=1e-4 * scale) and seconds < best_seconds:
@@ -172,7 +193,7 @@ def fallback_database(
     then a transferred or default schedule for every tiled task that has none. The defaults live
     in a separate in-memory database, so they never end up in the tuned record store."""
     fallbacks = ms.database.MemoryDatabase()
-    records = list(tuned.get_all_tuning_records())
+    usable = donors(tuned.get_all_tuning_records(), target)
     coverage = []
     for gv, func in mod.functions.items():
         if not isinstance(func, PrimFunc):
@@ -182,7 +203,7 @@ def fallback_database(
             coverage.append(Coverage(name, "tuned", ""))
             continue
         try:
-            schedule = best_schedule(func, target, records, name)
+            schedule = best_schedule(func, target, usable, name)
         except RuntimeError as exc:  # no rule applied: the build still works, with naive loops
             coverage.append(Coverage(name, "naive", str(exc)))
             continue

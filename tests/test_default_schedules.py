@@ -30,7 +30,7 @@ from pipeline.default_schedules import (
     default_schedules,
     legalize_and_fuse,
 )
-from pipeline.schedule_transfer import adapt_tile, fallback_database, transferred_schedules
+from pipeline.schedule_transfer import adapt_tile, donors, fallback_database, transferred_schedules
 
 HOST = tvm.target.Target(
     {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": str(codegen.llvm_get_system_cpu()), "num-cores": 2}
@@ -213,7 +213,8 @@ def test_transferred_schedule_from_another_conv_shape_matches_onnxruntime(case: 
     model, shape = CONV_CASES[case]
     fused = fused_module(model, shape)
     name = next(gv.name_hint for gv in fused.functions if "conv2d" in gv.name_hint)
-    (transferred, *_) = transferred_schedules(fused[name], HOST, donor_db.get_all_tuning_records(), name)
+    usable = donors(donor_db.get_all_tuning_records(), HOST)
+    (transferred, *_) = transferred_schedules(fused[name], HOST, usable, name)
     assert transferred.kind == "transferred"
     assert transferred.rule.startswith("record conv2d_nchw 1x24x20x20x16x3x3")
     scheduled = apply_schedules(fused, {name: transferred}, HOST)
@@ -225,11 +226,10 @@ def test_transferred_schedule_from_another_conv_shape_matches_onnxruntime(case: 
 
 def test_records_of_another_cpu_or_operator_are_not_transferred(tiny_fused: tvm.IRModule) -> None:
     other_cpu = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2})
-    records = conv_donor(*conv_case(16, 20, 24, 3), target=other_cpu).get_all_tuning_records()
-    conv = next(gv.name_hint for gv in tiny_fused.functions if "conv2d" in gv.name_hint)
-    assert transferred_schedules(tiny_fused[conv], HOST, records, conv) == []
-    records = conv_donor(*conv_case(16, 20, 24, 3)).get_all_tuning_records()
-    assert transferred_schedules(tiny_fused["fused_matmul_add4"], HOST, records, "fused_matmul_add4") == []
+    assert donors(conv_donor(*conv_case(16, 20, 24, 3), target=other_cpu).get_all_tuning_records(), HOST) == []
+    same_cpu = donors(conv_donor(*conv_case(16, 20, 24, 3)).get_all_tuning_records(), HOST)
+    assert len(same_cpu) == 1
+    assert transferred_schedules(tiny_fused["fused_matmul_add4"], HOST, same_cpu, "fused_matmul_add4") == []
 
 
 def test_coverage_names_tuned_transferred_default_and_unscheduled_tasks(tiny_fused: tvm.IRModule) -> None:
