@@ -113,4 +113,5 @@ def load_board(name_or_path: str, boards_dir: Path = BOARDS_DIR) -> BoardProfile
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "(top level)"
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise PipelineError(f"{path}: field '{field}': {first['msg']}{more}", "fix the board profile") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise PipelineError(f"{path}: field '{field}': {message}{more}", "fix the board profile") from None
