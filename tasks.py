@@ -2,9 +2,7 @@
 
 import functools
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict
+from collections.abc import Callable
 from typing import Any
 
 from invoke import Context, Exit, task
@@ -40,12 +38,6 @@ def _number(value: str | None, cast: Callable[[str], Any], flag: str, default: A
     return number
 
 
-@contextmanager
-def _step(console: Any, message: str) -> Iterator[None]:
-    with console.status(message):
-        yield
-
-
 @task(
     help={
         "board": "board profile name (boards/<name>.yaml) or path to a profile",
@@ -68,97 +60,25 @@ def deploy(
 ) -> None:
     """Build the model for the board, push it, run it there, check the output, and record the timings."""
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TransferSpeedColumn,
+
+    from pipeline import summary
+    from pipeline.deploy import deploy_once
+
+    outcome = deploy_once(
+        board,
+        model,
+        runs=_number(runs, int, "runs", None),
+        warmup=_number(warmup, int, "warmup", None),
+        timeout_s=_number(timeout, float, "timeout", None),
+        tolerance=tolerance,
+        console=Console(stderr=True),
     )
-
-    from pipeline import benchmark, check, compile, facts, inputs, results, summary, timing
-    from pipeline.boards import load_board
-    from pipeline.bundle import runtime_bundle
-    from pipeline.connection import connect
-    from pipeline.models import resolve_model
-    from pipeline.push import push_model
-    from pipeline.sshd import board_endpoint
-
-    console = Console(stderr=True)
-    profile = load_board(board)
-    spec = resolve_model(model)
-    warmup_runs = _number(warmup, int, "warmup", profile.timing.warmup)
-    timed_runs = max(1, _number(runs, int, "runs", profile.timing.runs))
-    timeout_s = _number(timeout, float, "timeout", profile.timing.timeout_s)
-
-    with _step(console, f"Building {spec.name} for {profile.target.mtriple} ({profile.target.mcpu})..."):
-        artifact = compile.build(spec, profile)
-    bundle = runtime_bundle(profile.arch)
-    data, input_file = inputs.make_input(spec.input_shape)
-
-    with board_endpoint(profile.ssh) as endpoint, connect(endpoint) as client:
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console
-        ) as progress:
-            uploads: dict[str, Any] = {}
-
-            def on_upload(name: str, sent: int, size: int) -> None:
-                if name not in uploads:
-                    uploads[name] = progress.add_task(f"Pushing {name}", total=size)
-                progress.update(uploads[name], completed=sent)
-
-            deployment = push_model(client, profile.remote_dir, bundle, artifact, input_file, on_progress=on_upload)
-        with _step(console, f"Checking {profile.name} ({endpoint.host}:{endpoint.port})..."):
-            runtime = benchmark.probe_runtime(client, profile, deployment)
-            benchmark.check_architecture(artifact.arch, runtime, profile)
-            board_facts = facts.collect_facts(client)
-        if profile.emulated:
-            console.print(f"[yellow]{profile.name} is emulated: each run is an emulation cost and can take minutes.")
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-        ) as progress:
-            bar = progress.add_task(f"Running on {profile.name}", total=1 + warmup_runs + timed_runs)
-
-            def on_progress(phase: str, index: int, count: int, ms: float) -> None:
-                progress.update(bar, advance=1, description=f"Running on {profile.name}: {phase} {index}/{count}")
-
-            outcome = benchmark.run_benchmark(
-                client, profile, deployment, spec.input_shape,
-                warmup=warmup_runs, runs=timed_runs, timeout_s=timeout_s, on_progress=on_progress,
-            )
-
-    with _step(console, "Checking the output against onnxruntime..."):
-        verdict = check.compare(outcome.output, check.reference_output(spec.path, spec.input_name, data), tolerance)
-    result = results.DeployResult(
-        created=results.utc_now(),
-        board=profile.name,
-        emulated=profile.emulated,
-        timing_kind="emulated" if profile.emulated else "native",
-        model=spec.name,
-        tvm_version=artifact.tvm_version,
-        target=artifact.target,
-        threads=profile.threads,
-        build=compile.artifact_summary(artifact),
-        push=asdict(deployment.report),
-        runtime_arch=runtime.arch,
-        board_facts=board_facts,
-        timings=results.Timings(
-            load_ms=outcome.load_ms,
-            first_ms=outcome.first_ms,
-            warmup_ms=outcome.warmup_ms,
-            runs_ms=outcome.runs_ms,
-            stats=timing.summarize(outcome.runs_ms),
-        ),
-        check=verdict,
-    )
-    path = results.write_result(result)
+    result, path = outcome.result, outcome.path
     print("\n".join(summary.summary_lines(result, path)))
-    if not verdict.passed:
+    if not result.check.passed:
         raise Exit(
-            f"error: the output on {profile.name} does not match onnxruntime (relative error "
-            f"{verdict.relative_error:.2e} > {tolerance:.0e}) — fix: inspect the build; the result is kept at {path}",
+            f"error: the output on {result.board} does not match onnxruntime (relative error "
+            f"{result.check.relative_error:.2e} > {tolerance:.0e}) — fix: inspect the build; the result is kept at {path}",
             code=1,
         )
 
@@ -195,3 +115,4 @@ def boards(c: Context) -> None:
 def test(c: Context, args: str = "") -> None:
     """Run the test suite (starts its own sshd and emulated board)."""
     c.run(f"{sys.executable} -m pytest {args}", pty=False)
+
