@@ -17,12 +17,18 @@ TEMPERATURE_RISE_C = 10.0
 FREQUENCY_DROP = 0.05
 FALLBACK_SHARE_RISE = 0.01
 LISTED_WORKLOADS = 5
+BUILD_FIELDS = (
+    ("tvm_version", "TVM version"), ("target", "target"), ("threads", "threads"), ("timing_kind", "timing kind"),
+)
 
 Record = Mapping[str, Any]
 
 
 @dataclass(frozen=True)
 class Cause:
+    """`kind` is one of coverage_lost, coverage_gained, tvm_version, target, threads, timing_kind,
+    record_store, throttling, governor, board, pipeline; `detail` is the sentence a person reads."""
+
     kind: str
     detail: str
 
@@ -81,23 +87,24 @@ def _count_by_operator(entries: Sequence[Record]) -> str:
 
 
 def _changed(baseline: Record, current: Record) -> list[Cause]:
-    causes = []
-    if baseline.get("tvm_version") != current.get("tvm_version"):
-        causes.append(Cause("tvm_version", f"TVM version changed: {baseline.get('tvm_version')} -> {current.get('tvm_version')}"))
-    old_target, new_target = baseline.get("target") or {}, current.get("target") or {}
-    if old_target != new_target:
-        keys = sorted(key for key in old_target.keys() | new_target.keys() if old_target.get(key) != new_target.get(key))
-        detail = ", ".join(f"{key} {old_target.get(key)} -> {new_target.get(key)}" for key in keys)
-        causes.append(Cause("target", f"target changed: {detail}"))
-    if baseline.get("threads") != current.get("threads"):
-        causes.append(Cause("threads", f"threads changed: {baseline.get('threads')} -> {current.get('threads')}"))
-    if baseline.get("timing_kind") != current.get("timing_kind"):
-        causes.append(Cause("timing_kind", f"timing kind changed: {baseline.get('timing_kind')} -> {current.get('timing_kind')}"))
+    causes = [
+        Cause(key, f"{label} changed: {_difference(baseline.get(key), current.get(key))}")
+        for key, label in BUILD_FIELDS
+        if baseline.get(key) != current.get(key)
+    ]
     old_store = (baseline.get("provenance") or {}).get("record_store_version")
     new_store = (current.get("provenance") or {}).get("record_store_version")
     if old_store != new_store:
         causes.append(Cause("record_store", f"tuning record store changed: {old_store} -> {new_store}"))
     return causes
+
+
+def _difference(old: Any, new: Any) -> str:
+    """For dicts (the target) only the fields that differ."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        keys = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+        return ", ".join(f"{key} {old.get(key)} -> {new.get(key)}" for key in keys)
+    return f"{old} -> {new}"
 
 
 def _board_state(before: Record, after: Record) -> list[Cause]:

@@ -180,7 +180,10 @@ class History:
             )
             db.executemany(
                 "INSERT INTO coverage (result_id, task, workload, flops, status) VALUES (?, ?, ?, ?, ?)",
-                [(result_id, e["task"], e["workload"], float(e["flops"]), e["status"]) for e in record.get("coverage") or []],
+                [
+                    (result_id, entry["task"], entry["workload"], float(entry["flops"]), entry["status"])
+                    for entry in record.get("coverage") or []
+                ],
             )
             if comparison is not None:
                 verdict = comparison.verdict
@@ -197,7 +200,8 @@ class History:
     def baseline(self, board: str, model: str, timing_kind: str) -> Entry | None:
         """The latest earlier result of this point whose output check passed: what tonight is compared with."""
         rows = self._select(
-            "WHERE r.board = ? AND r.model = ? AND r.timing_kind = ? AND r.check_passed ORDER BY r.created DESC, r.id DESC LIMIT 1",
+            "WHERE r.board = ? AND r.model = ? AND r.timing_kind = ? AND r.check_passed"
+            " ORDER BY r.created DESC, r.id DESC LIMIT 1",
             (board, model, timing_kind),
         )
         return rows[0] if rows else None
