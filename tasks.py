@@ -116,3 +116,57 @@ def test(c: Context, args: str = "") -> None:
     """Run the test suite (starts its own sshd and emulated board)."""
     c.run(f"{sys.executable} -m pytest {args}", pty=False)
 
+
+@task(
+    help={
+        "matrix": "the nightly matrix file (boards x models, runs per point)",
+        "history": "history database (default: the matrix file's `history`)",
+        "report": "folder for index.html and summary.txt (default: the matrix file's `report`)",
+        "install_cron": "install the matrix's schedule in the user's crontab instead of running",
+        "print_cron": "print the crontab line instead of running",
+    }
+)
+@_clean_errors
+def nightly(
+    c: Context,
+    matrix: str = "nightly.yaml",
+    history: str | None = None,
+    report: str | None = None,
+    install_cron: bool = False,
+    print_cron: bool = False,
+) -> None:
+    """Deploy every point of the matrix, store and compare each result, write the report; exit 1 on a regression."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from pipeline import nightly as runner
+    from pipeline.history import History, Provenance, pipeline_commit
+    from pipeline.report import point_line, summary_lines, write_report
+
+    matrix_path = Path(matrix)
+    spec = runner.load_matrix(matrix_path)
+    if install_cron or print_cron:
+        line = runner.cron_line(matrix_path, spec)
+        if install_cron:
+            runner.install_cron(line)
+            print(f"installed in crontab: {line}")
+        else:
+            print(line)
+        return
+    console = Console(stderr=True)
+
+    def show(outcome: runner.PointOutcome) -> None:
+        console.print(point_line(outcome), markup=False, highlight=False, soft_wrap=True)
+
+    # The tuning record store lands on another branch; until then its version is unknown.
+    provenance = Provenance(pipeline_commit=pipeline_commit(), record_store_version=None)
+    with History(Path(history) if history else spec.history) as store:
+        outcome = runner.run_nightly(
+            spec, runner.real_deploy(console), store, provenance, on_point=show
+        )
+        page = write_report(store, outcome, Path(report) if report else spec.report)
+    print("\n".join(summary_lines(outcome)))
+    print(f"Report       {page}")
+    if outcome.exit_code:
+        raise Exit(code=outcome.exit_code)
