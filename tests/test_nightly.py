@@ -1,6 +1,7 @@
 """`invoke nightly`'s loop: one board never runs twice at once, an interrupt keeps what was measured,
 a regression exits non-zero and says why, and the real deploy runs through it."""
 
+import os
 import re
 import subprocess
 import sys
@@ -218,3 +219,52 @@ def test_without_crontab_the_error_gives_the_line_to_install() -> None:
     with pytest.raises(PipelineError) as error:
         install_cron("30 2 * * * true # tvm-pipeline-nightly x", crontab="no-such-crontab")
     assert "30 2 * * * true" in error.value.fix
+
+
+def invoke_nightly(tmp_path: Path, matrix: list[dict[str, Any]], *args: str) -> subprocess.CompletedProcess[str]:
+    """`invoke nightly` as cron runs it, on a matrix file whose history and report live in tmp_path."""
+    path = tmp_path / "nightly.yaml"
+    path.write_text(yaml.safe_dump({"history": "history.sqlite", "report": "report", "matrix": matrix}))
+    env = {**os.environ, "PIPELINE_RESULTS": str(tmp_path / "results")}
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", "nightly", "--matrix", str(path), *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_invoke_nightly_flags_a_slower_local_tiny_exits_1_and_names_the_tvm_upgrade(
+    embedded_endpoint: SshEndpoint, tmp_path: Path
+) -> None:
+    """The real deploy against a planted baseline that was 5x faster with an older TVM."""
+    with History(tmp_path / "history.sqlite") as store:
+        store.add(result_dict(latencies(0.15, 8, 0), board="local", model="tiny", tvm_version="0.26.0"), PROVENANCE)
+    proc = invoke_nightly(tmp_path, [{"boards": ["local"], "models": ["tiny"], "runs": 8, "warmup": 1}])
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].endswith("1 point measured, 1 regression, 0 improvements, 0 failed")
+    assert lines[1].startswith("REGRESSION   local/tiny: median ")
+    assert "    likely cause: TVM version changed: 0.26.0 -> 0.27.0.post1" in lines
+    assert (tmp_path / "report" / REPORT_NAME).is_file()
+    assert (tmp_path / "report" / SUMMARY_NAME).read_text().splitlines() == lines[:-1]
+    with History(tmp_path / "history.sqlite") as store:
+        assert [entry.change for entry in store.series("local", "tiny")] == [None, "regression"]
+
+
+def test_invoke_nightly_on_a_locked_board_is_one_clear_error(tmp_path: Path) -> None:
+    board = str(ROOT / "boards" / "local.yaml")
+    with board_locks([board]):
+        proc = invoke_nightly(tmp_path, [{"boards": [board], "models": ["tiny"]}])
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    [error] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert f"another nightly run holds the lock for board {board} (pid {os.getpid()})" in error
+    assert "fix: wait for it to finish" in error
+
+
+def test_invoke_nightly_print_cron_prints_the_line_and_runs_nothing(tmp_path: Path) -> None:
+    proc = invoke_nightly(tmp_path, [{"boards": ["local"], "models": ["tiny"]}], "--print-cron")
+    assert proc.returncode == 0, proc.stderr
+    [line] = proc.stdout.splitlines()
+    assert line.endswith(f"{CRON_TAG} {tmp_path / 'nightly.yaml'}")
+    assert not (tmp_path / "history.sqlite").exists()
