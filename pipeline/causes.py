@@ -114,9 +114,7 @@ def _board_state(before: Record, after: Record) -> list[Cause]:
     if new_temp is not None and (new_temp >= HOT_C or (old_temp is not None and new_temp - old_temp >= TEMPERATURE_RISE_C)):
         was = f" (was {old_temp:.1f} °C)" if old_temp is not None else ""
         causes.append(Cause("throttling", f"board ran hot: {new_temp:.1f} °C{was}"))
-    old_freq, new_freq = before.get("cur_freq_khz"), after.get("cur_freq_khz")
-    if old_freq and new_freq and new_freq < old_freq * (1 - FREQUENCY_DROP):
-        causes.append(Cause("throttling", f"CPU clock lower: {old_freq / 1000:.0f} MHz -> {new_freq / 1000:.0f} MHz"))
+    causes += _clocks(before, after)
     governor = after.get("governor")
     if governor is not None and governor != "performance":
         was = f" (was {before.get('governor')})" if before.get("governor") not in (None, governor) else ""
@@ -125,6 +123,36 @@ def _board_state(before: Record, after: Record) -> list[Cause]:
         if before.get(key) is not None and after.get(key) is not None and before[key] != after[key]:
             causes.append(Cause("board", f"board {label} changed: {before[key]} -> {after[key]}"))
     return causes
+
+
+def _clocks(before: Record, after: Record) -> list[Cause]:
+    """Per-core clocks when the board reported them (cpu0 alone says little on big.LITTLE), else cpu0's."""
+    old_cores, new_cores = before.get("core_freq_khz") or {}, after.get("core_freq_khz") or {}
+    if not new_cores:
+        old_cores, new_cores = {"cpu0": before.get("cur_freq_khz")}, {"cpu0": after.get("cur_freq_khz")}
+    maxima = after.get("core_max_freq_khz") or {}
+    causes = []
+    lower = [
+        f"{core} {old_cores[core] / 1000:.0f} -> {khz / 1000:.0f} MHz"
+        for core, khz in sorted(new_cores.items(), key=_core_number)
+        if khz and old_cores.get(core) and khz < old_cores[core] * (1 - FREQUENCY_DROP)
+    ]
+    if lower:
+        causes.append(Cause("throttling", f"CPU clock lower: {', '.join(lower)}"))
+    if after.get("governor") == "performance":
+        capped = [
+            f"{core} {khz / 1000:.0f} of {maxima[core] / 1000:.0f} MHz"
+            for core, khz in sorted(new_cores.items(), key=_core_number)
+            if khz and maxima.get(core) and khz < maxima[core] * (1 - FREQUENCY_DROP)
+        ]
+        if capped:
+            detail = f"below the maximum clock under the performance governor: {', '.join(capped)}"
+            causes.append(Cause("throttling", detail))
+    return causes
+
+
+def _core_number(item: tuple[str, Any]) -> int:
+    return int(item[0].removeprefix("cpu"))
 
 
 def _pipeline(before: Record, after: Record) -> list[Cause]:

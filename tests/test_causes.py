@@ -50,8 +50,22 @@ def test_a_hot_board_at_a_lower_clock_and_a_non_performance_governor_is_throttli
     causes = likely_causes(result_dict(RUNS), result_dict(RUNS, facts=throttled))
     assert [cause.detail for cause in causes] == [
         "board ran hot: 82.5 °C (was 45.0 °C)",
-        "CPU clock lower: 1800 MHz -> 1416 MHz",
+        "CPU clock lower: cpu0 1800 -> 1416 MHz",
         "CPU governor is ondemand (was performance), not performance: the clock may vary",
+    ]
+
+
+RK3399_MAX = {"cpu0": 1416000, "cpu1": 1416000, "cpu2": 1416000, "cpu3": 1416000, "cpu4": 1800000, "cpu5": 1800000}
+
+
+def test_throttled_big_cores_are_seen_although_cpu0_runs_at_full_clock() -> None:
+    """On the RK3399 the model runs on the A72 cores cpu4 and cpu5; cpu0 is a little core."""
+    cool = hot(core_freq_khz=RK3399_MAX, core_max_freq_khz=RK3399_MAX, cur_freq_khz=1416000)
+    throttled = hot(cool, core_freq_khz={**RK3399_MAX, "cpu4": 1200000, "cpu5": 1200000})
+    causes = likely_causes(result_dict(RUNS, facts=cool), result_dict(RUNS, facts=throttled))
+    assert [cause.detail for cause in causes] == [
+        "CPU clock lower: cpu4 1800 -> 1200 MHz, cpu5 1800 -> 1200 MHz",
+        "below the maximum clock under the performance governor: cpu4 1200 of 1800 MHz, cpu5 1200 of 1800 MHz",
     ]
 
 
