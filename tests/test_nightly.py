@@ -3,21 +3,27 @@ a regression exits non-zero and says why, and the real deploy runs through it.""
 
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import paramiko
 import pytest
 import yaml
 
 from pipeline.errors import PipelineError
 from pipeline.history import History, Provenance
+from pipeline.models import resolve_model
 from pipeline.nightly import (
     CRON_TAG, Matrix, MatrixEntry, Point, board_locks, cron_line, install_cron, load_matrix, real_deploy, run_nightly,
 )
 from pipeline.paths import ROOT
+from pipeline.remote import run
 from pipeline.report import REPORT_NAME, SUMMARY_NAME, summary_lines, write_report
 from pipeline.sshd import SshEndpoint
 from synthetic import latencies, result_dict, vgg16_coverage
@@ -268,3 +274,34 @@ def test_invoke_nightly_print_cron_prints_the_line_and_runs_nothing(tmp_path: Pa
     [line] = proc.stdout.splitlines()
     assert line.endswith(f"{CRON_TAG} {tmp_path / 'nightly.yaml'}")
     assert not (tmp_path / "history.sqlite").exists()
+
+
+def test_ctrl_c_during_invoke_nightly_keeps_the_measured_points_and_stops_the_board(
+    embedded_endpoint: SshEndpoint, ssh_client: paramiko.SSHClient, tmp_path: Path
+) -> None:
+    """The second point runs until Ctrl-C: the first stays stored, the report says what was not measured."""
+    endless = "100000"
+    second_model = tmp_path / "tiny_again.onnx"
+    shutil.copy(resolve_model("tiny").path, second_model)
+    matrix = [
+        {"boards": ["local"], "models": ["tiny"], "runs": 8, "warmup": 0},
+        {"boards": ["local"], "models": [str(second_model)], "runs": int(endless), "warmup": 0},
+    ]
+    path = tmp_path / "nightly.yaml"
+    path.write_text(yaml.safe_dump({"history": "history.sqlite", "report": "report", "matrix": matrix}))
+    env = {**os.environ, "PIPELINE_RESULTS": str(tmp_path / "results")}
+    cmd = [sys.executable, "-m", "invoke", "nightly", "--matrix", str(path)]
+    runner_pids = f"pgrep -f '[t]vm_runner --lib.*--runs {endless}' || true"
+    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        deadline = time.monotonic() + 300
+        while not run(ssh_client, runner_pids, timeout_s=10).stdout.strip() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert stdout.splitlines()[-2] == f"INTERRUPTED: not measured: local/{second_model} (everything above is stored)"
+    with History(tmp_path / "history.sqlite") as store:
+        assert store.points() == [("local", "tiny")]
+    assert (tmp_path / "report" / REPORT_NAME).is_file()
+    assert run(ssh_client, runner_pids, timeout_s=10).stdout.strip() == ""
