@@ -69,6 +69,13 @@ class TimingDefaults(_Strict):
     timeout_s: float = Field(600.0, gt=0)
 
 
+class CoverageSettings(_Strict):
+    """What a build does when too little of the conv/dense work runs tuned schedules."""
+
+    policy: Literal["warn", "refuse"] = "warn"
+    min_tuned_flops: float = Field(0.9, ge=0.0, le=1.0)
+
+
 class BoardProfile(_Strict):
     name: str
     description: str = ""
@@ -81,6 +88,7 @@ class BoardProfile(_Strict):
     remote_dir: str
     command_prefix: str = ""
     timing: TimingDefaults = TimingDefaults()
+    coverage: CoverageSettings | None = None
 
     @property
     def arch(self) -> Arch:
