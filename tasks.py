@@ -38,6 +38,20 @@ def _number(value: str | None, cast: Callable[[str], Any], flag: str, default: A
     return number
 
 
+def _fraction(value: str | None) -> float | None:
+    """--min-tuned-flops as a number; its range is checked with the rest of the coverage policy."""
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        raise PipelineError(f"--min-tuned-flops must be a fraction, got '{value}'", "pass e.g. 0.9") from None
+
+
+_COVERAGE_HELP = {
+    "coverage": "warn or refuse when too few conv/dense FLOPs run tuned schedules (default: the profile's)",
+    "min-tuned-flops": "the share of conv/dense FLOPs that must run tuned schedules, 0 to 1 (default: 0.9)",
+}
+
+
 @task(
     help={
         "board": "board profile name (boards/<name>.yaml) or path to a profile",
@@ -46,6 +60,7 @@ def _number(value: str | None, cast: Callable[[str], Any], flag: str, default: A
         "warmup": "warm-up runs (default: the profile's timing.warmup)",
         "timeout": "seconds before the run on the board is killed (default: the profile's timing.timeout_s)",
         "tolerance": "largest relative error against onnxruntime that still passes",
+        **_COVERAGE_HELP,
     }
 )
 @_clean_errors
@@ -57,6 +72,8 @@ def deploy(
     warmup: str | None = None,
     timeout: str | None = None,
     tolerance: float = 1e-3,
+    coverage: str | None = None,
+    min_tuned_flops: str | None = None,
 ) -> None:
     """Build the model for the board, push it, run it there, check the output, and record the timings."""
     from rich.console import Console
@@ -71,6 +88,8 @@ def deploy(
         warmup=_number(warmup, int, "warmup", None),
         timeout_s=_number(timeout, float, "timeout", None),
         tolerance=tolerance,
+        coverage=coverage,
+        min_tuned_flops=_fraction(min_tuned_flops),
         console=Console(stderr=True),
     )
     result, path = outcome.result, outcome.path
@@ -83,18 +102,59 @@ def deploy(
         )
 
 
-@task(help={"board": "board profile name or path", "model": "builtin model name or .onnx path"})
+@task(help={"board": "board profile name or path", "model": "builtin model name or .onnx path", **_COVERAGE_HELP})
 @_clean_errors
-def build(c: Context, board: str = "rk3399-emu", model: str = "tiny") -> None:
-    """Cross-compile a model for a board without deploying it (cached by content)."""
+def build(
+    c: Context,
+    board: str = "rk3399-emu",
+    model: str = "tiny",
+    coverage: str | None = None,
+    min_tuned_flops: str | None = None,
+) -> None:
+    """Cross-compile a model for a board without deploying it (cached by content), applying the records
+    in records/ for the board's target, and say which tasks run tuned schedules."""
     from pipeline import compile
     from pipeline.boards import load_board
+    from pipeline.coverage import check_policy, coverage_lines, resolve_policy
     from pipeline.models import resolve_model
 
-    artifact = compile.build(resolve_model(model), load_board(board))
+    profile = load_board(board)
+    settings = resolve_policy(profile.coverage, coverage, _fraction(min_tuned_flops))
+    artifact = compile.build(resolve_model(model), profile)
     state = "cached" if artifact.cached else f"compiled in {artifact.compile_seconds:.1f} s"
     print(f"{artifact.model} for {artifact.target['mtriple']} ({artifact.arch}): {state}")
     print(f"library {artifact.library}")
+    print("\n".join(coverage_lines(artifact.coverage)))
+    warning = check_policy(artifact.coverage, settings, profile.name, model)
+    if warning:
+        print(warning, file=sys.stderr)
+
+
+@task(
+    help={
+        "board": "board to measure on: only `local` (this host) so far",
+        "model": "builtin model name or .onnx path",
+        "trials": "schedules to measure in all; the largest conv/dense tasks get them first (default 64)",
+        "only": "comma-separated task names (see invoke build's table) to tune instead of all",
+    }
+)
+@_clean_errors
+def tune(c: Context, board: str = "local", model: str = "tiny", trials: str | None = None, only: str = "") -> None:
+    """Tune the model's conv/dense tasks with MetaSchedule and save the best schedules in records/."""
+    from pipeline.boards import load_board
+    from pipeline.models import resolve_model
+    from pipeline.records import shown
+    from pipeline.tune import tune as tune_model
+
+    names = tuple(name for name in only.split(",") if name)
+    result = tune_model(resolve_model(model), load_board(board), _number(trials, int, "trials", 64), only=names)
+    print(f"tuned {len(result.tuned)} tasks with {result.trials} trials in {result.seconds:.0f} s")
+    for path in result.saved:
+        print(f"record {shown(path)}")
+    if result.already_covered:
+        print(f"{len(result.already_covered)} tasks already had records for this target")
+    if result.left_for_later:
+        print(f"{len(result.left_for_later)} smaller tasks left for a later run: {', '.join(result.left_for_later)}")
 
 
 @task

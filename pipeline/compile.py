@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ def resolved_target(board: BoardProfile) -> dict[str, Any]:
     return target
 
 
-def build_key(model: ModelSpec, board: BoardProfile, records: list[StoredRecord]) -> str:
+def build_key(model: ModelSpec, board: BoardProfile, records: Sequence[StoredRecord] = ()) -> str:
     """Content hash of everything that changes the built library: the model bytes, the target,
     the cross compiler, the TVM version, the records that may apply and this build recipe itself."""
     import tvm

@@ -22,6 +22,7 @@ from . import benchmark, check, compile, facts, inputs, results, timing
 from .boards import load_board
 from .bundle import runtime_bundle
 from .connection import connect
+from .coverage import check_policy, coverage_lines, resolve_policy
 from .models import resolve_model
 from .paths import RESULTS_DIR
 from .push import push_model
@@ -48,21 +49,30 @@ def deploy_once(
     warmup: int | None = None,
     timeout_s: float | None = None,
     tolerance: float = check.DEFAULT_TOLERANCE,
+    coverage: str | None = None,
+    min_tuned_flops: float | None = None,
     console: Console | None = None,
     results_dir: Path = RESULTS_DIR,
 ) -> DeployOutcome:
     """Deploy and time `model` on `board`; None means the profile's default. The result is written even
     when the output check fails, so the caller decides what a failed check means. Progress goes to
-    `console` (nothing is shown without one)."""
+    `console` (nothing is shown without one), with the coverage table; `coverage` and `min_tuned_flops`
+    override the profile's coverage policy, whose `refuse` stops the deploy before anything is pushed."""
     console = console or Console(quiet=True)
     profile = load_board(board)
     spec = resolve_model(model)
     warmup_runs = profile.timing.warmup if warmup is None else warmup
     timed_runs = max(1, profile.timing.runs if runs is None else runs)
     timeout = profile.timing.timeout_s if timeout_s is None else timeout_s
+    coverage_settings = resolve_policy(profile.coverage, coverage, min_tuned_flops)
 
     with _step(console, f"Building {spec.name} for {profile.target.mtriple} ({profile.target.mcpu})..."):
         artifact = compile.build(spec, profile)
+    for line in coverage_lines(artifact.coverage):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    warning = check_policy(artifact.coverage, coverage_settings, profile.name, model)
+    if warning:
+        console.print(warning, markup=False, highlight=False, soft_wrap=True, style="yellow")
     bundle = runtime_bundle(profile.arch)
     data, input_file = inputs.make_input(spec.input_shape)
 
