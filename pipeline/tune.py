@@ -1,7 +1,8 @@
 """Tuning: MetaSchedule searches schedules for a model's conv/dense tasks and the best go into the store.
 
 Tasks come from the same fused module the build lowers, so every record written here hits there.
-Trials go to the largest tasks first; tasks the store already covers for this target are skipped, and
+Candidates are timed through TVM RPC (a tracker on this host; for `local` an RPC server beside it),
+the path a real board takes once it runs `python -m tvm.exec.rpc_server`. Trials go to the largest tasks first; tasks the store already covers for this target are skipped, and
 MetaSchedule's own work database under the cache keeps every measurement, so an interrupted run
 loses nothing: the next run exports what was measured and continues with the rest.
 """
@@ -19,6 +20,7 @@ from .errors import PipelineError
 from .models import ModelSpec
 from .paths import CACHE_DIR, RECORDS_DIR
 from .records import load_store, record_from_tuning, save_record, target_slug, to_database
+from .rpc import local_rpc_board
 
 # Fewest trials worth spending on one task: below this MetaSchedule's samples are close to random.
 MIN_TRIALS_PER_TASK = 16
@@ -42,7 +44,7 @@ def tune(
     cache_dir: Path = CACHE_DIR,
     only: tuple[str, ...] = (),
 ) -> TuneResult:
-    """Search `trials` schedules in all, measured on this host (the `local` board); `only` limits the tasks by name."""
+    """Search `trials` schedules in all, timed on the `local` board over RPC; `only` limits the tasks by name."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
@@ -75,17 +77,24 @@ def tune(
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             [t.extracted for t in chosen], work_dir=str(work_dir), seed=0
         )
-        ms.tune_tasks(
-            tasks=contexts,
-            task_weights=weights,
-            work_dir=str(work_dir),
-            max_trials_global=trials,
-            max_trials_per_task=max(per_task, trials // len(chosen)),
-            num_trials_per_iter=per_task,
-            builder=ms.builder.LocalBuilder(timeout_sec=120),
-            runner=ms.runner.LocalRunner(timeout_sec=60),
-            database=database,
-        )
+        with local_rpc_board(board.name) as rpc_board:
+            rpc_config = ms.runner.RPCConfig(
+                tracker_host=rpc_board.tracker_host,
+                tracker_port=rpc_board.tracker_port,
+                tracker_key=rpc_board.key,
+                session_timeout_sec=60,
+            )
+            ms.tune_tasks(
+                tasks=contexts,
+                task_weights=weights,
+                work_dir=str(work_dir),
+                max_trials_global=trials,
+                max_trials_per_task=max(per_task, trials // len(chosen)),
+                num_trials_per_iter=per_task,
+                builder=ms.builder.LocalBuilder(timeout_sec=120),
+                runner=ms.runner.RPCRunner(rpc_config=rpc_config, max_workers=1),
+                database=database,
+            )
         saved += _export(chosen, database, model, board, target, records_dir)
     return TuneResult(
         tuned=tuple(t.name for t in chosen),
