@@ -154,7 +154,7 @@ def check_policy(coverage: Coverage, settings: CoverageSettings, board: str, mod
 
 def coverage_lines(coverage: Coverage, width: int = 44) -> list[str]:
     """The coverage table as plain text: conv/dense tasks one per line, the rest summed up in one line."""
-    lines = [f"{'task':{width}} {'calls':>5} {'MFLOP':>9} {'share':>6}  schedule"]
+    lines = [f"{'task':{width}} {'calls':>5} {'MFLOP/run':>9} {'share':>6}  schedule"]
     for row in coverage.tasks:
         if not row.heavy and not row.tuned:
             continue

@@ -68,6 +68,7 @@ def _free_servers(tracker_port: int, key: str) -> int | None:
     from tvm import rpc
 
     try:
+        socket.create_connection((LOOPBACK, tracker_port), timeout=1.0).close()  # TVM would log and retry
         summary = rpc.connect_tracker(LOOPBACK, tracker_port).summary()
     except Exception:  # TVM raises its own error types while the tracker is not up yet
         return None

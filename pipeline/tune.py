@@ -70,9 +70,8 @@ def tune(
 
     store = load_store(records_dir)
     covered = set(to_database(store.for_target(target, tvm.__version__))[1])
-    todo = sorted((t for t in tasks if t.structural_hash not in covered), key=lambda t: -t.flops)
-    per_task = max(min(MIN_TRIALS_PER_TASK, trials), min(64, trials // max(len(todo), 1)))
-    chosen = todo[: max(1, trials // per_task)]
+    todo = [t for t in tasks if t.structural_hash not in covered]
+    chosen, per_task = plan_trials(todo, trials)
     if chosen:
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             [t.extracted for t in chosen], work_dir=str(work_dir), seed=0
@@ -99,11 +98,18 @@ def tune(
     return TuneResult(
         tuned=tuple(t.name for t in chosen),
         already_covered=tuple(t.name for t in tasks if t.structural_hash in covered),
-        left_for_later=tuple(t.name for t in todo[len(chosen) :]),
+        left_for_later=tuple(t.name for t in todo if t.name not in {c.name for c in chosen}),
         saved=tuple(dict.fromkeys(saved)),
         trials=trials,
         seconds=round(time.perf_counter() - started, 1),
     )
+
+
+def plan_trials(tasks: list[lowering.Task], trials: int) -> tuple[list[lowering.Task], int]:
+    """The largest tasks that `trials` can give at least MIN_TRIALS_PER_TASK each (up to 64 per round
+    when the budget is ample), and the trials per round."""
+    per_task = max(min(MIN_TRIALS_PER_TASK, trials), min(64, trials // max(len(tasks), 1)))
+    return sorted(tasks, key=lambda t: -t.flops)[: max(1, trials // per_task)], per_task
 
 
 def _work_database(work_dir: Path) -> Any:

@@ -13,7 +13,7 @@ from tvm import relax
 from pipeline.boards import CoverageSettings, load_board
 from pipeline.check import compare, reference_output
 from pipeline.compile import BuildArtifact, build, resolved_target
-from pipeline.coverage import Coverage, check_policy, coverage_lines, resolve_policy
+from pipeline.coverage import Coverage, TaskCoverage, check_policy, coverage_lines, resolve_policy
 from pipeline.errors import PipelineError
 from pipeline.records import load_store, save_record
 from tuned_records import TUNED_TASK, copy_store, local, tiny, tuned_store
@@ -36,7 +36,7 @@ def tuned_build(store_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Bu
     return build(tiny(), local(), cache_dir=tmp_path_factory.mktemp("cache"), records_dir=store_dir)
 
 
-def rows(coverage: Coverage) -> dict[str, object]:
+def rows(coverage: Coverage) -> dict[str, TaskCoverage]:
     return {row.task: row for row in coverage.tasks}
 
 
@@ -44,7 +44,7 @@ def test_a_build_with_a_record_for_one_conv_reports_that_conv_tuned_and_the_othe
     tuned_build: BuildArtifact,
 ) -> None:
     table = rows(tuned_build.coverage)
-    assert table[TUNED_TASK].tuned and table[TUNED_TASK].record.endswith(f".json (local)")
+    assert table[TUNED_TASK].tuned and table[TUNED_TASK].record.endswith(".json (local)")
     assert {row.task for row in tuned_build.coverage.missing} == OTHER_CONVS | {DENSE}
     heavy = [row for row in tuned_build.coverage.tasks if row.heavy]
     assert tuned_build.coverage.tuned_share == pytest.approx(table[TUNED_TASK].flops / sum(r.flops for r in heavy))

@@ -18,7 +18,9 @@ from pipeline.records import (
     to_database,
 )
 from pipeline.boards import load_board
-from tuned_records import TUNED_TASK, copy_store, local, tuned_store
+from pipeline.lowering import extract_tasks, fuse, import_model
+from pipeline.tune import plan_trials, tune
+from tuned_records import TUNED_TASK, copy_store, local, tiny, tuned_store, work_dir
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +141,21 @@ def test_a_record_whose_ir_does_not_match_its_hash_is_rejected(store_copy: Path)
     assert by_hash == {} and len(database.get_all_tuning_records()) == 0
     (problem,) = problems
     assert problem.endswith("skipped: the IR does not match structural_hash (edited or written by another TVM)")
+
+
+def test_tuning_again_resumes_from_the_work_database_without_new_trials(
+    store_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    fresh = tmp_path_factory.mktemp("records")
+    result = tune(tiny(), local(), 4, records_dir=fresh, cache_dir=work_dir(tmp_path_factory), only=(TUNED_TASK,))
+    assert (result.tuned, result.already_covered) == ((), (TUNED_TASK,))
+    assert [p.read_bytes() for p in result.saved] == [the_record_file(store_dir).read_bytes()]
+
+
+def test_a_small_budget_goes_to_the_largest_tasks_first() -> None:
+    target = tvm.target.Target(resolved_target(local()))
+    heavy = [t for t in extract_tasks(fuse(import_model(tiny())[0], target), target) if t.key.heavy]
+    chosen, per_task = plan_trials(heavy, 32)
+    assert per_task == 16 and [t.flops for t in chosen] == sorted((t.flops for t in heavy), reverse=True)[:2]
+    assert plan_trials(heavy, 4) == (chosen[:1], 4)
+    assert len(plan_trials(heavy, 1000)[0]) == len(heavy)

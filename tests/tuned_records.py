@@ -19,10 +19,14 @@ TRIALS = 4
 def tuned_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh store folder with the tuned record of TUNED_TASK for the local board's target."""
     store = tmp_path_factory.mktemp("records")
-    work = tmp_path_factory.getbasetemp() / "tuning-work"
-    result = tune(tiny(), local(), TRIALS, records_dir=store, cache_dir=work, only=(TUNED_TASK,))
+    result = tune(tiny(), local(), TRIALS, records_dir=store, cache_dir=work_dir(tmp_path_factory), only=(TUNED_TASK,))
     assert len(result.saved) == 1 and not load_store(store).problems
     return store
+
+
+def work_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MetaSchedule's work database, shared by the whole session like a checkout's .cache/tuning."""
+    return tmp_path_factory.getbasetemp() / "tuning-work"
 
 
 def copy_store(source: Path, destination: Path) -> Path:
