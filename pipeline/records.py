@@ -145,8 +145,7 @@ def to_database(stored: list[StoredRecord]) -> tuple[Any, dict[str, StoredRecord
     problems: list[str] = []
     for item in stored:
         try:
-            ir = base64.b64encode(zlib.decompress(base64.b64decode(item.record.ir))).decode()
-            workload = ms.database.Workload.from_json([item.record.structural_hash, ir])
+            workload = ms.database.Workload(workload_module(item.record))
             if structural_hash(workload.mod) != item.record.structural_hash:
                 raise ValueError("the IR does not match structural_hash (edited or written by another TVM)")
             tuning = ms.database.TuningRecord.from_json(item.record.tvm_record, workload)
@@ -170,11 +169,10 @@ def record_from_tuning(
     import tvm
 
     run_secs = sorted(float(s) for s in tuning.run_secs)
-    workload_json = tuning.workload.as_json()
     return Record(
         workload=workload,
         target=target,
-        structural_hash=str(workload_json[0]),
+        structural_hash=structural_hash(tuning.workload.mod),
         provenance=Provenance(
             tvm_version=tvm.__version__,
             board=board,
@@ -184,9 +182,24 @@ def record_from_tuning(
             latency_us=round(run_secs[len(run_secs) // 2] * 1e6, 3),
             trials=trials,
         ),
-        ir=base64.b64encode(zlib.compress(base64.b64decode(workload_json[1]), 9)).decode(),
+        ir=compressed_ir(tuning.workload.mod),
         tvm_record=tuning.as_json(),
     )
+
+
+def compressed_ir(mod: Any) -> str:
+    """A PrimFunc module as the record's `ir` field: TVM's serialization, zlib-compressed, base64."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return base64.b64encode(zlib.compress(base64.b64decode(ms.database.Workload(mod).as_json()[1]), 9)).decode()
+
+
+def workload_module(record: Record) -> Any:
+    """The PrimFunc module a record was tuned for, read back from its `ir` field."""
+    from tvm.s_tir import meta_schedule as ms
+
+    ir = base64.b64encode(zlib.decompress(base64.b64decode(record.ir))).decode()
+    return ms.database.Workload.from_json([record.structural_hash, ir]).mod
 
 
 def structural_hash(mod: Any) -> str:

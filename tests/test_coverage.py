@@ -15,7 +15,7 @@ from pipeline.check import compare, reference_output
 from pipeline.compile import BuildArtifact, build, resolved_target
 from pipeline.coverage import Coverage, TaskCoverage, check_policy, coverage_lines, resolve_policy
 from pipeline.errors import PipelineError
-from pipeline.records import load_store, save_record
+from pipeline.records import compressed_ir, load_store, save_record, structural_hash, workload_module
 from tuned_records import TUNED_TASK, copy_store, local, tiny, tuned_store
 
 OTHER_CONVS = {
@@ -89,6 +89,28 @@ def test_a_record_for_another_target_is_not_applied(store_dir: Path, tmp_path: P
     assert row.nearest.startswith("records/aarch64-cortex-a72-")
     (difference,) = row.differs
     assert difference.startswith("target x86_64-linux-gnu/") and "!= aarch64-linux-gnu/cortex-a72/2 cores/+neon" in difference
+
+
+def test_a_record_from_another_tvm_release_is_not_applied(store_dir: Path, tmp_path: Path) -> None:
+    (stored,) = load_store(store_dir).records
+    older = replace(stored.record, provenance=replace(stored.record.provenance, tvm_version="0.26.0"))
+    save_record(older, tmp_path / "records")
+    row = rows(build(tiny(), local(), cache_dir=tmp_path / "cache", records_dir=tmp_path / "records").coverage)[TUNED_TASK]
+    assert not row.tuned and row.differs == (f"TVM {tvm.__version__} != 0.26.0",)
+
+
+def test_a_record_for_the_same_workload_but_other_ir_is_explained_as_such(store_dir: Path, tmp_path: Path) -> None:
+    """The seed report's failure: a conv tuned on a module that differs only in a function attribute
+    (here the `op_pattern` that AnnotateTIROpPattern adds) has the same semantic key but never hits."""
+    (stored,) = load_store(store_dir).records
+    mod = workload_module(stored.record)
+    annotated = tvm.IRModule({"main": mod["main"].with_attr("op_pattern", 4)})
+    other_ir = replace(stored.record, structural_hash=structural_hash(annotated), ir=compressed_ir(annotated))
+    save_record(other_ir, tmp_path / "records")
+    artifact = build(tiny(), local(), cache_dir=tmp_path / "cache", records_dir=tmp_path / "records")
+    row = rows(artifact.coverage)[TUNED_TASK]
+    assert not row.tuned and artifact.coverage.problems == ()
+    assert row.differs == ("IR differs: same workload key, but TVM's structural hash does not match",)
 
 
 def test_a_corrupt_record_is_skipped_with_a_message_and_the_good_one_still_applies(
