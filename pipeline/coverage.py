@@ -36,6 +36,20 @@ class Coverage:
     def missing(self) -> list[TaskCoverage]:
         return [t for t in self.tasks if t.heavy and not t.tuned]
 
+    def result_entries(self) -> list[dict[str, Any]]:
+        """The table as a result records it: one entry per task, matched across runs by `workload`."""
+        return [
+            {
+                "task": t.task,
+                "workload": t.workload,
+                "operator": t.operator,
+                "flops": t.flops,
+                "share": t.share,
+                "status": "tuned" if t.tuned else "fallback",
+            }
+            for t in self.tasks
+        ]
+
     @staticmethod
     def from_json(data: dict[str, Any]) -> "Coverage":
         tasks = tuple(TaskCoverage(**{**t, "differs": tuple(t["differs"])}) for t in data["tasks"])

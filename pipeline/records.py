@@ -64,6 +64,11 @@ class RecordStore:
     records: tuple[StoredRecord, ...]
     problems: tuple[str, ...]
 
+    @property
+    def version(self) -> str:
+        """Short digest of every readable record: equal versions mean the same store contents."""
+        return hashlib.sha256("".join(sorted(s.digest for s in self.records)).encode()).hexdigest()[:12]
+
     def for_target(self, target: dict[str, Any], tvm_version: str) -> list[StoredRecord]:
         """The records a build for this exact target with this TVM release may apply."""
         return [

@@ -52,6 +52,15 @@ def test_a_build_with_a_record_for_one_conv_reports_that_conv_tuned_and_the_othe
     assert tuned_build.coverage.records_applicable == 1 and tuned_build.coverage.problems == ()
 
 
+def test_a_result_records_each_task_by_its_workload_key_and_status(tuned_build: BuildArtifact) -> None:
+    entries = {e["workload"]: e for e in tuned_build.coverage.result_entries()}
+    stem = entries["conv2d NCHW 1x3x32x32 * 16x3x3x3 -> 1x16x32x32 s1,1 p1,1,1,1 d1,1 g1 float32 +add_relu"]
+    assert (stem["task"], stem["operator"], stem["status"]) == (TUNED_TASK, "conv2d", "tuned")
+    assert sorted(e["status"] for e in entries.values() if e["operator"] in ("conv2d", "group_conv2d", "matmul")) == [
+        "fallback", "fallback", "fallback", "fallback", "tuned"
+    ]
+
+
 def test_a_miss_names_the_nearest_record_and_what_differs(tuned_build: BuildArtifact) -> None:
     pointwise = rows(tuned_build.coverage)["fused_conv2d3_add2_add3"]
     assert pointwise.nearest.endswith(".json")

@@ -74,6 +74,13 @@ def test_a_record_for_another_target_is_stored_beside_not_over_the_original(stor
     assert len(load_store(store_copy).records) == 2
 
 
+def test_the_store_version_changes_with_its_contents(store_copy: Path) -> None:
+    (stored,) = load_store(store_copy).records
+    before = load_store(store_copy).version
+    save_record(replace(stored.record, target=resolved_target(load_board("rk3399-emu"))), store_copy)
+    assert load_store(store_copy).version != before and len(before) == 12
+
+
 def test_saving_keeps_the_faster_record_of_a_workload(store_copy: Path) -> None:
     (stored,) = load_store(store_copy).records
     slower = replace(stored.record, provenance=replace(stored.record.provenance, latency_us=1e9))
