@@ -202,6 +202,7 @@ def nightly(
 
     from pipeline import nightly as runner
     from pipeline.history import History, Provenance, pipeline_commit
+    from pipeline.records import load_store
     from pipeline.report import point_line, summary_lines, write_report
 
     matrix_path = Path(matrix)
@@ -219,8 +220,7 @@ def nightly(
     def show(outcome: runner.PointOutcome) -> None:
         console.print(point_line(outcome), markup=False, highlight=False, soft_wrap=True)
 
-    # The tuning record store lands on another branch; until then its version is unknown.
-    provenance = Provenance(pipeline_commit=pipeline_commit(), record_store_version=None)
+    provenance = Provenance(pipeline_commit=pipeline_commit(), record_store_version=load_store().version)
     with History(Path(history) if history else spec.history) as store:
         outcome = runner.run_nightly(
             spec, runner.real_deploy(console), store, provenance, on_point=show

@@ -43,6 +43,7 @@ class Coverage:
                 "task": t.task,
                 "workload": t.workload,
                 "operator": t.operator,
+                "heavy": t.heavy,
                 "flops": t.flops,
                 "share": t.share,
                 "status": "tuned" if t.tuned else "fallback",

@@ -23,6 +23,7 @@ from .boards import load_board
 from .bundle import runtime_bundle
 from .connection import connect
 from .coverage import check_policy, coverage_lines, resolve_policy
+from .records import load_store
 from .models import resolve_model
 from .paths import RESULTS_DIR
 from .push import push_model
@@ -130,5 +131,8 @@ def deploy_once(
             stats=timing.summarize(outcome.runs_ms),
         ),
         check=verdict,
+        coverage=artifact.coverage.result_entries(),
+        coverage_tuned_share=artifact.coverage.tuned_share,
+        record_store_version=load_store().version,
     )
     return DeployOutcome(result, results.write_result(result, results_dir))

@@ -51,11 +51,16 @@ def result_dict(
         board_facts=facts,
         timings=Timings(load_ms=1.0, first_ms=runs_ms[0], warmup_ms=[], runs_ms=runs_ms, stats=summarize(runs_ms)),
         check=CheckResult(passed, "onnxruntime", 0.0, 0.0 if passed else 0.5, 1e-3, passed),
+        coverage=coverage or [],
+        coverage_tuned_share=_tuned_share(coverage or []),
+        record_store_version="synthetic",
     )
-    record = asdict(result)
-    if coverage is not None:
-        record["coverage"] = coverage
-    return record
+    return asdict(result)
+
+
+def _tuned_share(coverage: list[dict[str, Any]]) -> float:
+    total = sum(entry["flops"] for entry in coverage)
+    return sum(entry["flops"] for entry in coverage if entry["status"] == "tuned") / total if total else 1.0
 
 
 def hot(facts: BoardFacts = HEALTHY, **changes: Any) -> BoardFacts:
