@@ -2,9 +2,7 @@
 
 import functools
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict
+from collections.abc import Callable
 from typing import Any
 
 from invoke import Context, Exit, task
@@ -40,10 +38,18 @@ def _number(value: str | None, cast: Callable[[str], Any], flag: str, default: A
     return number
 
 
-@contextmanager
-def _step(console: Any, message: str) -> Iterator[None]:
-    with console.status(message):
-        yield
+def _fraction(value: str | None) -> float | None:
+    """--min-tuned-flops as a number; its range is checked with the rest of the coverage policy."""
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        raise PipelineError(f"--min-tuned-flops must be a fraction, got '{value}'", "pass e.g. 0.9") from None
+
+
+_COVERAGE_HELP = {
+    "coverage": "warn or refuse when too few conv/dense FLOPs run tuned schedules (default: the profile's)",
+    "min-tuned-flops": "the share of conv/dense FLOPs that must run tuned schedules, 0 to 1 (default: 0.9)",
+}
 
 
 @task(
@@ -54,6 +60,7 @@ def _step(console: Any, message: str) -> Iterator[None]:
         "warmup": "warm-up runs (default: the profile's timing.warmup)",
         "timeout": "seconds before the run on the board is killed (default: the profile's timing.timeout_s)",
         "tolerance": "largest relative error against onnxruntime that still passes",
+        **_COVERAGE_HELP,
     }
 )
 @_clean_errors
@@ -65,116 +72,89 @@ def deploy(
     warmup: str | None = None,
     timeout: str | None = None,
     tolerance: float = 1e-3,
+    coverage: str | None = None,
+    min_tuned_flops: str | None = None,
 ) -> None:
     """Build the model for the board, push it, run it there, check the output, and record the timings."""
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TransferSpeedColumn,
+
+    from pipeline import summary
+    from pipeline.deploy import deploy_once
+
+    outcome = deploy_once(
+        board,
+        model,
+        runs=_number(runs, int, "runs", None),
+        warmup=_number(warmup, int, "warmup", None),
+        timeout_s=_number(timeout, float, "timeout", None),
+        tolerance=tolerance,
+        coverage=coverage,
+        min_tuned_flops=_fraction(min_tuned_flops),
+        console=Console(stderr=True),
     )
-
-    from pipeline import benchmark, check, compile, facts, inputs, results, summary, timing
-    from pipeline.boards import load_board
-    from pipeline.bundle import runtime_bundle
-    from pipeline.connection import connect
-    from pipeline.models import resolve_model
-    from pipeline.push import push_model
-    from pipeline.sshd import board_endpoint
-
-    console = Console(stderr=True)
-    profile = load_board(board)
-    spec = resolve_model(model)
-    warmup_runs = _number(warmup, int, "warmup", profile.timing.warmup)
-    timed_runs = max(1, _number(runs, int, "runs", profile.timing.runs))
-    timeout_s = _number(timeout, float, "timeout", profile.timing.timeout_s)
-
-    with _step(console, f"Building {spec.name} for {profile.target.mtriple} ({profile.target.mcpu})..."):
-        artifact = compile.build(spec, profile)
-    bundle = runtime_bundle(profile.arch)
-    data, input_file = inputs.make_input(spec.input_shape)
-
-    with board_endpoint(profile.ssh) as endpoint, connect(endpoint) as client:
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console
-        ) as progress:
-            uploads: dict[str, Any] = {}
-
-            def on_upload(name: str, sent: int, size: int) -> None:
-                if name not in uploads:
-                    uploads[name] = progress.add_task(f"Pushing {name}", total=size)
-                progress.update(uploads[name], completed=sent)
-
-            deployment = push_model(client, profile.remote_dir, bundle, artifact, input_file, on_progress=on_upload)
-        with _step(console, f"Checking {profile.name} ({endpoint.host}:{endpoint.port})..."):
-            runtime = benchmark.probe_runtime(client, profile, deployment)
-            benchmark.check_architecture(artifact.arch, runtime, profile)
-            board_facts = facts.collect_facts(client)
-        if profile.emulated:
-            console.print(f"[yellow]{profile.name} is emulated: each run is an emulation cost and can take minutes.")
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-        ) as progress:
-            bar = progress.add_task(f"Running on {profile.name}", total=1 + warmup_runs + timed_runs)
-
-            def on_progress(phase: str, index: int, count: int, ms: float) -> None:
-                progress.update(bar, advance=1, description=f"Running on {profile.name}: {phase} {index}/{count}")
-
-            outcome = benchmark.run_benchmark(
-                client, profile, deployment, spec.input_shape,
-                warmup=warmup_runs, runs=timed_runs, timeout_s=timeout_s, on_progress=on_progress,
-            )
-
-    with _step(console, "Checking the output against onnxruntime..."):
-        verdict = check.compare(outcome.output, check.reference_output(spec.path, spec.input_name, data), tolerance)
-    result = results.DeployResult(
-        created=results.utc_now(),
-        board=profile.name,
-        emulated=profile.emulated,
-        timing_kind="emulated" if profile.emulated else "native",
-        model=spec.name,
-        tvm_version=artifact.tvm_version,
-        target=artifact.target,
-        threads=profile.threads,
-        build=compile.artifact_summary(artifact),
-        push=asdict(deployment.report),
-        runtime_arch=runtime.arch,
-        board_facts=board_facts,
-        timings=results.Timings(
-            load_ms=outcome.load_ms,
-            first_ms=outcome.first_ms,
-            warmup_ms=outcome.warmup_ms,
-            runs_ms=outcome.runs_ms,
-            stats=timing.summarize(outcome.runs_ms),
-        ),
-        check=verdict,
-    )
-    path = results.write_result(result)
+    result, path = outcome.result, outcome.path
     print("\n".join(summary.summary_lines(result, path)))
-    if not verdict.passed:
+    if not result.check.passed:
         raise Exit(
-            f"error: the output on {profile.name} does not match onnxruntime (relative error "
-            f"{verdict.relative_error:.2e} > {tolerance:.0e}) — fix: inspect the build; the result is kept at {path}",
+            f"error: the output on {result.board} does not match onnxruntime (relative error "
+            f"{result.check.relative_error:.2e} > {tolerance:.0e}) — fix: inspect the build; the result is kept at {path}",
             code=1,
         )
 
 
-@task(help={"board": "board profile name or path", "model": "builtin model name or .onnx path"})
+@task(help={"board": "board profile name or path", "model": "builtin model name or .onnx path", **_COVERAGE_HELP})
 @_clean_errors
-def build(c: Context, board: str = "rk3399-emu", model: str = "tiny") -> None:
-    """Cross-compile a model for a board without deploying it (cached by content)."""
+def build(
+    c: Context,
+    board: str = "rk3399-emu",
+    model: str = "tiny",
+    coverage: str | None = None,
+    min_tuned_flops: str | None = None,
+) -> None:
+    """Cross-compile a model for a board without deploying it (cached by content), applying the records
+    in records/ for the board's target, and say which tasks run tuned schedules."""
     from pipeline import compile
     from pipeline.boards import load_board
+    from pipeline.coverage import check_policy, coverage_lines, resolve_policy
     from pipeline.models import resolve_model
 
-    artifact = compile.build(resolve_model(model), load_board(board))
+    profile = load_board(board)
+    settings = resolve_policy(profile.coverage, coverage, _fraction(min_tuned_flops))
+    artifact = compile.build(resolve_model(model), profile)
     state = "cached" if artifact.cached else f"compiled in {artifact.compile_seconds:.1f} s"
     print(f"{artifact.model} for {artifact.target['mtriple']} ({artifact.arch}): {state}")
     print(f"library {artifact.library}")
+    print("\n".join(coverage_lines(artifact.coverage)))
+    warning = check_policy(artifact.coverage, settings, profile.name, model)
+    if warning:
+        print(warning, file=sys.stderr)
+
+
+@task(
+    help={
+        "board": "board to measure on: only `local` (this host) so far",
+        "model": "builtin model name or .onnx path",
+        "trials": "schedules to measure in all; the largest conv/dense tasks get them first (default 64)",
+        "only": "comma-separated task names (see invoke build's table) to tune instead of all",
+    }
+)
+@_clean_errors
+def tune(c: Context, board: str = "local", model: str = "tiny", trials: str | None = None, only: str = "") -> None:
+    """Tune the model's conv/dense tasks with MetaSchedule and save the best schedules in records/."""
+    from pipeline.boards import load_board
+    from pipeline.models import resolve_model
+    from pipeline.records import shown
+    from pipeline.tune import tune as tune_model
+
+    names = tuple(name for name in only.split(",") if name)
+    result = tune_model(resolve_model(model), load_board(board), _number(trials, int, "trials", 64), only=names)
+    print(f"tuned {len(result.tuned)} tasks with {result.trials} trials in {result.seconds:.0f} s")
+    for path in result.saved:
+        print(f"record {shown(path)}")
+    if result.already_covered:
+        print(f"{len(result.already_covered)} tasks already had records for this target")
+    if result.left_for_later:
+        print(f"{len(result.left_for_later)} smaller tasks left for a later run: {', '.join(result.left_for_later)}")
 
 
 @task
@@ -195,3 +175,58 @@ def boards(c: Context) -> None:
 def test(c: Context, args: str = "") -> None:
     """Run the test suite (starts its own sshd and emulated board)."""
     c.run(f"{sys.executable} -m pytest {args}", pty=False)
+
+
+@task(
+    help={
+        "matrix": "the nightly matrix file (boards x models, runs per point)",
+        "history": "history database (default: the matrix file's `history`)",
+        "report": "folder for index.html and summary.txt (default: the matrix file's `report`)",
+        "install_cron": "install the matrix's schedule in the user's crontab instead of running",
+        "print_cron": "print the crontab line instead of running",
+    }
+)
+@_clean_errors
+def nightly(
+    c: Context,
+    matrix: str = "nightly.yaml",
+    history: str | None = None,
+    report: str | None = None,
+    install_cron: bool = False,
+    print_cron: bool = False,
+) -> None:
+    """Deploy every point of the matrix, store and compare each result, write the report; exit 1 on a regression."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from pipeline import nightly as runner
+    from pipeline.history import History, Provenance, pipeline_commit
+    from pipeline.records import load_store
+    from pipeline.report import point_line, summary_lines, write_report
+
+    matrix_path = Path(matrix)
+    spec = runner.load_matrix(matrix_path)
+    if install_cron or print_cron:
+        line = runner.cron_line(matrix_path, spec)
+        if install_cron:
+            runner.install_cron(line)
+            print(f"installed in crontab: {line}")
+        else:
+            print(line)
+        return
+    console = Console(stderr=True)
+
+    def show(outcome: runner.PointOutcome) -> None:
+        console.print(point_line(outcome), markup=False, highlight=False, soft_wrap=True)
+
+    provenance = Provenance(pipeline_commit=pipeline_commit(), record_store_version=load_store().version)
+    with History(Path(history) if history else spec.history) as store:
+        outcome = runner.run_nightly(
+            spec, runner.real_deploy(console), store, provenance, on_point=show
+        )
+        page = write_report(store, outcome, Path(report) if report else spec.report)
+    print("\n".join(summary_lines(outcome)))
+    print(f"Report       {page}")
+    if outcome.exit_code:
+        raise Exit(code=outcome.exit_code)

@@ -69,6 +69,13 @@ class TimingDefaults(_Strict):
     timeout_s: float = Field(600.0, gt=0)
 
 
+class CoverageSettings(_Strict):
+    """What a build does when too little of the conv/dense work runs tuned schedules."""
+
+    policy: Literal["warn", "refuse"] = "warn"
+    min_tuned_flops: float = Field(0.9, ge=0.0, le=1.0)
+
+
 class BoardProfile(_Strict):
     name: str
     description: str = ""
@@ -81,6 +88,7 @@ class BoardProfile(_Strict):
     remote_dir: str
     command_prefix: str = ""
     timing: TimingDefaults = TimingDefaults()
+    coverage: CoverageSettings | None = None
 
     @property
     def arch(self) -> Arch:
@@ -113,4 +121,5 @@ def load_board(name_or_path: str, boards_dir: Path = BOARDS_DIR) -> BoardProfile
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "(top level)"
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise PipelineError(f"{path}: field '{field}': {first['msg']}{more}", "fix the board profile") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise PipelineError(f"{path}: field '{field}': {message}{more}", "fix the board profile") from None

@@ -6,15 +6,22 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from . import lowering
 from .boards import Arch, BoardProfile
+from .coverage import Coverage, measure_coverage
 from .elf import elf_arch
 from .errors import PipelineError
 from .models import ModelSpec
-from .paths import CACHE_DIR
+from .paths import CACHE_DIR, RECORDS_DIR
+from .records import RecordStore, StoredRecord, load_store, to_database
+
+# The build's output depends on these sources as well as on its inputs: a change to any rebuilds.
+RECIPE_SOURCES = ("compile.py", "lowering.py", "records.py", "workloads.py", "coverage.py")
 
 LIBRARY_NAME = "model.so"
 PARAMS_NAME = "params.bin"
@@ -37,6 +44,7 @@ class BuildArtifact:
     tvm_version: str
     cached: bool
     compile_seconds: float
+    coverage: Coverage
 
 
 def resolved_target(board: BoardProfile) -> dict[str, Any]:
@@ -50,9 +58,9 @@ def resolved_target(board: BoardProfile) -> dict[str, Any]:
     return target
 
 
-def build_key(model: ModelSpec, board: BoardProfile) -> str:
+def build_key(model: ModelSpec, board: BoardProfile, records: Sequence[StoredRecord] = ()) -> str:
     """Content hash of everything that changes the built library: the model bytes, the target,
-    the cross compiler, the TVM version and this build recipe itself."""
+    the cross compiler, the TVM version, the records that may apply and this build recipe itself."""
     import tvm
 
     digest = hashlib.sha256()
@@ -64,56 +72,62 @@ def build_key(model: ModelSpec, board: BoardProfile) -> str:
         "cross_compiler": board.cross_compiler,
         "tvm": tvm.__version__,
         "input": [model.input_name, list(model.input_shape)],
-        "recipe": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+        "records": sorted(r.digest for r in records),
+        "recipe": [hashlib.sha256((Path(__file__).parent / name).read_bytes()).hexdigest() for name in RECIPE_SOURCES],
     }
     digest.update(json.dumps(recipe, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
 
-def build(model: ModelSpec, board: BoardProfile, cache_dir: Path = CACHE_DIR) -> BuildArtifact:
-    """Return the cached build for this exact input, or compile it and store it atomically."""
-    key = build_key(model, board)
+def build(
+    model: ModelSpec, board: BoardProfile, cache_dir: Path = CACHE_DIR, records_dir: Path = RECORDS_DIR
+) -> BuildArtifact:
+    """Return the cached build for this exact input, or compile it and store it atomically.
+    The records for the board's target are applied; the artifact says which tasks they covered."""
+    import tvm
+
+    store = load_store(records_dir)
+    records = store.for_target(resolved_target(board), tvm.__version__)
+    key = build_key(model, board, records)
     directory = cache_dir / "builds" / f"{model.name}-{board.arch}-{key}"
     info_path = directory / BUILD_INFO_NAME
     if info_path.is_file():
-        return _artifact_from_info(directory, json.loads(info_path.read_text()), cached=True)
+        return _artifact_from_info(directory, json.loads(info_path.read_text()), store, cached=True)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     staging.chmod(0o755)
     try:
-        info = _compile_into(staging, model, board, key)
+        info = _compile_into(staging, model, board, key, store, records)
         os.replace(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return _artifact_from_info(directory, info, cached=False)
+    return _artifact_from_info(directory, info, store, cached=False)
 
 
-def _compile_into(out_dir: Path, model: ModelSpec, board: BoardProfile, key: str) -> dict[str, Any]:
-    import onnx
+def _compile_into(
+    out_dir: Path, model: ModelSpec, board: BoardProfile, key: str, store: RecordStore, records: list[StoredRecord]
+) -> dict[str, Any]:
     import tvm
-    from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
 
     started = time.perf_counter()
     target = resolved_target(board)
+    tvm_target = tvm.target.Target(target)
+    mod, params = lowering.import_model(model)
     try:
-        mod = from_onnx(
-            onnx.load(model.path), shape_dict={model.input_name: list(model.input_shape)}, keep_params_in_input=True
+        fused = lowering.fuse(mod, tvm_target)
+        tasks = lowering.extract_tasks(fused, tvm_target)
+        database, applicable, rejected = to_database(records)
+        applied = lowering.apply_database(fused, database, tvm_target)
+        coverage = measure_coverage(
+            tasks, lowering.scheduled_functions(applied), applicable, store, target, tvm.__version__, rejected
         )
-        mod, params = relax.frontend.detach_params(mod)
-        mod = relax.transform.DecomposeOpsForInference()(mod)
-    except Exception as exc:  # TVM raises many types for unsupported graphs
-        raise PipelineError(
-            f"TVM cannot import {model.path.name}: {_first_line(exc)}", "check the ONNX model's operators and opset"
-        ) from None
-    try:
-        executable = tvm.compile(mod, target=tvm.target.Target(target))
+        executable = lowering.build_executable(applied, tvm_target)
         library = out_dir / LIBRARY_NAME
         executable.export_library(str(library), fcompile=_compiler_for(board))
     except Exception as exc:
         raise PipelineError(
-            f"TVM could not build {model.name} for {target['mtriple']}: {_first_line(exc)}",
+            f"TVM could not build {model.name} for {target['mtriple']}: {lowering.first_line(exc)}",
             f"check that '{board.cross_compiler}' is installed (scripts/install.sh) and the profile's target",
         ) from None
     tvm.runtime.save_param_dict_to_file(
@@ -134,6 +148,7 @@ def _compile_into(out_dir: Path, model: ModelSpec, board: BoardProfile, key: str
         "target": target,
         "tvm_version": tvm.__version__,
         "compile_seconds": round(time.perf_counter() - started, 3),
+        "coverage": asdict(coverage),
     }
     (out_dir / BUILD_INFO_NAME).write_text(json.dumps(info, indent=2))
     return info
@@ -146,7 +161,9 @@ def _compiler_for(board: BoardProfile) -> Any:
     return cc.cross_compiler(board.cross_compiler)
 
 
-def _artifact_from_info(directory: Path, info: dict[str, Any], cached: bool) -> BuildArtifact:
+def _artifact_from_info(directory: Path, info: dict[str, Any], store: RecordStore, cached: bool) -> BuildArtifact:
+    """Unreadable record files are reported as of now, even for a cached build (they never change its key)."""
+    coverage = Coverage.from_json(info["coverage"])
     return BuildArtifact(
         key=info["key"],
         directory=directory,
@@ -160,12 +177,8 @@ def _artifact_from_info(directory: Path, info: dict[str, Any], cached: bool) -> 
         tvm_version=info["tvm_version"],
         cached=cached,
         compile_seconds=info["compile_seconds"],
+        coverage=replace(coverage, problems=store.problems + coverage.problems),
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[-1] if "Traceback" in text else text.splitlines()[0]
 
 
 def artifact_summary(artifact: BuildArtifact) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Board facts recorded with every result: what the machine is and what state it was in."""
 
+import re
 import shlex
 from dataclasses import dataclass
 
@@ -16,12 +17,15 @@ _PROBES = {
     "governor": "cat /sys/devices/system/cpu/cpu0/cpufreq/scaling_governor",
     "cur_freq_khz": "cat /sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq",
     "temperature_mc": "cat /sys/class/thermal/thermal_zone0/temp",
+    "core_freqs": "grep . /sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_cur_freq",
+    "core_max_freqs": "grep . /sys/devices/system/cpu/cpu[0-9]*/cpufreq/cpuinfo_max_freq",
 }
 
 
 @dataclass(frozen=True)
 class BoardFacts:
-    """Missing sysfs entries (common in VMs and emulation) are None, not errors."""
+    """Missing sysfs entries (common in VMs and emulation) are None, not errors. The per-core clocks
+    matter on big.LITTLE boards: the RK3399 runs the model on its A72 cores (cpu4, cpu5), not on cpu0."""
 
     kernel_arch: str | None
     kernel: str | None
@@ -31,6 +35,8 @@ class BoardFacts:
     governor: str | None
     cur_freq_khz: int | None
     temperature_c: float | None
+    core_freq_khz: dict[str, int] | None = None
+    core_max_freq_khz: dict[str, int] | None = None
 
 
 def collect_facts(client: paramiko.SSHClient) -> BoardFacts:
@@ -48,7 +54,15 @@ def collect_facts(client: paramiko.SSHClient) -> BoardFacts:
         governor=values.get("governor"),
         cur_freq_khz=_as_int(values.get("cur_freq_khz")),
         temperature_c=_as_int(values.get("temperature_mc")) / 1000 if _as_int(values.get("temperature_mc")) else None,
+        core_freq_khz=per_core_khz(values.get("core_freqs")),
+        core_max_freq_khz=per_core_khz(values.get("core_max_freqs")),
     )
+
+
+def per_core_khz(grep_output: str | None) -> dict[str, int] | None:
+    """`grep . .../cpuN/cpufreq/FILE` lines ("PATH:VALUE", joined by spaces) -> {"cpuN": VALUE}."""
+    pairs = re.findall(r"/(cpu\d+)/cpufreq/\w+:(\d+)", grep_output or "")
+    return {core: int(khz) for core, khz in pairs} or None
 
 
 def _as_int(text: str | None) -> int | None:

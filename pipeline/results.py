@@ -14,7 +14,7 @@ from .facts import BoardFacts
 from .paths import RESULTS_DIR
 from .timing import TimingStats
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,9 @@ class DeployResult:
     board_facts: BoardFacts
     timings: Timings
     check: CheckResult
+    coverage: list[dict[str, Any]]
+    coverage_tuned_share: float
+    record_store_version: str
     schema_version: int = SCHEMA_VERSION
 
 

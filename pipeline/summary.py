@@ -9,6 +9,12 @@ def _ms(value: float) -> str:
     return f"{value:.2f} ms"
 
 
+def _tuned_count(result: DeployResult) -> str:
+    heavy = [entry for entry in result.coverage if entry["heavy"]]
+    tuned = sum(1 for entry in heavy if entry["status"] == "tuned")
+    return f"{tuned} of {len(heavy)} conv/dense workloads"
+
+
 def summary_lines(result: DeployResult, result_path: Path | None = None) -> list[str]:
     stats = result.timings.stats
     t = result.timings
@@ -30,6 +36,8 @@ def summary_lines(result: DeployResult, result_path: Path | None = None) -> list
         + f", {result.threads} threads, runtime {result.runtime_arch}",
         f"TVM          {result.tvm_version}",
         f"Build        {build_line}",
+        f"Coverage     {result.coverage_tuned_share:.0%} of conv/dense FLOPs run tuned schedules "
+        f"({_tuned_count(result)}; records {result.record_store_version})",
         f"Push         {len(push['uploaded'])} uploaded ({push['bytes_sent'] / 1e6:.1f} MB), "
         f"{len(push['skipped'])} unchanged, {push['seconds']:.1f} s",
         f"Init         {_ms(t.load_ms)}",

@@ -1,0 +1,146 @@
+"""Tuning: MetaSchedule searches schedules for a model's conv/dense tasks and the best go into the store.
+
+Tasks come from the same fused module the build lowers, so every record written here hits there.
+Candidates are timed through TVM RPC (a tracker on this host; for `local` an RPC server beside it),
+the path a real board takes once it runs `python -m tvm.exec.rpc_server`. Trials go to the largest tasks first; tasks the store already covers for this target are skipped, and
+MetaSchedule's own work database under the cache keeps every measurement, so an interrupted run
+loses nothing: the next run exports what was measured and continues with the rest.
+"""
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import lowering
+from .boards import BoardProfile
+from .compile import resolved_target
+from .errors import PipelineError
+from .models import ModelSpec
+from .paths import CACHE_DIR, RECORDS_DIR
+from .records import load_store, record_from_tuning, save_record, target_slug, to_database
+from .rpc import local_rpc_board
+
+# Fewest trials worth spending on one task: below this MetaSchedule's samples are close to random.
+MIN_TRIALS_PER_TASK = 16
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    tuned: tuple[str, ...]  # tasks searched in this run
+    already_covered: tuple[str, ...]  # conv/dense tasks the store had records for
+    left_for_later: tuple[str, ...]  # conv/dense tasks the trial budget did not reach
+    saved: tuple[Path, ...]  # record files written or improved
+    trials: int
+    seconds: float
+
+
+def tune(
+    model: ModelSpec,
+    board: BoardProfile,
+    trials: int,
+    records_dir: Path = RECORDS_DIR,
+    cache_dir: Path = CACHE_DIR,
+    only: tuple[str, ...] = (),
+) -> TuneResult:
+    """Search `trials` schedules in all, timed on the `local` board over RPC; `only` limits the tasks by name."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    if trials < 1:
+        raise PipelineError(f"--trials {trials} is too few", "give at least 1 (64 per conv task is a fair start)")
+    if board.arch != platform.machine() or board.emulated:
+        raise PipelineError(
+            f"tuning measures on this {platform.machine()} host, and board {board.name} is {board.arch}"
+            + (" (emulated)" if board.emulated else ""),
+            "tune with --board local; tuning on a remote board over TVM RPC is not implemented yet",
+        )
+    started = time.perf_counter()
+    target = resolved_target(board)
+    tvm_target = tvm.target.Target(target)
+    fused = lowering.fuse(lowering.import_model(model)[0], tvm_target)
+    tasks = [t for t in lowering.extract_tasks(fused, tvm_target) if t.key.heavy and (not only or t.name in only)]
+    if only and not tasks:
+        raise PipelineError(f"no conv/dense task of {model.name} is named {', '.join(only)}", "see invoke build's table")
+    work_dir = cache_dir / "tuning" / target_slug(target) / model.name
+    work_dir.mkdir(parents=True, exist_ok=True)
+    database = _work_database(work_dir)
+    saved = _export(tasks, database, model, board, target, records_dir)  # what an interrupted run measured
+
+    store = load_store(records_dir)
+    covered = set(to_database(store.for_target(target, tvm.__version__))[1])
+    todo = [t for t in tasks if t.structural_hash not in covered]
+    chosen, per_task = plan_trials(todo, trials)
+    if chosen:
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            [t.extracted for t in chosen], work_dir=str(work_dir), seed=0
+        )
+        with local_rpc_board(board.name) as rpc_board:
+            rpc_config = ms.runner.RPCConfig(
+                tracker_host=rpc_board.tracker_host,
+                tracker_port=rpc_board.tracker_port,
+                tracker_key=rpc_board.key,
+                session_timeout_sec=60,
+            )
+            ms.tune_tasks(
+                tasks=contexts,
+                task_weights=weights,
+                work_dir=str(work_dir),
+                max_trials_global=trials,
+                max_trials_per_task=max(per_task, trials // len(chosen)),
+                num_trials_per_iter=per_task,
+                builder=ms.builder.LocalBuilder(timeout_sec=120),
+                runner=ms.runner.RPCRunner(rpc_config=rpc_config, max_workers=1),
+                database=database,
+            )
+        saved += _export(chosen, database, model, board, target, records_dir)
+    return TuneResult(
+        tuned=tuple(t.name for t in chosen),
+        already_covered=tuple(t.name for t in tasks if t.structural_hash in covered),
+        left_for_later=tuple(t.name for t in todo if t.name not in {c.name for c in chosen}),
+        saved=tuple(dict.fromkeys(saved)),
+        trials=trials,
+        seconds=round(time.perf_counter() - started, 1),
+    )
+
+
+def plan_trials(tasks: list[lowering.Task], trials: int) -> tuple[list[lowering.Task], int]:
+    """The largest tasks that `trials` can give at least MIN_TRIALS_PER_TASK each (up to 64 per round
+    when the budget is ample), and the trials per round."""
+    per_task = max(min(MIN_TRIALS_PER_TASK, trials), min(64, trials // max(len(tasks), 1)))
+    return sorted(tasks, key=lambda t: -t.flops)[: max(1, trials // per_task)], per_task
+
+
+def _work_database(work_dir: Path) -> Any:
+    """MetaSchedule's JSON database of every measurement; one bad line makes TVM refuse the whole file,
+    so an unreadable one is set aside (not deleted) and tuning starts afresh."""
+    from tvm.s_tir import meta_schedule as ms
+
+    paths = {"path_workload": str(work_dir / "workloads.json"), "path_tuning_record": str(work_dir / "records.json")}
+    try:
+        return ms.database.JSONDatabase(**paths)
+    except Exception:  # TVM raises its own error types for unreadable files
+        for name in paths.values():
+            if Path(name).exists():
+                Path(name).rename(f"{name}.unreadable-{int(time.time())}")
+        return ms.database.JSONDatabase(**paths)
+
+
+def _export(
+    tasks: list[lowering.Task], database: Any, model: ModelSpec, board: BoardProfile, target: dict[str, Any], root: Path
+) -> list[Path]:
+    """The best measured schedule of each task into the store (which keeps a faster record it already has)."""
+    import tvm
+
+    normalize = tvm.get_global_func("tvm.s_tir.meta_schedule.normalize_mod")
+    saved = []
+    for task in tasks:
+        mod = normalize(task.extracted.dispatched[0])
+        if not database.has_workload(mod):
+            continue
+        measured = database.get_top_k(database.commit_workload(mod), 1 << 20)
+        if measured:
+            record = record_from_tuning(measured[0], task.key, target, board.name, model.name, task.name, len(measured))
+            saved.append(save_record(record, root))
+    return saved

@@ -1,0 +1,307 @@
+"""`invoke nightly`'s loop: one board never runs twice at once, an interrupt keeps what was measured,
+a regression exits non-zero and says why, and the real deploy runs through it."""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paramiko
+import pytest
+import yaml
+
+from pipeline.errors import PipelineError
+from pipeline.history import History, Provenance
+from pipeline.models import resolve_model
+from pipeline.nightly import (
+    CRON_TAG, Matrix, MatrixEntry, Point, board_locks, cron_line, install_cron, load_matrix, real_deploy, run_nightly,
+)
+from pipeline.paths import ROOT
+from pipeline.remote import run
+from pipeline.report import REPORT_NAME, SUMMARY_NAME, summary_lines, write_report
+from pipeline.sshd import SshEndpoint
+from synthetic import latencies, result_dict, vgg16_coverage
+
+PROVENANCE = Provenance(pipeline_commit="abc", record_store_version=None)
+MATRIX = Matrix(matrix=[MatrixEntry(boards=["rk3399", "rk3399-b"], models=["vgg16", "resnet18"], runs=20)])
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> Iterator[History]:
+    with History(tmp_path / "history.sqlite") as store:
+        yield store
+
+
+@pytest.fixture
+def locks(tmp_path: Path) -> Path:
+    return tmp_path / "locks"
+
+
+class Boards:
+    """Stands in for the deploy: each point answers with the median and coverage it is told to have."""
+
+    def __init__(self, median_ms: float = 990.0, coverage: str = "tuned", seed: int = 0) -> None:
+        self.median_ms, self.coverage, self.seed = median_ms, coverage, seed
+        self.deployed: list[Point] = []
+
+    def __call__(self, point: Point) -> dict[str, Any]:
+        self.deployed.append(point)
+        runs = latencies(self.median_ms, point.runs or 10, self.seed + len(self.deployed))
+        return result_dict(runs, board=point.board, model=point.model, coverage=vgg16_coverage(self.coverage))
+
+
+def test_the_matrix_is_every_board_with_every_model() -> None:
+    assert [point.name for point in MATRIX.points()] == [
+        "rk3399/vgg16", "rk3399/resnet18", "rk3399-b/vgg16", "rk3399-b/resnet18",
+    ]
+
+
+def test_the_shipped_matrix_file_is_valid() -> None:
+    matrix = load_matrix(ROOT / "nightly.yaml")
+    assert {"local/tiny", "rk3399-emu/tiny"} <= {point.name for point in matrix.points()}
+    assert matrix.history == ROOT / "results" / "history.sqlite"
+
+
+def test_a_bad_matrix_file_names_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "matrix.yaml"
+    path.write_text(yaml.safe_dump({"matrix": [{"boards": ["local"], "models": ["tiny"], "runs": 0}]}))
+    with pytest.raises(PipelineError, match=r"field 'matrix.0.runs'"):
+        load_matrix(path)
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from pipeline.nightly import board_locks
+with board_locks([sys.argv[1]], Path(sys.argv[2])):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.fixture
+def other_run_on_rk3399(locks: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another nightly process holding the lock of board rk3399."""
+    cmd = [sys.executable, "-c", HOLDER, "rk3399", str(locks)]
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True) as holder:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        yield holder
+        holder.kill()
+
+
+def test_a_board_locked_by_another_run_is_refused_before_anything_runs(
+    other_run_on_rk3399: subprocess.Popen[str], history: History, locks: Path
+) -> None:
+    boards = Boards()
+    expected = f"another nightly run holds the lock for board rk3399 (pid {other_run_on_rk3399.pid})"
+    with pytest.raises(PipelineError, match=re.escape(expected)):
+        run_nightly(MATRIX, boards, history, PROVENANCE, lock_dir=locks)
+    assert boards.deployed == []
+    assert history.count() == 0
+
+
+def test_other_boards_are_not_blocked(other_run_on_rk3399: subprocess.Popen[str], locks: Path) -> None:
+    with board_locks(["rk3399-b", "local"], locks):
+        pass
+
+
+def test_a_killed_run_leaves_no_stale_lock(other_run_on_rk3399: subprocess.Popen[str], locks: Path) -> None:
+    other_run_on_rk3399.kill()
+    other_run_on_rk3399.wait()
+    with board_locks(["rk3399"], locks):
+        pass
+
+
+def test_an_interrupted_run_keeps_every_point_it_measured(history: History, locks: Path) -> None:
+    boards = Boards()
+
+    def interrupted_on_third_point(point: Point) -> dict[str, Any]:
+        if len(boards.deployed) == 2:
+            raise KeyboardInterrupt
+        return boards(point)
+
+    outcome = run_nightly(MATRIX, interrupted_on_third_point, history, PROVENANCE, lock_dir=locks)
+    assert outcome.interrupted and outcome.exit_code == 130
+    assert [o.point.name for o in outcome.outcomes] == ["rk3399/vgg16", "rk3399/resnet18"]
+    assert [p.name for p in outcome.not_measured] == ["rk3399-b/vgg16", "rk3399-b/resnet18"]
+    assert history.points() == [("rk3399", "resnet18"), ("rk3399", "vgg16")]
+    assert summary_lines(outcome)[-1].startswith("INTERRUPTED: not measured: rk3399-b/vgg16, rk3399-b/resnet18")
+    with board_locks(MATRIX.boards, locks):  # and the locks are free again
+        pass
+
+
+def test_a_regression_exits_1_and_names_its_cause(history: History, locks: Path, tmp_path: Path) -> None:
+    first = run_nightly(MATRIX, Boards(990.0, "tuned"), history, PROVENANCE, lock_dir=locks)
+    assert first.exit_code == 0 and all(o.verdict is None for o in first.outcomes)
+    steady = run_nightly(MATRIX, Boards(990.0, "tuned", seed=100), history, PROVENANCE, lock_dir=locks)
+    assert steady.exit_code == 0 and {o.verdict.change for o in steady.outcomes if o.verdict} == {"unchanged"}
+
+    slower = run_nightly(MATRIX, Boards(1892.0, "fallback", seed=200), history, PROVENANCE, lock_dir=locks)
+    assert slower.exit_code == 1
+    regression = slower.with_change("regression")[0]
+    assert regression.verdict is not None and regression.verdict.ratio == pytest.approx(1.91, abs=0.05)
+    assert regression.causes[0].detail.startswith("9 conv2d workloads lost their tuned schedule")
+    lines = summary_lines(slower)
+    assert lines[0].endswith("4 points measured, 4 regressions, 0 improvements, 0 failed")
+    assert lines[1].startswith("REGRESSION   rk3399/vgg16: median 18")
+    assert lines[2].startswith("    likely cause: 9 conv2d workloads lost their tuned schedule")
+
+    page = write_report(history, slower, tmp_path / "report")
+    text = page.read_text()
+    assert page.name == REPORT_NAME and text.count("data:image/png;base64,") == 4
+    assert "REGRESSION" in text and (page.parent / SUMMARY_NAME).read_text().splitlines() == lines
+
+
+def test_a_failed_point_is_reported_and_the_others_still_run(history: History, locks: Path) -> None:
+    boards = Boards()
+
+    def rk3399_b_unreachable(point: Point) -> dict[str, Any]:
+        if point.board == "rk3399-b":
+            raise PipelineError("cannot reach rk3399-b at 10.0.0.7:22", "check the board")
+        return boards(point)
+
+    outcome = run_nightly(MATRIX, rk3399_b_unreachable, history, PROVENANCE, lock_dir=locks)
+    assert outcome.exit_code == 2
+    assert [o.point.name for o in outcome.failures] == ["rk3399-b/vgg16", "rk3399-b/resnet18"]
+    assert history.count() == 2
+    assert any(line.startswith("FAILED       rk3399-b/vgg16: cannot reach") for line in summary_lines(outcome))
+
+
+def test_the_real_deploy_of_local_tiny_goes_into_the_history(
+    embedded_endpoint: SshEndpoint, history: History, locks: Path, tmp_path: Path
+) -> None:
+    matrix = Matrix(matrix=[MatrixEntry(boards=["local"], models=["tiny"], runs=8, warmup=0)])
+    deploy = real_deploy(results_dir=tmp_path / "results")
+    first = run_nightly(matrix, deploy, history, PROVENANCE, lock_dir=locks)
+    second = run_nightly(matrix, deploy, history, PROVENANCE, lock_dir=locks)
+    assert first.exit_code == 0 and first.outcomes[0].verdict is None
+    verdict = second.outcomes[0].verdict
+    assert verdict is not None and verdict.method == "mann-whitney" and verdict.current_runs == 8
+    [older, newer] = history.series("local", "tiny")
+    assert len(newer.runs_ms) == 8 and newer.record["check"]["passed"]
+    assert newer.record["provenance"]["pipeline_commit"] == "abc"
+    assert len(list((tmp_path / "results").rglob("*.json"))) == 2
+
+
+def test_the_cron_line_runs_this_matrix_on_its_schedule_and_speaks_only_on_failure() -> None:
+    matrix = load_matrix(ROOT / "nightly.yaml")
+    line = cron_line(ROOT / "nightly.yaml", matrix)
+    assert line.startswith("30 2 * * * cd ")
+    assert f"-m invoke nightly --matrix {ROOT / 'nightly.yaml'}" in line
+    assert "|| tail -n 40" in line
+    assert line.endswith(f"{CRON_TAG} {ROOT / 'nightly.yaml'}")
+
+
+@pytest.fixture
+def fake_crontab(tmp_path: Path) -> tuple[str, Path]:
+    """A crontab command that keeps the table in a file instead of the user's real schedule."""
+    table = tmp_path / "table"
+    script = tmp_path / "crontab"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = "-l" ]; then [ -f {table} ] && exec cat {table}; echo "no crontab for user" >&2; exit 1; fi\n'
+        f"cat > {table}\n"
+    )
+    script.chmod(0o755)
+    return str(script), table
+
+
+def test_installing_the_cron_line_twice_keeps_one_and_leaves_other_entries(fake_crontab: tuple[str, Path]) -> None:
+    crontab, table = fake_crontab
+    line = cron_line(ROOT / "nightly.yaml", load_matrix(ROOT / "nightly.yaml"))
+    install_cron(line, crontab)
+    table.write_text(table.read_text() + "0 * * * * echo other job\n")
+    install_cron(line, crontab)
+    assert table.read_text().splitlines() == ["0 * * * * echo other job", line]
+
+
+def test_without_crontab_the_error_gives_the_line_to_install() -> None:
+    with pytest.raises(PipelineError) as error:
+        install_cron("30 2 * * * true # tvm-pipeline-nightly x", crontab="no-such-crontab")
+    assert "30 2 * * * true" in error.value.fix
+
+
+def invoke_nightly(tmp_path: Path, matrix: list[dict[str, Any]], *args: str) -> subprocess.CompletedProcess[str]:
+    """`invoke nightly` as cron runs it, on a matrix file whose history and report live in tmp_path."""
+    path = tmp_path / "nightly.yaml"
+    path.write_text(yaml.safe_dump({"history": "history.sqlite", "report": "report", "matrix": matrix}))
+    env = {**os.environ, "PIPELINE_RESULTS": str(tmp_path / "results")}
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", "nightly", "--matrix", str(path), *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_invoke_nightly_flags_a_slower_local_tiny_exits_1_and_names_the_tvm_upgrade(
+    embedded_endpoint: SshEndpoint, tmp_path: Path
+) -> None:
+    """The real deploy against a planted baseline that was 5x faster with an older TVM."""
+    with History(tmp_path / "history.sqlite") as store:
+        store.add(result_dict(latencies(0.15, 8, 0), board="local", model="tiny", tvm_version="0.26.0"), PROVENANCE)
+    proc = invoke_nightly(tmp_path, [{"boards": ["local"], "models": ["tiny"], "runs": 8, "warmup": 1}])
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].endswith("1 point measured, 1 regression, 0 improvements, 0 failed")
+    assert lines[1].startswith("REGRESSION   local/tiny: median ")
+    assert "    likely cause: TVM version changed: 0.26.0 -> 0.27.0.post1" in lines
+    assert (tmp_path / "report" / REPORT_NAME).is_file()
+    assert (tmp_path / "report" / SUMMARY_NAME).read_text().splitlines() == lines[:-1]
+    with History(tmp_path / "history.sqlite") as store:
+        assert [entry.change for entry in store.series("local", "tiny")] == [None, "regression"]
+
+
+def test_invoke_nightly_on_a_locked_board_is_one_clear_error(tmp_path: Path) -> None:
+    board = str(ROOT / "boards" / "local.yaml")
+    with board_locks([board]):
+        proc = invoke_nightly(tmp_path, [{"boards": [board], "models": ["tiny"]}])
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    [error] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert f"another nightly run holds the lock for board {board} (pid {os.getpid()})" in error
+    assert "fix: wait for it to finish" in error
+
+
+def test_invoke_nightly_print_cron_prints_the_line_and_runs_nothing(tmp_path: Path) -> None:
+    proc = invoke_nightly(tmp_path, [{"boards": ["local"], "models": ["tiny"]}], "--print-cron")
+    assert proc.returncode == 0, proc.stderr
+    [line] = proc.stdout.splitlines()
+    assert line.endswith(f"{CRON_TAG} {tmp_path / 'nightly.yaml'}")
+    assert not (tmp_path / "history.sqlite").exists()
+
+
+def test_ctrl_c_during_invoke_nightly_keeps_the_measured_points_and_stops_the_board(
+    embedded_endpoint: SshEndpoint, ssh_client: paramiko.SSHClient, tmp_path: Path
+) -> None:
+    """The second point runs until Ctrl-C: the first stays stored, the report says what was not measured."""
+    endless = "100000"
+    second_model = tmp_path / "tiny_again.onnx"
+    shutil.copy(resolve_model("tiny").path, second_model)
+    matrix = [
+        {"boards": ["local"], "models": ["tiny"], "runs": 8, "warmup": 0},
+        {"boards": ["local"], "models": [str(second_model)], "runs": int(endless), "warmup": 0},
+    ]
+    path = tmp_path / "nightly.yaml"
+    path.write_text(yaml.safe_dump({"history": "history.sqlite", "report": "report", "matrix": matrix}))
+    env = {**os.environ, "PIPELINE_RESULTS": str(tmp_path / "results")}
+    cmd = [sys.executable, "-m", "invoke", "nightly", "--matrix", str(path)]
+    runner_pids = f"pgrep -f '[t]vm_runner --lib.*--runs {endless}' || true"
+    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        deadline = time.monotonic() + 300
+        while not run(ssh_client, runner_pids, timeout_s=10).stdout.strip() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert stdout.splitlines()[-2] == f"INTERRUPTED: not measured: local/{second_model} (everything above is stored)"
+    with History(tmp_path / "history.sqlite") as store:
+        assert store.points() == [("local", "tiny")]
+    assert (tmp_path / "report" / REPORT_NAME).is_file()
+    assert run(ssh_client, runner_pids, timeout_s=10).stdout.strip() == ""

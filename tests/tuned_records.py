@@ -1,0 +1,42 @@
+"""A store holding one real MetaSchedule record for `tiny` on the `local` board, shared by the record
+and coverage tests. Tuning runs once per test session: the second caller finds the measurements in
+the tuning work database and only exports them again (which is how `invoke tune` resumes)."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.boards import BoardProfile, load_board
+from pipeline.models import ModelSpec, resolve_model
+from pipeline.records import load_store
+from pipeline.tune import tune
+
+TUNED_TASK = "fused_conv2d_add_relu"  # the stem conv: 3 -> 16 channels, 3x3, 32x32
+TRIALS = 4
+
+
+def tuned_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh store folder with the tuned record of TUNED_TASK for the local board's target."""
+    store = tmp_path_factory.mktemp("records")
+    result = tune(tiny(), local(), TRIALS, records_dir=store, cache_dir=work_dir(tmp_path_factory), only=(TUNED_TASK,))
+    assert len(result.saved) == 1 and not load_store(store).problems
+    return store
+
+
+def work_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MetaSchedule's work database, shared by the whole session like a checkout's .cache/tuning."""
+    return tmp_path_factory.getbasetemp() / "tuning-work"
+
+
+def copy_store(source: Path, destination: Path) -> Path:
+    shutil.copytree(source, destination)
+    return destination
+
+
+def tiny() -> ModelSpec:
+    return resolve_model("tiny")
+
+
+def local() -> BoardProfile:
+    return load_board("local")
