@@ -42,7 +42,8 @@ def main() -> None:
     from tvm.relax.frontend.onnx import from_onnx
     from tvm.target import codegen
 
-    from pipeline.default_schedules import apply_schedules, build_fused, default_schedules, legalize_and_fuse
+    from pipeline.default_schedules import apply_schedules, default_schedules
+    from pipeline.lowering import build_executable, fuse
     from pipeline.models import resolve_model
 
     target = tvm.target.Target(
@@ -55,7 +56,7 @@ def main() -> None:
     mod, params = relax.frontend.detach_params(mod)
     mod = relax.transform.DecomposeOpsForInference()(mod)
     mod = relax.transform.BindParams("main", dict(zip(mod["main"].params[1:], params["main"])))(mod)
-    fused = legalize_and_fuse(mod)
+    fused = fuse(mod, target)
 
     started = time.perf_counter()
     schedules = default_schedules(fused, target)
@@ -82,8 +83,8 @@ def main() -> None:
         data = np.random.default_rng(0).standard_normal(spec.input_shape, dtype=np.float32)
         scheduled = apply_schedules(fused, schedules, target)
         latencies = {
-            "naive": _model_seconds(build_fused(fused, target), data, args.model_runs),
-            "default": _model_seconds(build_fused(scheduled, target), data, args.model_runs),
+            "naive": _model_seconds(build_executable(fused, target), data, args.model_runs),
+            "default": _model_seconds(build_executable(scheduled, target), data, args.model_runs),
             "onnxruntime": _ort_seconds(model, spec.input_name, data, args.model_runs, args.threads),
         }
         for label, seconds in latencies.items():

@@ -18,10 +18,18 @@ from .elf import elf_arch
 from .errors import PipelineError
 from .models import ModelSpec
 from .paths import CACHE_DIR, RECORDS_DIR
-from .records import RecordStore, StoredRecord, load_store, to_database
+from .records import RecordStore, StoredRecord, load_store, shown, to_database
 
 # The build's output depends on these sources as well as on its inputs: a change to any rebuilds.
-RECIPE_SOURCES = ("compile.py", "lowering.py", "records.py", "workloads.py", "coverage.py")
+RECIPE_SOURCES = (
+    "compile.py",
+    "lowering.py",
+    "records.py",
+    "workloads.py",
+    "coverage.py",
+    "default_schedules.py",
+    "schedule_transfer.py",
+)
 
 LIBRARY_NAME = "model.so"
 PARAMS_NAME = "params.bin"
@@ -110,6 +118,8 @@ def _compile_into(
 ) -> dict[str, Any]:
     import tvm
 
+    from .schedule_transfer import fallback_database
+
     started = time.perf_counter()
     target = resolved_target(board)
     tvm_target = tvm.target.Target(target)
@@ -117,10 +127,15 @@ def _compile_into(
     try:
         fused = lowering.fuse(mod, tvm_target)
         tasks = lowering.extract_tasks(fused, tvm_target)
-        database, applicable, rejected = to_database(records)
+        tuned, applicable, rejected = to_database(records)
+        # Tasks without a record get a schedule transferred from a record of another shape or the
+        # default rules' (pipeline/default_schedules.py), never TVM's naive loops; one apply step.
+        database, choices = fallback_database(
+            fused, tvm_target, tuned, {h: shown(s.path) for h, s in applicable.items()}
+        )
         applied = lowering.apply_database(fused, database, tvm_target)
         coverage = measure_coverage(
-            tasks, lowering.scheduled_functions(applied), applicable, store, target, tvm.__version__, rejected
+            tasks, lowering.scheduled_functions(applied), applicable, store, target, tvm.__version__, rejected, choices
         )
         executable = lowering.build_executable(applied, tvm_target)
         library = out_dir / LIBRARY_NAME

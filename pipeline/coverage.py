@@ -1,13 +1,17 @@
 """Coverage: which tasks of a build run tuned schedules, what share of the FLOPs that is, and why the
 others missed, so a record that silently stopped applying is seen before the model reaches the board."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .boards import CoverageSettings
 from .errors import PipelineError
 from .lowering import Task
 from .records import RecordStore, StoredRecord, same_release, same_target, shown
+
+if TYPE_CHECKING:  # tvm is imported only where a build runs
+    from .schedule_transfer import ScheduleChoice
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,11 @@ class TaskCoverage:
     record: str  # the record applied, "" for a miss
     nearest: str  # for a miss: the closest record in the store, "" if there is none for this operator
     differs: tuple[str, ...]  # for a miss: what differs from the nearest record
+    # How the task is scheduled: "tuned" (a record), "transferred" (a record of another shape),
+    # "default" (pipeline/default_schedules.py's rules), "naive" (conv/dense left to TVM's naive
+    # loops), or "unscheduled" (nothing to tile: TVM's own lowering of elementwise, pooling, ...)
+    schedule: str = ""
+    source: str = ""  # the donor record of a transfer, the rule of a default, why a task is naive
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,11 @@ class Coverage:
     def missing(self) -> list[TaskCoverage]:
         return [t for t in self.tasks if t.heavy and not t.tuned]
 
+    @property
+    def naive(self) -> list[TaskCoverage]:
+        """conv/dense tasks that run TVM's naive loops: neither a record nor a fallback schedule."""
+        return [t for t in self.tasks if t.schedule == "naive"]
+
     def result_entries(self) -> list[dict[str, Any]]:
         """The table as a result records it: one entry per task, matched across runs by `workload`."""
         return [
@@ -47,6 +61,7 @@ class Coverage:
                 "flops": t.flops,
                 "share": t.share,
                 "status": "tuned" if t.tuned else "fallback",
+                "schedule": t.schedule,
             }
             for t in self.tasks
         ]
@@ -65,14 +80,18 @@ def measure_coverage(
     target: dict[str, Any],
     tvm_version: str,
     problems: list[str],
+    choices: Sequence["ScheduleChoice"] = (),
 ) -> Coverage:
     """A task is tuned when TVM marked its PrimFunc scheduled; a miss is explained against the whole store.
-    `problems` are the records TVM rejected; unreadable files are added by the caller (they change no build)."""
+    `problems` are the records TVM rejected; unreadable files are added by the caller (they change no build).
+    `choices` say which fallback schedule (transferred or default) each other task was given."""
     total = sum(t.flops for t in tasks) or 1.0
+    chosen = {choice.task: choice for choice in choices}
     rows = []
     for task in sorted(tasks, key=lambda t: -t.flops):
         hit = applied.get(task.structural_hash) if task.name in scheduled else None
         nearest, differs = (None, ()) if hit else _explain(task, store, target, tvm_version)
+        schedule, source = _schedule(task, hit is not None, task.name in scheduled, chosen.get(task.name))
         rows.append(
             TaskCoverage(
                 task=task.name,
@@ -86,6 +105,8 @@ def measure_coverage(
                 record=f"{shown(hit.path)} ({hit.record.provenance.board})" if hit else "",
                 nearest=shown(nearest.path) if nearest else "",
                 differs=differs,
+                schedule=schedule,
+                source=source,
             )
         )
     heavy = sum(r.flops for r in rows if r.heavy)
@@ -96,6 +117,17 @@ def measure_coverage(
         records_applicable=len(store.for_target(target, tvm_version)),
         problems=tuple(problems),
     )
+
+
+def _schedule(task: Task, tuned: bool, scheduled: bool, choice: "ScheduleChoice | None") -> tuple[str, str]:
+    """The schedule kind and its source; a conv/dense PrimFunc that TVM did not mark scheduled is naive."""
+    if tuned:
+        return "tuned", ""
+    if choice is not None and choice.kind in ("transferred", "default") and scheduled:
+        return choice.kind, choice.source
+    if task.key.heavy:
+        return "naive", choice.source if choice is not None and choice.source else "no schedule applied"
+    return "unscheduled", ""
 
 
 def _explain(
@@ -174,8 +206,7 @@ def coverage_lines(coverage: Coverage, width: int = 44) -> list[str]:
         if not row.heavy and not row.tuned:
             continue
         name = row.task if len(row.task) <= width else row.task[: width - 1] + "…"
-        state = f"tuned  {row.record}" if row.tuned else "FALLBACK"
-        lines.append(f"{name:{width}} {row.calls:>5} {row.flops / 1e6:>9.1f} {row.share:>6.1%}  {state}")
+        lines.append(f"{name:{width}} {row.calls:>5} {row.flops / 1e6:>9.1f} {row.share:>6.1%}  {_state(row)}")
         lines.append(f"{'':{width}}   {row.workload}")
         if not row.tuned:
             why = "; ".join(row.differs) if row.differs else "no record"
@@ -183,12 +214,30 @@ def coverage_lines(coverage: Coverage, width: int = 44) -> list[str]:
     rest = [r for r in coverage.tasks if not r.heavy and not r.tuned]
     if rest:
         share = sum(r.share for r in rest)
-        lines.append(f"{len(rest)} other tasks ({share:.1%} of FLOPs: reshapes, pooling, elementwise) use default schedules")
+        lines.append(f"{len(rest)} other tasks ({share:.1%} of FLOPs: reshapes, pooling, elementwise) use TVM's own lowering")
     heavy = [r for r in coverage.tasks if r.heavy]
     lines.append(
         f"conv/dense FLOPs tuned: {coverage.tuned_share:.0%} "
         f"({len(heavy) - len(coverage.missing)} of {len(heavy)} workloads; "
         f"{coverage.records_applicable} records for this target)"
     )
+    if coverage.missing:
+        lines.append(f"untuned conv/dense: {fallback_counts(coverage)}")
     lines.extend(f"record skipped: {problem}" for problem in coverage.problems)
     return lines
+
+
+def fallback_counts(coverage: Coverage) -> str:
+    """How the untuned conv/dense tasks run, e.g. "1 transferred, 3 default, 0 naive"."""
+    kinds = [row.schedule for row in coverage.missing]
+    return ", ".join(f"{kinds.count(kind)} {kind}" for kind in ("transferred", "default", "naive"))
+
+
+def _state(row: TaskCoverage) -> str:
+    if row.tuned:
+        return f"tuned  {row.record}"
+    if row.schedule == "transferred":
+        return f"transferred from {row.source}"
+    if row.schedule == "default":
+        return f"default  (rule {row.source})"
+    return f"NAIVE  (no schedule: {row.source or 'unknown'}; runs TVM's naive loops, tens of times slower)"

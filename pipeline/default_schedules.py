@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import tvm
-from tvm import relax
 from tvm.ir import IRModule
 from tvm.s_tir import SBlock, SBlockRealize, Schedule
 from tvm.s_tir import meta_schedule as ms
@@ -128,8 +127,8 @@ def default_schedule(func: PrimFunc | IRModule, target: Target, task: str = "mai
 
 
 def default_schedules(mod: IRModule, target: Target) -> dict[str, TaskSchedule | None]:
-    """For each PrimFunc of a fused module (after LegalizeOps ... FuseTIR): its default schedule,
-    or None when it needs none."""
+    """For each PrimFunc of a fused module (lowering.fuse): its default schedule, or None when it
+    needs none."""
     return {
         gv.name_hint: default_schedule(func, target, gv.name_hint)
         for gv, func in mod.functions.items()
@@ -156,34 +155,13 @@ def commit_schedules(database: ms.database.Database, schedules: dict[str, TaskSc
 
 
 def apply_schedules(mod: IRModule, schedules: dict[str, TaskSchedule | None], target: Target) -> IRModule:
-    """The fused module with the given schedules applied exactly as the build applies tuned records
-    (MetaScheduleApplyDatabase); an applied PrimFunc carries `tirx.is_scheduled`."""
+    """The fused module with the given schedules applied by the build's own step
+    (lowering.apply_database: MetaScheduleApplyDatabase); an applied PrimFunc carries `tirx.is_scheduled`."""
+    from pipeline.lowering import apply_database
+
     database = ms.database.MemoryDatabase()
     commit_schedules(database, schedules, target)
-    with target, database:
-        return relax.transform.MetaScheduleApplyDatabase()(mod)
-
-
-def legalize_and_fuse(mod: IRModule) -> IRModule:
-    """The passes the build runs before it applies a database (params bound beforehand): tasks must
-    come from exactly this module, or their database keys miss."""
-    passes = [
-        relax.transform.LegalizeOps(),
-        relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
-    ]
-    return tvm.transform.Sequential(passes)(mod)
-
-
-def build_fused(mod: IRModule, target: Target) -> relax.VMExecutable:
-    """Lower and compile a fused module whose PrimFuncs are already scheduled (without re-running
-    legalization and fusion, which would rebuild the PrimFuncs and drop their schedules)."""
-    from tvm.relax.backend.cpu_generic import pipeline
-
-    passes = pipeline.dataflow_lower_passes(target) + pipeline.finalize_passes(target)
-    return tvm.compile(mod, target=target, relax_pipeline=tvm.transform.Sequential(passes))
+    return apply_database(mod, database, target)
 
 
 def design_space(workload: IRModule, target: Target, task: str) -> ms.TuneContext:

@@ -11,7 +11,7 @@ computes what the default computes and runs faster on this machine.
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +36,7 @@ from pipeline.default_schedules import (
     ranked,
     replay,
 )
+from pipeline.records import structural_hash
 
 MAX_DONORS = 3  # nearest records tried per task
 _TIMING_RUNS = 5
@@ -103,12 +104,16 @@ class Donor:
 
     decisions: TiledDecisions
     seconds: float  # the record's mean measured run time
+    name: str = ""  # where the record is kept (records/<target>/<file>), for the coverage table
 
 
-def donors(records: Iterable[ms.database.TuningRecord], target: Target) -> list[Donor]:
+def donors(
+    records: Iterable[ms.database.TuningRecord], target: Target, names: Mapping[str, str] | None = None
+) -> list[Donor]:
     """The records usable for transfer to `target` (same `mtriple`/`mcpu`; MetaSchedule's own
     lookup ignores the target), reduced to the fastest per operator and shape. Read once per build:
-    each record's trace is replayed to read its decisions."""
+    each record's trace is replayed to read its decisions. `names` maps a record's structural hash
+    to where it is kept."""
     fastest: dict[tuple[str, tuple[int, ...]], Donor] = {}
     for record in records:
         if record.target is None or not _same_target(record.target, target) or not record.run_secs:
@@ -116,7 +121,8 @@ def donors(records: Iterable[ms.database.TuningRecord], target: Target) -> list[
         decided = tiled_decisions(record.trace, record.workload.mod)
         if decided is None:
             continue
-        donor = Donor(decided, float(np.mean([float(x) for x in record.run_secs])))
+        name = (names or {}).get(structural_hash(record.workload.mod), "")
+        donor = Donor(decided, float(np.mean([float(x) for x in record.run_secs])), name)
         key = (decided.anchor, decided.extents)
         if key not in fastest or donor.seconds < fastest[key].seconds:
             fastest[key] = donor
@@ -149,6 +155,8 @@ def transferred_schedules(
         except (tvm.TVMError, RuntimeError, ValueError):
             continue
         source = f"record {decided.anchor} {'x'.join(map(str, decided.extents))} ({seconds * 1e3:.3g} ms)"
+        if donor.name:
+            source = f"{donor.name}: {source}"
         found.append(TaskSchedule("transferred", task, workload, sch.mod, sch.trace, source))
     return found
 
@@ -177,8 +185,8 @@ def best_schedule(
 
 
 @dataclass(frozen=True)
-class Coverage:
-    """One row of the coverage table: how a PrimFunc of the build gets its schedule."""
+class ScheduleChoice:
+    """How one PrimFunc of the build gets its schedule (a row of pipeline.coverage's table)."""
 
     task: str
     kind: str  # "tuned", "transferred", "default", "naive" (no rule applied), or "unscheduled"
@@ -187,32 +195,33 @@ class Coverage:
 
 
 def fallback_database(
-    mod: IRModule, target: Target, tuned: ms.database.Database
-) -> tuple[ms.database.Database, list[Coverage]]:
-    """A database for MetaScheduleApplyDatabase on the fused module `mod`: the tuned records first,
-    then a transferred or default schedule for every tiled task that has none. The defaults live
-    in a separate in-memory database, so they never end up in the tuned record store."""
+    mod: IRModule, target: Target, tuned: ms.database.Database, names: Mapping[str, str] | None = None
+) -> tuple[ms.database.Database, list[ScheduleChoice]]:
+    """A database for MetaScheduleApplyDatabase on the fused module `mod` (lowering.fuse): the tuned
+    records first, then a transferred or default schedule for every tiled task that has none. The
+    defaults live in a separate in-memory database, so they never end up in the tuned record store.
+    `names` maps a tuned record's structural hash to where it is kept (shown for a transfer)."""
     fallbacks = ms.database.MemoryDatabase()
-    usable = donors(tuned.get_all_tuning_records(), target)
-    coverage = []
+    usable = donors(tuned.get_all_tuning_records(), target, names)
+    choices = []
     for gv, func in mod.functions.items():
         if not isinstance(func, PrimFunc):
             continue
         name = gv.name_hint
         if tuned.query_tuning_record(normalize(func), target, name) is not None:
-            coverage.append(Coverage(name, "tuned", ""))
+            choices.append(ScheduleChoice(name, "tuned", ""))
             continue
         try:
             schedule = best_schedule(func, target, usable, name)
         except RuntimeError as exc:  # no rule applied: the build still works, with naive loops
-            coverage.append(Coverage(name, "naive", str(exc)))
+            choices.append(ScheduleChoice(name, "naive", str(exc)))
             continue
         if schedule is None:
-            coverage.append(Coverage(name, "unscheduled", ""))
+            choices.append(ScheduleChoice(name, "unscheduled", ""))
             continue
         commit_schedules(fallbacks, {name: schedule}, target)
-        coverage.append(Coverage(name, schedule.kind, schedule.rule))
-    return ms.database.OrderedUnionDatabase(tuned, fallbacks), coverage
+        choices.append(ScheduleChoice(name, schedule.kind, schedule.rule))
+    return ms.database.OrderedUnionDatabase(tuned, fallbacks), choices
 
 
 def _carrying(sch: Schedule, donor: TiledDecisions) -> Decider:

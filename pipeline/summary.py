@@ -12,7 +12,11 @@ def _ms(value: float) -> str:
 def _tuned_count(result: DeployResult) -> str:
     heavy = [entry for entry in result.coverage if entry["heavy"]]
     tuned = sum(1 for entry in heavy if entry["status"] == "tuned")
-    return f"{tuned} of {len(heavy)} conv/dense workloads"
+    text = f"{tuned} of {len(heavy)} conv/dense workloads"
+    if tuned == len(heavy) or not all("schedule" in entry for entry in heavy):  # results before fallbacks
+        return text
+    count = {kind: sum(1 for entry in heavy if entry["schedule"] == kind) for kind in ("transferred", "default", "naive")}
+    return text + ", the others " + ", ".join(f"{n} {kind}" for kind, n in count.items())
 
 
 def summary_lines(result: DeployResult, result_path: Path | None = None) -> list[str]:

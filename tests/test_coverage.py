@@ -50,6 +50,9 @@ def test_a_build_with_a_record_for_one_conv_reports_that_conv_tuned_and_the_othe
     assert tuned_build.coverage.tuned_share == pytest.approx(table[TUNED_TASK].flops / sum(r.flops for r in heavy))
     assert sum(row.share for row in tuned_build.coverage.tasks) == pytest.approx(1.0)
     assert tuned_build.coverage.records_applicable == 1 and tuned_build.coverage.problems == ()
+    assert table[TUNED_TASK].schedule == "tuned"
+    assert {table[name].schedule for name in OTHER_CONVS | {DENSE}} <= {"transferred", "default"}
+    assert tuned_build.coverage.naive == []
 
 
 def test_a_result_records_each_task_by_its_workload_key_and_status(tuned_build: BuildArtifact) -> None:
@@ -59,6 +62,8 @@ def test_a_result_records_each_task_by_its_workload_key_and_status(tuned_build: 
     assert sorted(e["status"] for e in entries.values() if e["operator"] in ("conv2d", "group_conv2d", "matmul")) == [
         "fallback", "fallback", "fallback", "fallback", "tuned"
     ]
+    fallbacks = [e["schedule"] for e in entries.values() if e["status"] == "fallback" and e["heavy"]]
+    assert fallbacks and set(fallbacks) <= {"transferred", "default"}
 
 
 def test_a_miss_names_the_nearest_record_and_what_differs(tuned_build: BuildArtifact) -> None:
@@ -83,7 +88,11 @@ def test_the_tuned_build_still_computes_the_model(tuned_build: BuildArtifact) ->
 def test_the_table_shows_each_conv_and_the_tuned_share(tuned_build: BuildArtifact) -> None:
     text = "\n".join(coverage_lines(tuned_build.coverage))
     assert f"{TUNED_TASK:44}" in text and "tuned  " in text
-    assert text.count("FALLBACK") == 4
+    # the four untuned conv/dense tasks run fallback schedules, transferred from the record or default
+    transferred = [line for line in text.splitlines() if "  transferred from " in line]
+    assert len(transferred) + text.count("default  (rule ") == 4
+    assert all(".json: record conv2d_nchw " in line for line in transferred)  # the donor's file and shape
+    assert "NAIVE" not in text
     assert "nearest: none: no record for group_conv2d" in text
     assert f"conv/dense FLOPs tuned: {tuned_build.coverage.tuned_share:.0%} (1 of 5 workloads; 1 records" in text
 
@@ -196,3 +205,24 @@ def test_a_bad_coverage_section_in_a_profile_is_a_one_line_error(tmp_path: Path)
     profile.write_text(local_yaml + "coverage:\n  policy: sometimes\n")
     with pytest.raises(PipelineError, match=r"field 'coverage.policy'"):
         load_board(str(profile))
+
+
+def test_a_conv_without_any_schedule_is_shown_naive_loudly() -> None:
+    """A conv/dense task that got neither a record nor a fallback schedule is named NAIVE, and counted."""
+
+    def row(task: str, schedule: str, source: str) -> TaskCoverage:
+        return TaskCoverage(
+            task, f"{task} key", "conv2d", True, 1, 50.0, 0.5, False, "", "", ("no record for conv2d",), schedule, source
+        )
+
+    coverage = Coverage(
+        (row("conv_a", "naive", "no default schedule applies to conv_a"), row("conv_b", "default", "ch16/sketch1")),
+        0.0, 0, (),
+    )
+    text = "\n".join(coverage_lines(coverage))
+    assert "NAIVE  (no schedule: no default schedule applies to conv_a;" in text
+    assert "default  (rule ch16/sketch1)" in text
+    assert "untuned conv/dense: 0 transferred, 1 default, 1 naive" in text
+    assert [r.task for r in coverage.naive] == ["conv_a"]
+    assert [e["schedule"] for e in coverage.result_entries()] == ["naive", "default"]
+    assert {e["status"] for e in coverage.result_entries()} == {"fallback"}

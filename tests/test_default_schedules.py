@@ -23,13 +23,12 @@ from pipeline.bundle import runtime_bundle
 from pipeline.default_schedules import (
     TaskSchedule,
     apply_schedules,
-    build_fused,
     commit_schedules,
     cpu_traits,
     default_schedule,
     default_schedules,
-    legalize_and_fuse,
 )
+from pipeline.lowering import build_executable, fuse
 from pipeline.schedule_transfer import adapt_tile, donors, fallback_database, transferred_schedules
 
 HOST = tvm.target.Target(
@@ -44,20 +43,20 @@ INPUT = "data"
 TOLERANCE = 1e-4  # relative to the output's largest magnitude; float32 sums of a few hundred terms
 
 
-def fused_module(model: onnx.ModelProto, shape: tuple[int, ...]) -> tvm.IRModule:
+def fused_module(model: onnx.ModelProto, shape: tuple[int, ...], target: tvm.target.Target = HOST) -> tvm.IRModule:
     """The ONNX model as the build sees it before it applies a database: imported, weights bound as
-    constants, legalized and fused."""
+    constants, legalized and fused by the build's own passes (lowering.fuse)."""
     mod = from_onnx(model, shape_dict={INPUT: list(shape)}, keep_params_in_input=True)
     mod, params = relax.frontend.detach_params(mod)
     mod = relax.transform.DecomposeOpsForInference()(mod)
     weights = dict(zip(mod["main"].params[1:], params["main"]))
-    return legalize_and_fuse(relax.transform.BindParams("main", weights)(mod))
+    return fuse(relax.transform.BindParams("main", weights)(mod), target)
 
 
 def run_with_defaults(model: onnx.ModelProto, shape: tuple[int, ...], data: np.ndarray) -> np.ndarray:
     fused = fused_module(model, shape)
     scheduled = apply_schedules(fused, default_schedules(fused, HOST), HOST)
-    vm = relax.VirtualMachine(build_fused(scheduled, HOST), tvm.cpu())
+    vm = relax.VirtualMachine(build_executable(scheduled, HOST), tvm.cpu())
     return vm["main"](tvm.runtime.tensor(data)).numpy()
 
 
@@ -144,7 +143,7 @@ def test_the_build_applies_the_defaults_and_tiny_matches_onnxruntime(
             assert func.attrs["tirx.is_scheduled"], gv.name_hint
     data = np.random.default_rng(1).standard_normal(tiny.INPUT_SHAPE, dtype=np.float32)
     expected = onnxruntime_output(tiny.build(), data)
-    actual = relax.VirtualMachine(build_fused(scheduled, HOST), tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
+    actual = relax.VirtualMachine(build_executable(scheduled, HOST), tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
     np.testing.assert_allclose(actual, expected, rtol=0, atol=TOLERANCE * np.abs(expected).max())
 
 
@@ -220,7 +219,7 @@ def test_transferred_schedule_from_another_conv_shape_matches_onnxruntime(case: 
     scheduled = apply_schedules(fused, {name: transferred}, HOST)
     data = np.random.default_rng(1).standard_normal(shape, dtype=np.float32)
     expected = onnxruntime_output(model, data)
-    actual = relax.VirtualMachine(build_fused(scheduled, HOST), tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
+    actual = relax.VirtualMachine(build_executable(scheduled, HOST), tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
     np.testing.assert_allclose(actual, expected, rtol=0, atol=TOLERANCE * np.abs(expected).max())
 
 
@@ -256,10 +255,10 @@ def test_coverage_names_tuned_transferred_default_and_unscheduled_tasks(tiny_fus
 
 def test_neon_default_schedules_run_correctly_on_the_emulated_rk3399(tmp_path: Path) -> None:
     """The aarch64 defaults are not only compiled: tiny runs with them under qemu (cortex-a72)."""
-    fused = fused_module(tiny.build(), tiny.INPUT_SHAPE)
+    fused = fused_module(tiny.build(), tiny.INPUT_SHAPE, RK3399)
     scheduled = apply_schedules(fused, default_schedules(fused, RK3399), RK3399)
     library = tmp_path / "model.so"
-    build_fused(scheduled, RK3399).export_library(str(library), fcompile=cc.cross_compiler("aarch64-linux-gnu-g++"))
+    build_executable(scheduled, RK3399).export_library(str(library), fcompile=cc.cross_compiler("aarch64-linux-gnu-g++"))
     (tmp_path / "params.bin").write_bytes(tvm.runtime.save_param_dict({}))  # weights are bound constants
     data = np.random.default_rng(1).standard_normal(tiny.INPUT_SHAPE, dtype=np.float32)
     data.tofile(tmp_path / "input.bin")

@@ -29,8 +29,12 @@ def endless_runner_pids(client: paramiko.SSHClient) -> str:
     return run(client, f"pgrep -f '[t]vm_runner --lib.*--runs {ENDLESS_RUNS}' || true", timeout_s=10).stdout.strip()
 
 
-def deploy(results: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def deploy(
+    results: Path, *args: str, timeout: float = 600, records: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PIPELINE_RESULTS": str(results)}
+    if records is not None:
+        env["PIPELINE_RECORDS"] = str(records)
     return subprocess.run(
         [*INVOKE, "deploy", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -109,6 +113,25 @@ def test_deploy_tiny_runs_checks_and_records(
     assert timings["stats"]["min_ms"] <= timings["stats"]["median_ms"] <= timings["stats"]["max_ms"]
     assert record["board_facts"]["online_cores"] >= 1
     assert record["tvm_version"].startswith("0.27")
+
+
+def test_a_deploy_without_any_record_runs_no_naive_conv_or_dense_task(
+    embedded_endpoint: SshEndpoint, tmp_path: Path, results: Path
+) -> None:
+    """Issue 6: with an empty record store every conv/dense task still gets a schedule (transferred or
+    the default rules'), none runs TVM's naive loops, and the output still matches onnxruntime."""
+    empty = tmp_path / "records"
+    empty.mkdir()
+    proc = deploy(results, "--board", "local", "--model", "tiny", "--runs", "2", "--warmup", "0", records=empty)
+    assert proc.returncode == 0, proc.stderr
+    assert "output matches onnxruntime" in proc.stdout
+    assert "0 of 5 conv/dense workloads, the others 0 transferred, 5 default, 0 naive" in proc.stdout
+    assert "untuned conv/dense: 0 transferred, 5 default, 0 naive" in proc.stderr
+    assert proc.stderr.count("default  (rule ") == 5 and "NAIVE" not in proc.stderr
+    [path] = result_files(results)
+    heavy = [entry for entry in json.loads(path.read_text())["coverage"] if entry["heavy"]]
+    assert len(heavy) == 5
+    assert {(entry["status"], entry["schedule"]) for entry in heavy} == {("fallback", "default")}
 
 
 def test_redeploy_reuses_the_build_and_skips_unchanged_files(embedded_endpoint: SshEndpoint, results: Path) -> None:
