@@ -3,7 +3,8 @@
 Both TVM builds are the pipeline's own (`compile.build` for the `local` board), one with an empty
 record store and one with `records/`; each library is loaded in this process with TVM's runtime and
 timed with the same thread count as ONNX Runtime. Rounds alternate between the three so that machine
-noise hits all of them alike; the figures are medians over rounds.
+noise hits all of them alike; the figures are medians over rounds. Since builds give tasks without a
+record transferred or default schedules, "untuned" measures those, not TVM's naive loops.
 
     .venv/bin/python benchmarks/tuned_vs_untuned.py [--model vgg16] [--threads 2] [--rounds 5]
 """
