@@ -71,7 +71,7 @@ def main() -> int:
         proc = nightly(matrix, records)
         line = next((l for l in proc.stdout.splitlines() if f"local/{args.model}" in l), proc.stdout.strip())
         print(f"unchanged run {repeat + 1}: exit {proc.returncode}: {line}", flush=True)
-        flagged += repeat > 0 and ("REGRESSION" in proc.stdout or "IMPROVEMENT" in proc.stdout)
+        flagged += line.split()[0].lower() in ("regression", "improvement")
     comparisons = args.repeats - 1
     print(f"false alarms: {flagged} of {comparisons} unchanged comparisons")
 

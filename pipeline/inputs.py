@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_atomically
 from .paths import CACHE_DIR
 
 
@@ -12,8 +13,5 @@ def make_input(shape: tuple[int, ...], seed: int = 0, cache_dir: Path = CACHE_DI
     data = np.random.default_rng(seed).uniform(-1.0, 1.0, size=shape).astype(np.float32)
     path = cache_dir / "inputs" / f"input-{'x'.join(map(str, shape))}-seed{seed}.bin"
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".part")
-        data.tofile(partial)
-        partial.replace(path)
+        write_atomically(path, data.tobytes())
     return data, path

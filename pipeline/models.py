@@ -6,7 +6,6 @@ Built-in models are generated from code (models/) into the cache on first use: n
 import hashlib
 import importlib
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from pipeline import paths
+from pipeline.atomic import write_atomically
 from pipeline.errors import PipelineError
 
 BUILTIN_MODELS: tuple[str, ...] = ("vgg16", "resnet18", "mobilenet_v2", "tiny")
@@ -77,26 +77,13 @@ def _generate(name: str, path: Path, digest: str) -> onnx.ModelProto:
     model = importlib.import_module(f"models.{name}").build()
     model.metadata_props.add(key=SOURCE_DIGEST_KEY, value=digest)
     try:
-        _write_atomically(path, model.SerializeToString())
+        write_atomically(path, model.SerializeToString())
     except OSError as err:
         raise PipelineError(
             f"cannot write the model cache {path.parent}: {err.strerror}",
             "set PIPELINE_CACHE to a writable folder",
         ) from err
     return model
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Unique temp name in the same folder (os.replace must not cross file systems; two writers may race)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _resolve_file(given: str) -> ModelSpec:

@@ -8,8 +8,6 @@ by target and TVM version here, and a bad file is reported and skipped while the
 import base64
 import hashlib
 import json
-import os
-import secrets
 import zlib
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -18,6 +16,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from .atomic import write_atomically
 from .paths import RECORDS_DIR
 from .workloads import WorkloadKey
 
@@ -114,7 +113,7 @@ def save_record(record: Record, root: Path = RECORDS_DIR) -> Path:
     document = {"format": FORMAT, "key": record.workload.text(), **asdict(record)}
     # One line per field: readable, and a diff shows which field of a record changed.
     text = "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in document.items()) + "\n}\n"
-    _write_atomically(path, text.encode())
+    write_atomically(path, text.encode())
     return path
 
 
@@ -212,17 +211,6 @@ def structural_hash(mod: Any) -> str:
     from tvm.s_tir import meta_schedule as ms
 
     return str(ms.database.Workload(mod).as_json()[0])
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        temp.write_bytes(data)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 def _reason(exc: BaseException) -> str:

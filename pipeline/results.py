@@ -1,14 +1,13 @@
 """Result records: one JSON file per deploy under results/, written atomically."""
 
 import json
-import os
-import tempfile
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_atomically
 from .check import CheckResult
 from .facts import BoardFacts
 from .paths import RESULTS_DIR
@@ -55,20 +54,12 @@ def utc_now() -> str:
 
 
 def write_result(result: DeployResult, results_dir: Path = RESULTS_DIR) -> Path:
-    """Write to a temp file in the same folder and rename, so an interrupt never leaves half a record."""
+    """Atomic, so an interrupt never leaves half a record."""
     folder = results_dir / result.board
     folder.mkdir(parents=True, exist_ok=True)
     stamp = result.created.replace("-", "").replace(":", "")
     path = folder / f"{result.model}-{stamp}-{uuid.uuid4().hex[:4]}.json"
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(asdict(result), stream, indent=2)
-            stream.write("\n")
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    write_atomically(path, (json.dumps(asdict(result), indent=2) + "\n").encode())
     return path
 
 
