@@ -1,8 +1,6 @@
 """One deploy end to end (profile -> build -> push -> run -> check -> result), callable from any task:
 `invoke deploy` runs it once and prints the summary, `invoke nightly` runs it for every matrix point."""
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,12 +34,6 @@ class DeployOutcome:
     path: Path
 
 
-@contextmanager
-def _step(console: Console, message: str) -> Iterator[None]:
-    with console.status(message):
-        yield
-
-
 def deploy_once(
     board: str,
     model: str,
@@ -67,7 +59,7 @@ def deploy_once(
     timeout = profile.timing.timeout_s if timeout_s is None else timeout_s
     coverage_settings = resolve_policy(profile.coverage, coverage, min_tuned_flops)
 
-    with _step(console, f"Building {spec.name} for {profile.target.mtriple} ({profile.target.mcpu})..."):
+    with console.status(f"Building {spec.name} for {profile.target.mtriple} ({profile.target.mcpu})..."):
         artifact = compile.build(spec, profile)
     for line in coverage_lines(artifact.coverage):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -89,7 +81,7 @@ def deploy_once(
                 progress.update(uploads[name], completed=sent)
 
             deployment = push_model(client, profile.remote_dir, bundle, artifact, input_file, on_progress=on_upload)
-        with _step(console, f"Checking {profile.name} ({endpoint.host}:{endpoint.port})..."):
+        with console.status(f"Checking {profile.name} ({endpoint.host}:{endpoint.port})..."):
             runtime = benchmark.probe_runtime(client, profile, deployment)
             benchmark.check_architecture(artifact.arch, runtime, profile)
             board_facts = facts.collect_facts(client)
@@ -108,7 +100,7 @@ def deploy_once(
                 warmup=warmup_runs, runs=timed_runs, timeout_s=timeout, on_progress=on_progress,
             )
 
-    with _step(console, "Checking the output against onnxruntime..."):
+    with console.status("Checking the output against onnxruntime..."):
         verdict = check.compare(outcome.output, check.reference_output(spec.path, spec.input_name, data), tolerance)
     result = results.DeployResult(
         created=results.utc_now(),
