@@ -80,3 +80,15 @@ def test_timing_summary() -> None:
     assert stats.mean_ms == pytest.approx(12.0)
     assert stats.std_ms == pytest.approx(np.std([10, 12, 11, 13, 14], ddof=1))
     assert 13.0 <= stats.p90_ms <= 14.0
+
+
+def test_what_depends_on_weights_alone_is_computed_at_build_time_not_on_every_run() -> None:
+    import tvm
+
+    from pipeline.lowering import fuse, import_model
+
+    target = tvm.target.Target(compile.resolved_target(load_board("local")))
+    mod, params = import_model(resolve_model("tiny"))
+    functions = [gv.name_hint for gv in fuse(mod, target).functions]
+    assert not [name for name in functions if "transpose" in name or "sqrt" in name]  # Gemm transB, batch norm
+    assert len(params["main"]) == len(mod["main"].params) - 1  # every parameter but the input

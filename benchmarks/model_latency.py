@@ -1,0 +1,137 @@
+"""Whole-model latency of one model on this host, every schedule source side by side with ONNX Runtime.
+
+    .venv/bin/python benchmarks/model_latency.py [--model vgg16] [--threads 2] [--rounds 5] [--naive]
+
+Variants, all built by the pipeline's own steps for the `local` board and loaded in this process
+with TVM's runtime, timed with the same thread count as ONNX Runtime:
+  naive     (--naive) TVM's lowering with no schedule at all: what a record miss cost before defaults
+  default   an empty record store: every conv/dense task gets the rule-based default schedule
+  transfer  a store with the other models' records only: tasks take a transferred schedule where
+            one beats the default
+  tuned     records/ as shipped (skipped when it holds no record of this model)
+  onnxruntime
+Rounds alternate between the variants so that machine noise hits all of them alike; figures are
+medians over rounds, ratios are against the tuned build (or the default one when there is none).
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="vgg16")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--naive", action="store_true", help="also time TVM's naive loops (VGG-16: ~20 s a run)")
+    args = parser.parse_args()
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+
+    from pipeline import compile
+    from pipeline.boards import load_board
+    from pipeline.inputs import make_input
+    from pipeline.models import resolve_model
+    from pipeline.paths import RECORDS_DIR
+    from pipeline.records import load_store
+
+    board, spec = load_board("local"), resolve_model(args.model)
+    data, _ = make_input(spec.input_shape)
+    stored = load_store(RECORDS_DIR).records
+    own = [s.path for s in stored if s.record.provenance.model == spec.name]
+    others = [s.path for s in stored if s.record.provenance.model != spec.name]
+    runners: dict[str, Callable[[], object]] = {}
+    shares: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        stores = {"default": [], "transfer": others, **({"tuned": own} if own else {})}
+        for name, paths in stores.items():
+            artifact = compile.build(spec, board, records_dir=_store_of(Path(scratch) / name, paths))
+            runners[name] = tvm_runner(artifact.library, artifact.params, data)
+            kinds = [task.schedule for task in artifact.coverage.tasks if task.heavy]
+            shares[name] = ", ".join(f"{kinds.count(k)} {k}" for k in dict.fromkeys(sorted(kinds)))
+    if args.naive:
+        runners = {"naive": naive_runner(spec, board, data), **runners}
+    runners["onnxruntime"] = ort_runner(spec.path, spec.input_name, data, args.threads)
+
+    flops = sum(task.flops for task in compile.build(spec, board).coverage.tasks)
+    print(f"{spec.name}: {flops / 1e9:.1f} GFLOP per inference, {args.threads} threads, {args.rounds} rounds")
+    for name, share in shares.items():
+        print(f"  {name:9} conv/dense tasks: {share}")
+    for run in runners.values():
+        run()  # first calls load and compile lazily
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(args.rounds):
+        for name, run in runners.items():
+            samples[name].append(seconds(run))
+
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    reference = "tuned" if "tuned" in medians else "default"
+    print(f"{'':12} {'median ms':>10} {'min ms':>9} {'GFLOP/s':>8} {'vs ' + reference:>10} {'vs ORT':>7}")
+    for name, values in samples.items():
+        median = medians[name]
+        print(f"{name:12} {median * 1e3:10.1f} {min(values) * 1e3:9.1f} {flops / median / 1e9:8.1f} "
+              f"{median / medians[reference]:9.2f}x {median / medians['onnxruntime']:6.2f}x")
+    return 0
+
+
+def _store_of(folder: Path, paths: list[Path]) -> Path:
+    """A record store holding copies of the given record files, in their target folders."""
+    for path in paths:
+        (folder / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, folder / path.parent.name / path.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def tvm_runner(library: Path, params: Path, data: object) -> Callable[[], object]:
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
+    loaded = tvm.runtime.load_param_dict_from_file(str(params))
+    arguments = [tvm.runtime.tensor(data)] + [loaded[name] for name in sorted(loaded)]
+    return lambda: vm["main"](*arguments)
+
+
+def naive_runner(spec: object, board: object, data: object) -> Callable[[], object]:
+    """The model lowered by TVM alone: no database applied, so conv/dense run as naive loops."""
+    import tvm
+    from tvm import relax
+
+    from pipeline import lowering
+    from pipeline.compile import resolved_target
+
+    target = tvm.target.Target(resolved_target(board))
+    mod, params = lowering.import_model(spec)
+    vm = relax.VirtualMachine(lowering.build_executable(lowering.fuse(mod, target), target), tvm.cpu())
+    arguments = [tvm.runtime.tensor(data), *params["main"]]
+    return lambda: vm["main"](*arguments)
+
+
+def ort_runner(model: Path, input_name: str, data: object, threads: int) -> Callable[[], object]:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    return lambda: session.run(None, {input_name: data})
+
+
+def seconds(run: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
+
+
+if __name__ == "__main__":
+    sys.exit(main())
