@@ -36,6 +36,8 @@ from .transfer import push
 INSTALL_FIX = "run scripts/install.sh"
 PYTHON = "usr/bin/python3.11"
 SITE_PACKAGES = "usr/lib/python3/dist-packages"  # on Debian's sys.path for a Python under <root>/usr
+# Replaces Debian's own (a link to /etc/python3.11/sitecustomize.py), which would shadow one in SITE_PACKAGES.
+SITECUSTOMIZE_PATH = "usr/lib/python3.11/sitecustomize.py"
 LIBRARY_DIRS = ("lib/aarch64-linux-gnu", "usr/lib/aarch64-linux-gnu")
 # Debian arm64 packages (install.sh downloads them) and wheels the RPC server needs besides TVM's own.
 DEBIAN_PACKAGES = ("python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "libexpat1", "zlib1g",
@@ -89,7 +91,7 @@ def environment_archive(cache_dir: Path = CACHE_DIR) -> Path:
     wheels = _downloads(cache_dir / "wheels" / "aarch64", WHEELS, ".whl")
     sources = sorted(debs + wheels)
     digest = hashlib.sha256(
-        "\n".join([SITECUSTOMIZE, *LEFT_OUT, *(f"{p.name} {p.stat().st_size}" for p in sources)]).encode()
+        "\n".join([SITECUSTOMIZE, SITECUSTOMIZE_PATH, *LEFT_OUT, *(f"{p.name} {p.stat().st_size}" for p in sources)]).encode()
     ).hexdigest()[:16]
     base = cache_dir / "board-python"
     base.mkdir(parents=True, exist_ok=True)
@@ -98,6 +100,9 @@ def environment_archive(cache_dir: Path = CACHE_DIR) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not archive.is_file():
             _assemble(debs, wheels, archive)
+            for stale in base.glob("env-*.tar.gz"):
+                if stale != archive:
+                    stale.unlink()
     return archive
 
 
@@ -126,7 +131,8 @@ def _assemble(debs: list[Path], wheels: list[Path], archive: Path) -> None:
         site.mkdir(parents=True, exist_ok=True)
         for wheel in wheels:
             _unpack_wheel(wheel, site)
-        (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        (root / SITECUSTOMIZE_PATH).unlink(missing_ok=True)
+        (root / SITECUSTOMIZE_PATH).write_text(SITECUSTOMIZE)
         temp = Path(staging) / archive.name
         with tarfile.open(temp, "w:gz", compresslevel=6) as tar:
             for path in sorted(root.iterdir()):
