@@ -54,7 +54,7 @@ def board_rpc(client: paramiko.SSHClient, python: BoardPython, key: str, start_t
             _wait_for(lambda: (_free_servers(host, port, key) or 0) >= 1, lambda: _server_problem(server, key),
                       start_timeout_s, PipelineError(
                           f"the board's RPC server did not register with the tracker on {host}:{port} within "
-                          f"{start_timeout_s:.0f} s", "check that the board can open a TCP connection to this host "
+                          f"{start_timeout_s:g} s", "check that the board can open a TCP connection to this host "
                           "(firewall), or raise tuning.start_timeout_s in the board profile"))
             yield RpcBoard(host, port, key)
 
