@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import paramiko
 
 from .board_python import BoardPython
+from .boards import BoardProfile
 from .errors import PipelineError
 from .remote import Background, background
 
@@ -39,9 +40,10 @@ class RpcBoard:
 
 
 @contextmanager
-def board_rpc(client: paramiko.SSHClient, python: BoardPython, key: str, start_timeout_s: float) -> Iterator[RpcBoard]:
-    """A tracker on this host and one RPC server on the board registered with it under `key`; both are
-    stopped when the block ends."""
+def board_rpc(client: paramiko.SSHClient, board: BoardProfile, python: BoardPython) -> Iterator[RpcBoard]:
+    """A tracker on this host and one RPC server on the board registered with it under the board's name,
+    on the profile's cores and threads, as a deploy runs; both are stopped when the block ends."""
+    key, start_timeout_s = board.name, board.tuning.start_timeout_s
     host = _address_seen_by_board(client)
     port = _free_port(host)
     tracker = [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", host, "--port", str(port),
@@ -50,7 +52,8 @@ def board_rpc(client: paramiko.SSHClient, python: BoardPython, key: str, start_t
         _wait_for(lambda: _free_servers(host, port, key) is not None, lambda: _tracker_problem(process, host, port),
                   TRACKER_START_S, PipelineError(f"the RPC tracker on {host}:{port} did not answer within "
                                                  f"{TRACKER_START_S:.0f} s", "check the load on this host and retry"))
-        with background(client, _server_command(python, host, port, key)) as server:
+        command = _server_command(board, python, host, port)
+        with background(client, command, env={"TVM_NUM_THREADS": str(board.threads)}) as server:
             _wait_for(lambda: (_free_servers(host, port, key) or 0) >= 1, lambda: _server_problem(server, key),
                       start_timeout_s, PipelineError(
                           f"the board's RPC server did not register with the tracker on {host}:{port} within "
@@ -59,13 +62,15 @@ def board_rpc(client: paramiko.SSHClient, python: BoardPython, key: str, start_t
             yield RpcBoard(host, port, key)
 
 
-def _server_command(python: BoardPython, host: str, port: int, key: str) -> str:
+def _server_command(board: BoardProfile, python: BoardPython, host: str, port: int) -> str:
     """The board listens on loopback when it is this machine, else on every interface."""
     listen = host if ipaddress.ip_address(host).is_loopback else "0.0.0.0"
-    words = ["-m", "tvm.exec.rpc_server", "--tracker", f"{host}:{port}", "--key", key, "--host", listen, "--silent"]
+    pin = f"taskset -c {','.join(map(str, board.cpu_affinity))} " if board.cpu_affinity else ""
+    words = ["-m", "tvm.exec.rpc_server", "--tracker", f"{host}:{port}", "--key", board.name, "--host", listen,
+             "--silent"]
     if python.load_library is not None:
         words += ["--load-library", python.load_library]
-    return f"exec {python.command} {shlex.join(words)}"
+    return f"exec {pin}{python.command} {shlex.join(words)}"
 
 
 def _address_seen_by_board(client: paramiko.SSHClient) -> str:

@@ -110,7 +110,7 @@ def _on_board(board: BoardProfile) -> Iterator[RpcBoard]:
     """The board's RPC server, registered with a tracker on this host, for the length of the block."""
     with board_endpoint(board.ssh) as endpoint, connect(endpoint) as client:
         python = board_python(client, board)
-        with board_rpc(client, python, board.name, board.tuning.start_timeout_s) as rpc_board:
+        with board_rpc(client, board, python) as rpc_board:
             yield rpc_board
 
 
