@@ -164,7 +164,7 @@ def install_environment(client: paramiko.SSHClient, board: BoardProfile, archive
         result = run(client, _unpack_script(board.remote_dir, name), timeout_s=INSTALL_TIMEOUT_S)
         if result.exit_code != 0:
             raise PipelineError(f"unpacking the board Python in {folder} failed: {result.stderr.strip()[-300:]}",
-                                "check free space on the board (about 400 MB are needed)")
+                                "check free space on the board (about 150 MB are needed)")
     with _launcher_file(board, name) as launcher:
         push(client, {LAUNCHER: launcher}, board.remote_dir)
     return folder
