@@ -48,8 +48,8 @@ LEFT_OUT = ("tvm/lib/libtvm_compiler.so", "tvm/lib/libtvm_runtime_cuda.so", "tvm
             "tvm_ffi/3rdparty/", "tvm_ffi/src/", "tvm_ffi/include/")
 EXTRA_RUNTIME = f"{SITE_PACKAGES}/tvm/lib/libtvm_runtime_extra.so"  # random_fill_for_measure, for the runner
 LAUNCHER_VARIABLE = "PIPELINE_BOARD_PYTHON"
-SITECUSTOMIZE = f'''"""Written by tvm-edge-pipeline: processes Python spawns start through the launcher ({LAUNCHER_VARIABLE}),
-which runs this aarch64 Python under the board's command prefix (qemu when emulated)."""
+SITECUSTOMIZE = f'''"""Written by tvm-edge-pipeline: processes Python spawns start through the launcher
+({LAUNCHER_VARIABLE}), which runs this aarch64 Python under the board's command prefix (qemu when emulated)."""
 import os
 import sys
 
@@ -62,7 +62,7 @@ INSTALL_TIMEOUT_S = 600.0
 
 @dataclass(frozen=True)
 class BoardPython:
-    """How to start Python on the board: `command` is a shell word list; `load_library` is the TVM
+    """How to start Python on the board: `command` begins a shell command line; `load_library` is the TVM
     runtime library with the measurement helpers, for a runtime-only TVM (None when TVM has it)."""
 
     command: str
@@ -90,9 +90,8 @@ def environment_archive(cache_dir: Path = CACHE_DIR) -> Path:
     debs = _downloads(cache_dir / "debs" / "arm64", DEBIAN_PACKAGES, "_arm64.deb")
     wheels = _downloads(cache_dir / "wheels" / "aarch64", WHEELS, ".whl")
     sources = sorted(debs + wheels)
-    digest = hashlib.sha256(
-        "\n".join([SITECUSTOMIZE, SITECUSTOMIZE_PATH, *LEFT_OUT, *(f"{p.name} {p.stat().st_size}" for p in sources)]).encode()
-    ).hexdigest()[:16]
+    recipe = [SITECUSTOMIZE, SITECUSTOMIZE_PATH, *LEFT_OUT, *(f"{p.name} {p.stat().st_size}" for p in sources)]
+    digest = hashlib.sha256("\n".join(recipe).encode()).hexdigest()[:16]
     base = cache_dir / "board-python"
     base.mkdir(parents=True, exist_ok=True)
     archive = base / f"env-{digest}.tar.gz"

@@ -82,8 +82,8 @@ class Background:
 
 
 @contextmanager
-def background(client: paramiko.SSHClient, command: str, *, cwd: str | None = None,
-               env: Mapping[str, str] | None = None, start_timeout_s: float = CHANNEL_TIMEOUT_S) -> Iterator[Background]:
+def background(client: paramiko.SSHClient, command: str, *, env: Mapping[str, str] | None = None,
+               start_timeout_s: float = CHANNEL_TIMEOUT_S) -> Iterator[Background]:
     """Run `command` on the board while the block runs; its whole process group is killed when the
     block ends, normally, by an error or by Ctrl-C."""
     channel = _open_channel(client)
@@ -99,7 +99,7 @@ def background(client: paramiko.SSHClient, command: str, *, cwd: str | None = No
     pumping = threading.Thread(target=pump, name=f"board: {_short(command)}", daemon=True)
     try:
         try:
-            channel.exec_command(_wrap(command, cwd, env))
+            channel.exec_command(_wrap(command, None, env))
             channel.shutdown_write()
         except (paramiko.SSHException, OSError) as exc:
             raise PipelineError(f"lost the SSH connection to the board: {exc}", "check the board and retry") from None

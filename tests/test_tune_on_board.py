@@ -81,7 +81,8 @@ def test_no_rpc_server_is_left_on_the_board_after_tuning(
 def test_a_board_server_that_cannot_start_is_one_error_naming_it(
     tmp_path: Path, ssh_client: paramiko.SSHClient
 ) -> None:
-    board = local().model_copy(update={"name": "local-no-python", "tuning": TuningSettings(python="/nonexistent/python3")})
+    no_python = TuningSettings(python="/nonexistent/python3")
+    board = local().model_copy(update={"name": "local-no-python", "tuning": no_python})
     with pytest.raises(PipelineError) as error:
         tune(tiny(), board, TRIALS, records_dir=tmp_path / "records", cache_dir=tmp_path, only=(TUNED_TASK,))
     assert error.value.problem.startswith("the RPC server on the board exited with code 127")
