@@ -136,10 +136,13 @@ def build(
         "model": "builtin model name or .onnx path",
         "trials": "schedules to measure in all; the largest conv/dense tasks get them first (default 64)",
         "only": "comma-separated task names (see invoke build's table) to tune instead of all",
+        "retune": "search tasks that already have records too; a record is replaced only by a faster one",
     }
 )
 @_clean_errors
-def tune(c: Context, board: str = "local", model: str = "tiny", trials: str | None = None, only: str = "") -> None:
+def tune(
+    c: Context, board: str = "local", model: str = "tiny", trials: str | None = None, only: str = "", retune: bool = False
+) -> None:
     """Tune the model's conv/dense tasks with MetaSchedule, measuring on the board, and save the best
     schedules in records/."""
     from rich.console import Console
@@ -152,10 +155,17 @@ def tune(c: Context, board: str = "local", model: str = "tiny", trials: str | No
     names = tuple(name for name in only.split(",") if name)
     profile = load_board(board)
     result = tune_model(
-        resolve_model(model), profile, _number(trials, int, "trials", 64), only=names, console=Console(stderr=True)
+        resolve_model(model),
+        profile,
+        _number(trials, int, "trials", 64),
+        only=names,
+        retune=retune,
+        console=Console(stderr=True),
     )
-    where = f"{profile.name}, emulated: the records prove the loop, not the board's speed" if profile.emulated else profile.name
-    print(f"tuned {len(result.tuned)} tasks with {result.trials} trials in {result.seconds:.0f} s on {where}")
+    emulated = ", emulated: the records prove the loop, not the board's speed" if profile.emulated else ""
+    print(f"tuned {len(result.tuned)} tasks with {result.trials} trials in {result.seconds:.0f} s on {profile.name}{emulated}")
+    if result.tuned:
+        print(f"{len(result.from_default)} of them started from their measured default schedule")
     for path in result.saved:
         print(f"record {shown(path)}")
     if result.already_covered:

@@ -47,7 +47,7 @@ def test_a_record_file_says_what_was_tuned_where_and_how_fast(store_dir: Path) -
     provenance = document["provenance"]
     assert provenance["tvm_version"] == tvm.__version__
     assert (provenance["board"], provenance["model"], provenance["task"]) == ("local", "tiny", TUNED_TASK)
-    assert provenance["latency_us"] > 0 and 1 <= provenance["trials"] <= 4
+    assert provenance["latency_us"] > 0 and 1 <= provenance["trials"] <= 4 + 1  # the trials and the default
     assert the_record_file(store_dir).stat().st_size < 16_000  # the IR is stored compressed
 
 
@@ -174,3 +174,24 @@ def test_a_small_budget_goes_to_the_largest_tasks_first() -> None:
     assert per_task == 16 and [t.flops for t in chosen] == sorted((t.flops for t in heavy), reverse=True)[:2]
     assert plan_trials(heavy, 4) == (chosen[:1], 4)
     assert len(plan_trials(heavy, 1000)[0]) == len(heavy)
+
+
+def test_tuning_starts_from_the_measured_default_schedule_so_it_never_ends_slower(
+    store_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from tvm.s_tir import meta_schedule as ms
+
+    from pipeline.default_schedules import default_schedule
+    from pipeline.records import target_slug
+
+    target = tvm.target.Target(resolved_target(local()))
+    (task,) = [t for t in extract_tasks(fuse(import_model(tiny())[0], target), target) if t.name == TUNED_TASK]
+    default = default_schedule(task.extracted.dispatched[0], target, task.name)
+    measured_dir = work_dir(tmp_path_factory) / "tuning" / target_slug(resolved_target(local())) / "tiny"
+    database = ms.database.JSONDatabase(
+        path_workload=str(measured_dir / "workloads.json"), path_tuning_record=str(measured_dir / "records.json")
+    )
+    measured = database.get_top_k(database.commit_workload(default.workload), 1 << 20)
+    (default_seconds,) = [sum(r.run_secs) / len(r.run_secs) for r in measured if str(r.trace) == str(default.trace)]
+    saved = json.loads(the_record_file(store_dir).read_text())["provenance"]["latency_us"]
+    assert saved <= default_seconds * 1e6 + 1e-3
