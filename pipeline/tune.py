@@ -9,6 +9,7 @@ measurement, so an interrupted run loses nothing: the next run exports what was 
 with the rest. Records measured on an emulated board say so: they prove the loop, not the board's speed.
 """
 
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -87,7 +88,7 @@ def tune(
             [t.extracted for t in chosen], work_dir=str(work_dir), seed=0
         )
         # The defaults are measured first: one more measurement per task.
-        with _on_board(board) as rpc_board, _progress(console, work_dir, trials + len(chosen), board):
+        with _interruptible(), _on_board(board) as rpc_board, _progress(console, work_dir, trials + len(chosen), board):
             builder = ms.builder.LocalBuilder(timeout_sec=120, f_export=_exporter(board.cross_compiler))
             runner = _runner(rpc_board, board)
             from_default = start_from_defaults(chosen, database, builder, runner, tvm_target)
@@ -112,6 +113,32 @@ def tune(
         trials=trials,
         seconds=round(time.perf_counter() - started, 1),
     )
+
+
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C stays a KeyboardInterrupt: raised inside a MetaSchedule callback, TVM's FFI turns it into an
+    ordinary error, which would end in a traceback instead of the clean interrupted exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    interrupted = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_interrupt(number: int, frame: Any) -> None:
+        interrupted.set()
+        if callable(previous):
+            previous(number, frame)
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    except Exception:
+        if interrupted.is_set():
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager
