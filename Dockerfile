@@ -22,6 +22,7 @@ RUN useradd --create-home --no-log-init --uid "${PIPELINE_UID}" pipeline
 COPY . .
 COPY --from=build /opt/tvm-edge-pipeline/.venv .venv
 COPY --from=build --chown=pipeline:pipeline /opt/tvm-edge-pipeline/.cache/bundle .cache/bundle
+COPY --from=build --chown=pipeline:pipeline /opt/tvm-edge-pipeline/.cache/board-python .cache/board-python
 # What the pipeline writes: its cache (builds may be a volume) and the folders docker run mounts over.
 RUN mkdir -p .cache/builds records results && chown pipeline:pipeline .cache .cache/builds records results
 USER ${PIPELINE_UID}

@@ -132,7 +132,7 @@ def build(
 
 @task(
     help={
-        "board": "board to measure on: only `local` (this host) so far",
+        "board": "board profile name or path: candidates are timed on that board over TVM RPC",
         "model": "builtin model name or .onnx path",
         "trials": "schedules to measure in all; the largest conv/dense tasks get them first (default 64)",
         "only": "comma-separated task names (see invoke build's table) to tune instead of all",
@@ -143,15 +143,27 @@ def build(
 def tune(
     c: Context, board: str = "local", model: str = "tiny", trials: str | None = None, only: str = "", retune: bool = False
 ) -> None:
-    """Tune the model's conv/dense tasks with MetaSchedule and save the best schedules in records/."""
+    """Tune the model's conv/dense tasks with MetaSchedule, measuring on the board, and save the best
+    schedules in records/."""
+    from rich.console import Console
+
     from pipeline.boards import load_board
     from pipeline.models import resolve_model
     from pipeline.records import shown
     from pipeline.tune import tune as tune_model
 
     names = tuple(name for name in only.split(",") if name)
-    result = tune_model(resolve_model(model), load_board(board), _number(trials, int, "trials", 64), only=names, retune=retune)
-    print(f"tuned {len(result.tuned)} tasks with {result.trials} trials in {result.seconds:.0f} s")
+    profile = load_board(board)
+    result = tune_model(
+        resolve_model(model),
+        profile,
+        _number(trials, int, "trials", 64),
+        only=names,
+        retune=retune,
+        console=Console(stderr=True),
+    )
+    emulated = ", emulated: the records prove the loop, not the board's speed" if profile.emulated else ""
+    print(f"tuned {len(result.tuned)} tasks with {result.trials} trials in {result.seconds:.0f} s on {profile.name}{emulated}")
     if result.tuned:
         print(f"{len(result.from_default)} of them started from their measured default schedule")
     for path in result.saved:

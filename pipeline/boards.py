@@ -69,6 +69,17 @@ class TimingDefaults(_Strict):
     timeout_s: float = Field(600.0, gt=0)
 
 
+class TuningSettings(_Strict):
+    """How `invoke tune` measures on the board. `python`: the board's Python with TVM installed; unset, the
+    pipeline pushes its own aarch64 one (this host's for `local`). A measurement session that runs longer
+    than `session_timeout_s` is killed and counted as failed; the RPC server must register within
+    `start_timeout_s`."""
+
+    python: str | None = None
+    session_timeout_s: float = Field(60.0, gt=0)
+    start_timeout_s: float = Field(120.0, gt=0)
+
+
 class CoverageSettings(_Strict):
     """What a build does when too little of the conv/dense work runs tuned schedules."""
 
@@ -89,6 +100,7 @@ class BoardProfile(_Strict):
     command_prefix: str = ""
     timing: TimingDefaults = TimingDefaults()
     coverage: CoverageSettings | None = None
+    tuning: TuningSettings = TuningSettings()
 
     @property
     def arch(self) -> Arch:

@@ -32,6 +32,7 @@ class TaskCoverage:
     # loops), or "unscheduled" (nothing to tile: TVM's own lowering of elementwise, pooling, ...)
     schedule: str = ""
     source: str = ""  # the donor record of a transfer, the rule of a default, why a task is naive
+    emulated: bool = False  # the record was measured under emulation: it proves the loop, not the board's speed
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ def measure_coverage(
                 differs=differs,
                 schedule=schedule,
                 source=source,
+                emulated=hit is not None and hit.record.provenance.emulated,
             )
         )
     heavy = sum(r.flops for r in rows if r.heavy)
@@ -221,6 +223,10 @@ def coverage_lines(coverage: Coverage, width: int = 44) -> list[str]:
         f"({len(heavy) - len(coverage.missing)} of {len(heavy)} workloads; "
         f"{coverage.records_applicable} records for this target)"
     )
+    emulated = [r for r in heavy if r.emulated]
+    if emulated:
+        lines.append(f"{len(emulated)} of the tuned workloads were measured on an emulated board: they prove the "
+                     "tuning loop, not the real board's performance")
     if coverage.missing:
         lines.append(f"untuned conv/dense: {fallback_counts(coverage)}")
     lines.extend(f"record skipped: {problem}" for problem in coverage.problems)
@@ -235,7 +241,7 @@ def fallback_counts(coverage: Coverage) -> str:
 
 def _state(row: TaskCoverage) -> str:
     if row.tuned:
-        return f"tuned  {row.record}"
+        return f"tuned  {row.record}" + (", measured under emulation" if row.emulated else "")
     if row.schedule == "transferred":
         return f"transferred from {row.source}"
     if row.schedule == "default":

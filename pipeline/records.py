@@ -34,6 +34,7 @@ class Provenance:
     created: str
     latency_us: float  # median measured run time of the schedule
     trials: int  # trials MetaSchedule spent on this workload
+    emulated: bool = False  # measured under emulation (qemu): proves the tuning loop, not the board's speed
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,14 @@ def to_database(stored: list[StoredRecord]) -> tuple[Any, dict[str, StoredRecord
 
 
 def record_from_tuning(
-    tuning: Any, workload: WorkloadKey, target: dict[str, Any], board: str, model: str, task: str, trials: int
+    tuning: Any,
+    workload: WorkloadKey,
+    target: dict[str, Any],
+    board: str,
+    model: str,
+    task: str,
+    trials: int,
+    emulated: bool,
 ) -> Record:
     """Our record for MetaSchedule's best TuningRecord of one task."""
     import tvm
@@ -185,6 +193,7 @@ def record_from_tuning(
             created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             latency_us=round(run_secs[len(run_secs) // 2] * 1e6, 3),
             trials=trials,
+            emulated=emulated,
         ),
         ir=compressed_ir(tuning.workload.mod),
         tvm_record=tuning.as_json(),

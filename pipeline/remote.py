@@ -1,17 +1,21 @@
-"""Run one command on the board with a hard timeout and a kill that really reaches it.
+"""Run one command on the board with a hard timeout and a kill that really reaches it, or keep one
+running in the background for the length of a block (a server the host talks to meanwhile).
 
 Closing an SSH channel does not stop a command started without a pty, so the command runs in
-its own session (setsid) and reports its process group first; on timeout or Ctrl-C the whole
-group is killed from a second channel. Output is drained while waiting, so large outputs never
-stall the command, and stderr lines are handed out as they arrive (live progress).
+its own session (setsid) and reports its process group first; on timeout, Ctrl-C or the end of the
+block the whole group is killed from a second channel. Output is drained while waiting, so large
+outputs never stall the command, and stderr lines are handed out as they arrive (live progress).
 """
 
 import codecs
+import math
 import re
 import select
 import shlex
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import paramiko
@@ -59,6 +63,59 @@ def run(client: paramiko.SSHClient, command: str, *, timeout_s: float, cwd: str 
     stream.flush()
     return CommandResult(command, channel.recv_exit_status(), stream.stdout(), stream.stderr(),
                          time.monotonic() - start)
+
+
+class Background:
+    """A command `background` started; it runs until the block ends or it exits by itself."""
+
+    def __init__(self, channel: paramiko.Channel, stream: "_Streams") -> None:
+        self._channel = channel
+        self._stream = stream
+        self.error: PipelineError | None = None  # the connection broke while it ran
+
+    def exit_code(self) -> int | None:
+        """None while it runs."""
+        return self._channel.recv_exit_status() if self._channel.exit_status_ready() else None
+
+    def stderr_tail(self, lines: int = 5) -> str:
+        return " | ".join(line.strip() for line in self._stream.stderr().splitlines()[-lines:] if line.strip())
+
+
+@contextmanager
+def background(client: paramiko.SSHClient, command: str, *, env: Mapping[str, str] | None = None,
+               start_timeout_s: float = CHANNEL_TIMEOUT_S) -> Iterator[Background]:
+    """Run `command` on the board while the block runs; its whole process group is killed when the
+    block ends, normally, by an error or by Ctrl-C."""
+    channel = _open_channel(client)
+    stream = _Streams(None)
+    job = Background(channel, stream)
+
+    def pump() -> None:
+        try:
+            _pump_until_done(channel, stream, deadline=math.inf)
+        except (paramiko.SSHException, OSError) as exc:
+            job.error = PipelineError(f"lost the SSH connection to the board: {exc}", "check the board and retry")
+
+    pumping = threading.Thread(target=pump, name=f"board: {_short(command)}", daemon=True)
+    try:
+        try:
+            channel.exec_command(_wrap(command, None, env))
+            channel.shutdown_write()
+        except (paramiko.SSHException, OSError) as exc:
+            raise PipelineError(f"lost the SSH connection to the board: {exc}", "check the board and retry") from None
+        pumping.start()
+        deadline = time.monotonic() + start_timeout_s
+        while stream.pgid is None and pumping.is_alive() and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+        if stream.pgid is None:
+            raise PipelineError(f"command `{_short(command)}` did not start on the board within {start_timeout_s:g} s",
+                                "check that the board's shell has setsid, then retry")
+        yield job
+    finally:
+        _kill_group(client, stream.pgid)
+        channel.close()
+        if pumping.ident is not None:
+            pumping.join(timeout=CHANNEL_TIMEOUT_S)
 
 
 class _TimedOut(Exception):

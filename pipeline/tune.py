@@ -1,26 +1,37 @@
 """Tuning: MetaSchedule searches schedules for a model's conv/dense tasks and the best go into the store.
 
 Tasks come from the same fused module the build lowers, so every record written here hits there.
-Candidates are timed through TVM RPC (a tracker on this host; for `local` an RPC server beside it),
-the path a real board takes once it runs `python -m tvm.exec.rpc_server`. Trials go to the largest tasks first; tasks the store already covers for this target are skipped, and
-MetaSchedule's own work database under the cache keeps every measurement, so an interrupted run
-loses nothing: the next run exports what was measured and continues with the rest.
+Candidates are cross-compiled on this host with the board's compiler and timed on the board itself
+through TVM RPC: a tracker on this host, `python -m tvm.exec.rpc_server` started on the board over SSH
+(pipeline/rpc.py, pipeline/board_python.py). Trials go to the largest tasks first; tasks the store already
+covers for this target are skipped, and MetaSchedule's own work database under the cache keeps every
+measurement, so an interrupted run loses nothing: the next run exports what was measured and continues
+with the rest. Records measured on an emulated board say so: they prove the loop, not the board's speed.
 """
 
-import platform
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 from . import lowering
+from .board_python import board_python
 from .boards import BoardProfile
 from .compile import resolved_target
+from .connection import connect
 from .errors import PipelineError
 from .models import ModelSpec
 from .paths import CACHE_DIR, RECORDS_DIR
 from .records import load_store, record_from_tuning, save_record, target_slug, to_database
-from .rpc import local_rpc_board
+from .rpc import RpcBoard, board_rpc
+from .sshd import board_endpoint
 
 # Fewest trials worth spending on one task: below this MetaSchedule's samples are close to random.
 MIN_TRIALS_PER_TASK = 16
@@ -45,20 +56,16 @@ def tune(
     cache_dir: Path = CACHE_DIR,
     only: tuple[str, ...] = (),
     retune: bool = False,
+    console: Console | None = None,
 ) -> TuneResult:
-    """Search `trials` schedules in all, timed on the `local` board over RPC; `only` limits the tasks by name,
-    `retune` searches tasks the store already covers too (the store keeps whichever record is faster)."""
+    """Search `trials` schedules in all, timed on the board over RPC; `only` limits the tasks by name,
+    `retune` searches tasks the store already covers too (the store keeps whichever record is faster).
+    A progress bar goes to `console` (nothing is shown without one)."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
     if trials < 1:
         raise PipelineError(f"--trials {trials} is too few", "give at least 1 (64 per conv task is a fair start)")
-    if board.arch != platform.machine() or board.emulated:
-        raise PipelineError(
-            f"tuning measures on this {platform.machine()} host, and board {board.name} is {board.arch}"
-            + (" (emulated)" if board.emulated else ""),
-            "tune with --board local; tuning on a remote board over TVM RPC is not implemented yet",
-        )
     started = time.perf_counter()
     target = resolved_target(board)
     tvm_target = tvm.target.Target(target)
@@ -80,15 +87,10 @@ def tune(
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             [t.extracted for t in chosen], work_dir=str(work_dir), seed=0
         )
-        with local_rpc_board(board.name) as rpc_board:
-            rpc_config = ms.runner.RPCConfig(
-                tracker_host=rpc_board.tracker_host,
-                tracker_port=rpc_board.tracker_port,
-                tracker_key=rpc_board.key,
-                session_timeout_sec=60,
-            )
-            builder = ms.builder.LocalBuilder(timeout_sec=120)
-            runner = ms.runner.RPCRunner(rpc_config=rpc_config, max_workers=1)
+        # The defaults are measured first: one more measurement per task.
+        with _interruptible(), _on_board(board) as rpc_board, _progress(console, work_dir, trials + len(chosen), board):
+            builder = ms.builder.LocalBuilder(timeout_sec=120, f_export=_exporter(board.cross_compiler))
+            runner = _runner(rpc_board, board)
             from_default = start_from_defaults(chosen, database, builder, runner, tvm_target)
             ms.tune_tasks(
                 tasks=contexts,
@@ -111,6 +113,107 @@ def tune(
         trials=trials,
         seconds=round(time.perf_counter() - started, 1),
     )
+
+
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C stays a KeyboardInterrupt: raised inside a MetaSchedule callback, TVM's FFI turns it into an
+    ordinary error, which would end in a traceback instead of the clean interrupted exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    interrupted = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_interrupt(number: int, frame: Any) -> None:
+        interrupted.set()
+        if callable(previous):
+            previous(number, frame)
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    except Exception:
+        if interrupted.is_set():
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
+def _on_board(board: BoardProfile) -> Iterator[RpcBoard]:
+    """The board's RPC server, registered with a tracker on this host, for the length of the block."""
+    with board_endpoint(board.ssh) as endpoint, connect(endpoint) as client:
+        python = board_python(client, board)
+        with board_rpc(client, board, python) as rpc_board:
+            yield rpc_board
+
+
+def _runner(rpc_board: RpcBoard, board: BoardProfile) -> Any:
+    """One session at a time: with one board, a second request waits at the tracker until the first
+    session ends, and a session that outlives tuning.session_timeout_s is killed and counted as failed."""
+    from tvm.s_tir import meta_schedule as ms
+
+    rpc_config = ms.runner.RPCConfig(
+        tracker_host=rpc_board.tracker_host,
+        tracker_port=rpc_board.tracker_port,
+        tracker_key=rpc_board.key,
+        session_timeout_sec=board.tuning.session_timeout_s,
+    )
+    return ms.runner.RPCRunner(rpc_config=rpc_config, max_workers=1)
+
+
+def _exporter(cross_compiler: str) -> Callable[[Any], str]:
+    """MetaSchedule's export step with the board's compiler (its default leaves a .tar for the board to
+    link, and a board may have no compiler). Cloudpickled into builder workers, so TVM is imported inside,
+    and cross_compiler is made per call because it mutates its own option list."""
+
+    def export(mod: Any) -> str:
+        import os
+        import tempfile
+
+        from tvm.support import cc
+
+        path = os.path.join(tempfile.mkdtemp(), "candidate.so")
+        mod.export_library(path, fcompile=cc.cross_compiler(cross_compiler))
+        return path
+
+    return export
+
+
+@contextmanager
+def _progress(console: Console | None, work_dir: Path, trials: int, board: BoardProfile) -> Iterator[None]:
+    """A bar of measured candidates, read from the lines MetaSchedule appends to its work database
+    (reading the file, not the database object, leaves MetaSchedule's threads alone)."""
+    records = work_dir / "records.json"
+    before = _lines(records)
+    stop = threading.Event()
+    where = f"{board.name} (emulated)" if board.emulated else board.name
+    with Progress(TextColumn("Measuring on {task.fields[where]}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console or Console(quiet=True)) as progress:
+        bar = progress.add_task("tune", total=trials, where=where)
+
+        def poll() -> None:
+            while not stop.wait(1.0):
+                progress.update(bar, completed=min(trials, _lines(records) - before))
+
+        watcher = threading.Thread(target=poll, name="tuning progress", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            watcher.join()
+            progress.update(bar, completed=min(trials, _lines(records) - before))
+
+
+def _lines(path: Path) -> int:
+    try:
+        with path.open("rb") as handle:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
 
 
 def plan_trials(tasks: list[lowering.Task], trials: int) -> tuple[list[lowering.Task], int]:
@@ -189,6 +292,8 @@ def _export(
             continue
         measured = database.get_top_k(database.commit_workload(mod), 1 << 20)
         if measured:
-            record = record_from_tuning(measured[0], task.key, target, board.name, model.name, task.name, len(measured))
+            record = record_from_tuning(
+                measured[0], task.key, target, board.name, model.name, task.name, len(measured), board.emulated
+            )
             saved.append(save_record(record, root))
     return saved

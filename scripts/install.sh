@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # The one install path, shared by the README, .ci/run and the Dockerfile:
 #   system packages (Debian), a pinned virtual environment in .venv, the aarch64 TVM runtime wheels
-#   for boards, and the runtime bundles (the C++ runner plus TVM's runtime libraries per architecture).
+#   for boards and the arm64 Python that serves TVM RPC on a board while tuning (Debian's packages,
+#   fetched with a private apt configuration: the system's dpkg is untouched), and the bundles built
+#   from them (the C++ runner plus TVM's runtime libraries per architecture; the board Python archive).
 # Usage: scripts/install.sh [--system] [--python] [--bundle]   (no flag: all three, in that order)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TVM_VERSION=0.27.0.post1
 TVM_FFI_VERSION=0.1.14.post1
+# What TVM's RPC server imports on a board besides TVM (the host's versions, see requirements.txt).
+BOARD_WHEELS=(numpy==2.4.6 ml_dtypes==0.6.0 typing_extensions==4.16.0 cloudpickle==3.1.3 psutil==7.2.2)
+BOARD_DEBS=(python3.11-minimal libpython3.11-minimal libpython3.11-stdlib libexpat1 zlib1g libffi8
+            libbz2-1.0 liblzma5)
+DEBIAN_SOURCE="http://deb.debian.org/debian bookworm main"
 PYTHON=${PYTHON:-python3}
 DEBIAN_PACKAGES=(python3 python3-venv g++ gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user
                  openssh-server openssh-client)
@@ -35,12 +42,30 @@ install_python() {
   mkdir -p .cache/wheels/aarch64
   .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
     --platform manylinux_2_28_aarch64 -d .cache/wheels/aarch64 \
-    "apache-tvm==$TVM_VERSION" "apache-tvm-ffi==$TVM_FFI_VERSION"
+    "apache-tvm==$TVM_VERSION" "apache-tvm-ffi==$TVM_FFI_VERSION" "${BOARD_WHEELS[@]}"
+  download_board_debs
   echo "install: Python environment ready in .venv"
+}
+
+download_board_debs() {
+  local apt=$PWD/.cache/apt-arm64 debs=.cache/debs/arm64
+  mkdir -p "$apt/lists/partial" "$apt/archives/partial" "$apt/etc/apt.conf.d" "$apt/etc/preferences.d" \
+    "$apt/etc/sources.list.d" "$debs"
+  touch "$apt/status"
+  echo "deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $DEBIAN_SOURCE" \
+    > "$apt/etc/sources.list"
+  printf '%s\n' 'APT::Architecture "arm64";' 'APT::Architectures { "arm64"; };' \
+    "APT::Sandbox::User \"$(id -un)\";" "Dir::Etc \"$apt/etc\";" 'Dir::Etc::TrustedParts "/etc/apt/trusted.gpg.d";' \
+    "Dir::State::Lists \"$apt/lists\";" "Dir::State::status \"$apt/status\";" "Dir::Cache \"$apt/cache\";" \
+    "Dir::Cache::archives \"$apt/archives\";" > "$apt/apt.conf"
+  APT_CONFIG="$apt/apt.conf" apt-get update -qq
+  (cd "$debs" && rm -f ./*.deb && APT_CONFIG="$apt/apt.conf" apt-get download -qq "${BOARD_DEBS[@]}")
+  echo "install: arm64 Python packages for the board in $debs"
 }
 
 install_bundle() {
   .venv/bin/python -m pipeline.bundle
+  .venv/bin/python -m pipeline.board_python
 }
 
 for step in "${steps[@]}"; do
