@@ -73,9 +73,12 @@ class TuningSettings(_Strict):
     """How `invoke tune` measures on the board. `python`: the board's Python with TVM installed; unset, the
     pipeline pushes its own aarch64 one (this host's for `local`). A measurement session that runs longer
     than `session_timeout_s` is killed and counted as failed; the RPC server must register within
-    `start_timeout_s`."""
+    `start_timeout_s`. A small budget goes to the largest tasks, `min_trials_per_task` each: below 16
+    MetaSchedule's picks are close to random, but where one measurement takes a minute (emulation)
+    covering every task with a few measured candidates beats searching a few tasks well."""
 
     python: str | None = None
+    min_trials_per_task: int = Field(16, ge=1)
     session_timeout_s: float = Field(60.0, gt=0)
     start_timeout_s: float = Field(120.0, gt=0)
 

@@ -33,8 +33,6 @@ from .records import load_store, record_from_tuning, save_record, target_slug, t
 from .rpc import RpcBoard, board_rpc
 from .sshd import board_endpoint
 
-# Fewest trials worth spending on one task: below this MetaSchedule's samples are close to random.
-MIN_TRIALS_PER_TASK = 16
 
 
 @dataclass(frozen=True)
@@ -81,7 +79,7 @@ def tune(
     store = load_store(records_dir)
     covered = set(to_database(store.for_target(target, tvm.__version__))[1])
     todo = [t for t in tasks if retune or t.structural_hash not in covered]
-    chosen, per_task = plan_trials(todo, trials)
+    chosen, per_task = plan_trials(todo, trials, board.tuning.min_trials_per_task)
     from_default: tuple[str, ...] = ()
     if chosen:
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
@@ -216,10 +214,10 @@ def _lines(path: Path) -> int:
         return 0
 
 
-def plan_trials(tasks: list[lowering.Task], trials: int) -> tuple[list[lowering.Task], int]:
-    """The largest tasks that `trials` can give at least MIN_TRIALS_PER_TASK each (up to 64 per round
-    when the budget is ample), and the trials per round."""
-    per_task = max(min(MIN_TRIALS_PER_TASK, trials), min(64, trials // max(len(tasks), 1)))
+def plan_trials(tasks: list[lowering.Task], trials: int, least: int = 16) -> tuple[list[lowering.Task], int]:
+    """The largest tasks that `trials` can give at least `least` trials each (up to 64 per round when
+    the budget is ample), and the trials per round."""
+    per_task = max(min(least, trials), min(64, trials // max(len(tasks), 1)))
     return sorted(tasks, key=lambda t: -t.flops)[: max(1, trials // per_task)], per_task
 
 

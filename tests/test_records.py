@@ -195,3 +195,10 @@ def test_tuning_starts_from_the_measured_default_schedule_so_it_never_ends_slowe
     (default_seconds,) = [sum(r.run_secs) / len(r.run_secs) for r in measured if str(r.trace) == str(default.trace)]
     saved = json.loads(the_record_file(store_dir).read_text())["provenance"]["latency_us"]
     assert saved <= default_seconds * 1e6 + 1e-3
+
+
+def test_a_board_where_measurements_are_slow_spreads_a_small_budget_over_every_task() -> None:
+    target = tvm.target.Target(resolved_target(local()))
+    heavy = [t for t in extract_tasks(fuse(import_model(tiny())[0], target), target) if t.key.heavy]
+    chosen, per_task = plan_trials(heavy, 2 * len(heavy), least=2)
+    assert (len(chosen), per_task) == (len(heavy), 2)
