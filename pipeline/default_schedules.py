@@ -25,6 +25,8 @@ from tvm.sym.pattern import detect_linear_equation
 from tvm.target import Target
 from tvm.tirx import PrimFunc, SeqStmt
 
+from .tensor_intrinsics import register_cpu_intrinsics
+
 # run_secs of a committed default record. A record needs a run time to count as valid; a real
 # measurement is far smaller, so a tuned record of the same workload always ranks first.
 DEFAULT_RECORD_RUN_SECS = 1.0e6
@@ -166,6 +168,7 @@ def apply_schedules(mod: IRModule, schedules: dict[str, TaskSchedule | None], ta
 
 def design_space(workload: IRModule, target: Target, task: str) -> ms.TuneContext:
     """MetaSchedule's default CPU design space for the task, as tuning would generate it."""
+    register_cpu_intrinsics()
     return ms.TuneContext(mod=workload, target=target, space_generator="post-order-apply", task_name=task)
 
 

@@ -32,6 +32,7 @@ from .paths import CACHE_DIR, RECORDS_DIR
 from .records import load_store, record_from_tuning, save_record, target_slug, to_database
 from .rpc import RpcBoard, board_rpc
 from .sshd import board_endpoint
+from .tensor_intrinsics import register_cpu_intrinsics
 
 
 
@@ -82,6 +83,7 @@ def tune(
     chosen, per_task = plan_trials(todo, trials, board.tuning.min_trials_per_task)
     from_default: tuple[str, ...] = ()
     if chosen:
+        register_cpu_intrinsics()
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             [t.extracted for t in chosen], work_dir=str(work_dir), seed=0
         )

@@ -92,3 +92,19 @@ def test_what_depends_on_weights_alone_is_computed_at_build_time_not_on_every_ru
     functions = [gv.name_hint for gv in fuse(mod, target).functions]
     assert not [name for name in functions if "transpose" in name or "sqrt" in name]  # Gemm transB, batch norm
     assert len(params["main"]) == len(mod["main"].params) - 1  # every parameter but the input
+
+
+def test_a_cold_build_registers_only_the_cpu_tensor_intrinsics(tmp_path: Path) -> None:
+    """TVM's full set of tensor intrinsics (CUDA's alone ~10 s to import) is never loaded for a CPU build."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from pathlib import Path; from pipeline import compile; from pipeline.boards import load_board;"
+        "from pipeline.models import resolve_model;"
+        f"compile.build(resolve_model('tiny'), load_board('local'), cache_dir=Path({str(tmp_path)!r}));"
+        "print(sorted(m for m in sys.modules if m.startswith('tvm.s_tir.tensor_intrin.')))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    loaded = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True).stdout
+    assert "tvm.s_tir.tensor_intrin.x86" in loaded and "cuda" not in loaded
