@@ -1,16 +1,13 @@
 """Naive vs default (vs transferred and tuned, given records) schedules on this host: GFLOP/s per
-conv/dense task, and the whole model against ONNX Runtime with the same thread count. A benchmark
-to run by hand, not a test.
+conv/dense task. A benchmark to run by hand, not a test; whole-model latencies against ONNX Runtime
+are benchmarks/model_latency.py's.
 
     .venv/bin/python benchmarks/default_schedules.py --model vgg16 --layers 4
-    .venv/bin/python benchmarks/default_schedules.py --model resnet18 --layers 0 --model-runs 3
     .venv/bin/python benchmarks/default_schedules.py --model vgg16 --records DIR  # workloads.json, records.json
 
 With --records, "tuned" replays a task's own record and "transfer" the best transfer from the
-records of other shapes (the task's own record left out).
-
---layers N times the N most expensive distinct tasks (0: none, -1: all); the model latency needs a
-full naive build of the model, which for VGG-16 runs for about 15 s per inference.
+records of other shapes (the task's own record left out). --layers N times the N most expensive
+distinct tasks (-1: all).
 """
 
 import argparse
@@ -30,33 +27,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vgg16")
     parser.add_argument("--layers", type=int, default=4, help="tasks to time, most expensive first (-1: all)")
-    parser.add_argument("--model-runs", type=int, default=0, help="timed whole-model runs (0: skip the model)")
     parser.add_argument("--threads", type=int, default=THREADS)
     parser.add_argument("--records", type=Path, help="folder with a MetaSchedule workloads.json and records.json")
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
 
-    import onnx
     import tvm
-    from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
     from tvm.target import codegen
 
-    from pipeline.default_schedules import apply_schedules, default_schedules
-    from pipeline.lowering import build_executable, fuse
+    from pipeline.default_schedules import default_schedules
+    from pipeline.lowering import fuse, import_model
     from pipeline.models import resolve_model
 
     target = tvm.target.Target(
         {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": str(codegen.llvm_get_system_cpu()),
          "num-cores": args.threads}
     )
-    spec = resolve_model(args.model)
-    model = onnx.load(spec.path)
-    mod = from_onnx(model, shape_dict={spec.input_name: list(spec.input_shape)}, keep_params_in_input=True)
-    mod, params = relax.frontend.detach_params(mod)
-    mod = relax.transform.DecomposeOpsForInference()(mod)
-    mod = relax.transform.BindParams("main", dict(zip(mod["main"].params[1:], params["main"])))(mod)
-    fused = fuse(mod, target)
+    fused = fuse(import_model(resolve_model(args.model))[0], target)
 
     started = time.perf_counter()
     schedules = default_schedules(fused, target)
@@ -78,18 +65,6 @@ def main() -> None:
         if records:
             line += " " + " ".join(f"{g:8.1f}" for g in _with_records(workload, records, flops, target))
         print(f"{line}  {schedules[name].rule}", flush=True)
-
-    if args.model_runs:
-        data = np.random.default_rng(0).standard_normal(spec.input_shape, dtype=np.float32)
-        scheduled = apply_schedules(fused, schedules, target)
-        latencies = {
-            "naive": _model_seconds(build_executable(fused, target), data, args.model_runs),
-            "default": _model_seconds(build_executable(scheduled, target), data, args.model_runs),
-            "onnxruntime": _ort_seconds(model, spec.input_name, data, args.model_runs, args.threads),
-        }
-        for label, seconds in latencies.items():
-            ratio = seconds / latencies["onnxruntime"]
-            print(f"{args.model} {label:12} {seconds * 1e3:9.1f} ms  ({ratio:.1f}x onnxruntime)")
 
 
 def _load_records(folder: Path) -> list:
@@ -144,26 +119,6 @@ def _gflops(mod: object, flops: float, target: object) -> float:
     # Best of up to 20 runs within about a second: the host is shared, a single run can be slowed.
     best = min(once, _best_seconds(lambda: function(*args), repeat=int(min(20, max(3, 1.0 / once)))))
     return flops / best / 1e9
-
-
-def _model_seconds(executable: object, data: np.ndarray, runs: int) -> float:
-    import tvm
-    from tvm import relax
-
-    vm = relax.VirtualMachine(executable, tvm.cpu())
-    tensor = tvm.runtime.tensor(data)
-    vm["main"](tensor)
-    return _best_seconds(lambda: vm["main"](tensor), repeat=runs)
-
-
-def _ort_seconds(model: object, input_name: str, data: np.ndarray, runs: int, threads: int) -> float:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    session.run(None, {input_name: data})
-    return _best_seconds(lambda: session.run(None, {input_name: data}), repeat=max(runs, 3))
 
 
 def _best_seconds(call: object, repeat: int) -> float:
