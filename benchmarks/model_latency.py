@@ -56,13 +56,13 @@ def main() -> int:
         for name, paths in stores.items():
             artifact = compile.build(spec, board, records_dir=_store_of(Path(scratch) / name, paths))
             runners[name] = tvm_runner(artifact.library, artifact.params, data)
+            flops = sum(task.flops for task in artifact.coverage.tasks)
             kinds = [task.schedule for task in artifact.coverage.tasks if task.heavy]
             shares[name] = ", ".join(f"{kinds.count(k)} {k}" for k in dict.fromkeys(sorted(kinds)))
     if args.naive:
         runners = {"naive": naive_runner(spec, board, data), **runners}
     runners["onnxruntime"] = ort_runner(spec.path, spec.input_name, data, args.threads)
 
-    flops = sum(task.flops for task in compile.build(spec, board).coverage.tasks)
     print(f"{spec.name}: {flops / 1e9:.1f} GFLOP per inference, {args.threads} threads, {args.rounds} rounds")
     for name, share in shares.items():
         print(f"  {name:9} conv/dense tasks: {share}")
