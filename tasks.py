@@ -78,8 +78,8 @@ def deploy(
     """Build the model for the board, push it, run it there, check the output, and record the timings."""
     from rich.console import Console
 
-    from pipeline import summary
-    from pipeline.deploy import deploy_once
+    from pipeline.deploy import summary
+    from pipeline.deploy.flow import deploy_once
 
     outcome = deploy_once(
         board,
@@ -113,14 +113,14 @@ def build(
 ) -> None:
     """Cross-compile a model for a board without deploying it (cached by content), applying the records
     in records/ for the board's target, and say which tasks run tuned schedules."""
-    from pipeline import compile
-    from pipeline.boards import load_board
-    from pipeline.coverage import check_policy, coverage_lines, resolve_policy
-    from pipeline.models import resolve_model
+    from pipeline.board.profile import load_board
+    from pipeline.build import builder
+    from pipeline.build.model_file import resolve_model
+    from pipeline.records.coverage import check_policy, coverage_lines, resolve_policy
 
     profile = load_board(board)
     settings = resolve_policy(profile.coverage, coverage, _fraction(min_tuned_flops))
-    artifact = compile.build(resolve_model(model), profile)
+    artifact = builder.build(resolve_model(model), profile)
     state = "cached" if artifact.cached else f"compiled in {artifact.compile_seconds:.1f} s"
     print(f"{artifact.model} for {artifact.target['mtriple']} ({artifact.arch}): {state}")
     print(f"library {artifact.library}")
@@ -141,16 +141,21 @@ def build(
 )
 @_clean_errors
 def tune(
-    c: Context, board: str = "local", model: str = "tiny", trials: str | None = None, only: str = "", retune: bool = False
+    c: Context,
+    board: str = "local",
+    model: str = "tiny",
+    trials: str | None = None,
+    only: str = "",
+    retune: bool = False,
 ) -> None:
     """Tune the model's conv/dense tasks with MetaSchedule, measuring on the board, and save the best
     schedules in records/."""
     from rich.console import Console
 
-    from pipeline.boards import load_board
-    from pipeline.models import resolve_model
-    from pipeline.records import shown
-    from pipeline.tune import tune as tune_model
+    from pipeline.board.profile import load_board
+    from pipeline.build.model_file import resolve_model
+    from pipeline.records.store import shown
+    from pipeline.tuning.tuner import tune as tune_model
 
     names = tuple(name for name in only.split(",") if name)
     profile = load_board(board)
@@ -163,7 +168,9 @@ def tune(
         console=Console(stderr=True),
     )
     emulated = ", emulated: the records prove the loop, not the board's speed" if profile.emulated else ""
-    print(f"tuned {len(result.tuned)} tasks with {result.trials} trials in {result.seconds:.0f} s on {profile.name}{emulated}")
+    print(
+        f"tuned {len(result.tuned)} tasks with {result.trials} trials in {result.seconds:.0f} s on {profile.name}{emulated}"
+    )
     if result.tuned:
         print(f"{len(result.from_default)} of them started from their measured default schedule")
     for path in result.saved:
@@ -178,7 +185,7 @@ def tune(
 @_clean_errors
 def boards(c: Context) -> None:
     """List the board profiles."""
-    from pipeline.boards import available_boards, load_board
+    from pipeline.board.profile import available_boards, load_board
 
     for name in available_boards():
         try:
@@ -217,10 +224,10 @@ def nightly(
 
     from rich.console import Console
 
-    from pipeline import nightly as runner
-    from pipeline.history import History, Provenance, pipeline_commit
-    from pipeline.records import load_store
-    from pipeline.report import point_line, summary_lines, write_report
+    from pipeline.nightly import loop as runner
+    from pipeline.nightly.history import History, Provenance, pipeline_commit
+    from pipeline.nightly.report import point_line, summary_lines, write_report
+    from pipeline.records.store import load_store
 
     matrix_path = Path(matrix)
     spec = runner.load_matrix(matrix_path)
@@ -239,9 +246,7 @@ def nightly(
 
     provenance = Provenance(pipeline_commit=pipeline_commit(), record_store_version=load_store().version)
     with History(Path(history) if history else spec.history) as store:
-        outcome = runner.run_nightly(
-            spec, runner.real_deploy(console), store, provenance, on_point=show
-        )
+        outcome = runner.run_nightly(spec, runner.real_deploy(console), store, provenance, on_point=show)
         page = write_report(store, outcome, Path(report) if report else spec.report)
     print("\n".join(summary_lines(outcome)))
     print(f"Report       {page}")

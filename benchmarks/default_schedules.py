@@ -35,13 +35,17 @@ def main() -> None:
     import tvm
     from tvm.target import codegen
 
-    from pipeline.default_schedules import default_schedules
-    from pipeline.lowering import fuse, import_model
-    from pipeline.models import resolve_model
+    from pipeline.build.default_schedules import default_schedules
+    from pipeline.build.lowering import fuse, import_model
+    from pipeline.build.model_file import resolve_model
 
     target = tvm.target.Target(
-        {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": str(codegen.llvm_get_system_cpu()),
-         "num-cores": args.threads}
+        {
+            "kind": "llvm",
+            "mtriple": "x86_64-linux-gnu",
+            "mcpu": str(codegen.llvm_get_system_cpu()),
+            "num-cores": args.threads,
+        }
     )
     fused = fuse(import_model(resolve_model(args.model))[0], target)
 
@@ -80,7 +84,7 @@ def _with_records(workload: object, records: list, flops: float, target: object)
     import tvm_ffi
     from tvm.s_tir import Schedule
 
-    from pipeline.schedule_transfer import donors, transferred_schedules
+    from pipeline.build.schedule_transfer import donors, transferred_schedules
 
     own_hash = tvm_ffi.structural_hash(workload)
     own = [r for r in records if tvm_ffi.structural_hash(r.workload.mod) == own_hash]
@@ -100,7 +104,7 @@ def _flops(func: object) -> float:
     """TVM's count of the task's floating-point operations (the conv's multiply-adds dominate)."""
     from tvm.s_tir.analysis import estimate_tir_flops
 
-    from pipeline.default_schedules import normalize
+    from pipeline.build.default_schedules import normalize
 
     return float(estimate_tir_flops(normalize(func)))
 

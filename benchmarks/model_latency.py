@@ -37,12 +37,12 @@ def main() -> int:
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
 
-    from pipeline import compile
-    from pipeline.boards import load_board
-    from pipeline.inputs import make_input
-    from pipeline.models import resolve_model
+    from pipeline.board.profile import load_board
+    from pipeline.build import builder
+    from pipeline.build.model_file import resolve_model
+    from pipeline.deploy.inputs import make_input
     from pipeline.paths import RECORDS_DIR
-    from pipeline.records import load_store
+    from pipeline.records.store import load_store
 
     board, spec = load_board("local"), resolve_model(args.model)
     data, _ = make_input(spec.input_shape)
@@ -54,7 +54,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         stores = {"default": [], "transfer": others, **({"tuned": own} if own else {})}
         for name, paths in stores.items():
-            artifact = compile.build(spec, board, records_dir=_store_of(Path(scratch) / name, paths))
+            artifact = builder.build(spec, board, records_dir=_store_of(Path(scratch) / name, paths))
             runners[name] = tvm_runner(artifact.library, artifact.params, data)
             flops = sum(task.flops for task in artifact.coverage.tasks)
             kinds = [task.schedule for task in artifact.coverage.tasks if task.heavy]
@@ -78,8 +78,10 @@ def main() -> int:
     print(f"{'':12} {'median ms':>10} {'min ms':>9} {'GFLOP/s':>8} {'vs ' + reference:>10} {'vs ORT':>7}")
     for name, values in samples.items():
         median = medians[name]
-        print(f"{name:12} {median * 1e3:10.1f} {min(values) * 1e3:9.1f} {flops / median / 1e9:8.1f} "
-              f"{median / medians[reference]:9.2f}x {median / medians['onnxruntime']:6.2f}x")
+        print(
+            f"{name:12} {median * 1e3:10.1f} {min(values) * 1e3:9.1f} {flops / median / 1e9:8.1f} "
+            f"{median / medians[reference]:9.2f}x {median / medians['onnxruntime']:6.2f}x"
+        )
     return 0
 
 
@@ -107,8 +109,8 @@ def naive_runner(spec: object, board: object, data: object) -> Callable[[], obje
     import tvm
     from tvm import relax
 
-    from pipeline import lowering
-    from pipeline.compile import resolved_target
+    from pipeline.build import lowering
+    from pipeline.build.builder import resolved_target
 
     target = tvm.target.Target(resolved_target(board))
     mod, params = lowering.import_model(spec)

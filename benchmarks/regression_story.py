@@ -26,15 +26,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.history import History  # noqa: E402
-from pipeline.stats import compare_samples  # noqa: E402
+from pipeline.nightly.compare import compare_samples  # noqa: E402
+from pipeline.nightly.history import History  # noqa: E402
 
 
 def nightly(matrix: Path, records: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PIPELINE_RECORDS": str(records)}
     return subprocess.run(
         [sys.executable, "-m", "invoke", "nightly", "--matrix", str(matrix)],
-        cwd=ROOT, env=env, capture_output=True, text=True,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
     )
 
 
@@ -71,7 +74,7 @@ def main() -> int:
     flagged = 0
     for repeat in range(args.repeats):
         proc = nightly(matrix, records)
-        line = next((l for l in proc.stdout.splitlines() if f"local/{args.model}" in l), proc.stdout.strip())
+        line = next((text for text in proc.stdout.splitlines() if f"local/{args.model}" in text), proc.stdout.strip())
         print(f"unchanged run {repeat + 1}: exit {proc.returncode}: {line}", flush=True)
         flagged += line.split()[0].lower() in ("regression", "improvement")
     comparisons = args.repeats - 1

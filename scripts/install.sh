@@ -64,8 +64,8 @@ download_board_debs() {
 }
 
 install_bundle() {
-  .venv/bin/python -m pipeline.bundle
-  .venv/bin/python -m pipeline.board_python
+  .venv/bin/python -m pipeline.board.bundle
+  .venv/bin/python -m pipeline.tuning.board_python
 }
 
 for step in "${steps[@]}"; do

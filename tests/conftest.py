@@ -6,9 +6,9 @@ from collections.abc import Iterator
 import paramiko
 import pytest
 
-from pipeline.boards import load_board
-from pipeline.connection import connect
-from pipeline.sshd import SshEndpoint, board_endpoint
+from pipeline.board.connection import connect
+from pipeline.board.profile import load_board
+from pipeline.board.sshd import SshEndpoint, board_endpoint
 
 
 @pytest.fixture(scope="session")

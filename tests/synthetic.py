@@ -6,15 +6,27 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.check import CheckResult
-from pipeline.facts import BoardFacts
-from pipeline.results import DeployResult, Timings
-from pipeline.timing import summarize
+from pipeline.board.facts import BoardFacts
+from pipeline.deploy.check import CheckResult
+from pipeline.deploy.results import DeployResult, Timings
+from pipeline.deploy.timing import summarize
 
-RK3399_TARGET = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"], "num-cores": 2}
+RK3399_TARGET = {
+    "kind": "llvm",
+    "mtriple": "aarch64-linux-gnu",
+    "mcpu": "cortex-a72",
+    "mattr": ["+neon"],
+    "num-cores": 2,
+}
 HEALTHY = BoardFacts(
-    kernel_arch="aarch64", kernel="6.1.0", hostname="rk3399", online_cores=6, cpu_model="0xd08",
-    governor="performance", cur_freq_khz=1800000, temperature_c=45.0,
+    kernel_arch="aarch64",
+    kernel="6.1.0",
+    hostname="rk3399",
+    online_cores=6,
+    cpu_model="0xd08",
+    governor="performance",
+    cur_freq_khz=1800000,
+    temperature_c=45.0,
 )
 
 
@@ -68,8 +80,15 @@ def hot(facts: BoardFacts = HEALTHY, **changes: Any) -> BoardFacts:
 
 
 VGG_CONV_SHAPES = [
-    (3, 224, 64), (64, 224, 64), (64, 112, 128), (128, 112, 128), (128, 56, 256),
-    (256, 56, 256), (256, 28, 512), (512, 28, 512), (512, 14, 512),
+    (3, 224, 64),
+    (64, 224, 64),
+    (64, 112, 128),
+    (128, 112, 128),
+    (128, 56, 256),
+    (256, 56, 256),
+    (256, 28, 512),
+    (512, 28, 512),
+    (512, 14, 512),
 ]
 
 
@@ -86,8 +105,13 @@ def vgg16_coverage(conv_status: str) -> list[dict[str, Any]]:
         for cin, size, cout in VGG_CONV_SHAPES
     ]
     dense = [
-        {"task": "dense_nopack.x86", "operator": "dense", "workload": f"dense(1x{k}, {n}x{k})", "flops": 2.0 * k * n,
-         "status": "fallback"}
+        {
+            "task": "dense_nopack.x86",
+            "operator": "dense",
+            "workload": f"dense(1x{k}, {n}x{k})",
+            "flops": 2.0 * k * n,
+            "status": "fallback",
+        }
         for k, n in ((25088, 4096), (4096, 4096), (4096, 1000))
     ]
     return conv + dense

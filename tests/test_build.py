@@ -6,13 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import compile
-from pipeline.boards import load_board
-from pipeline.check import compare
-from pipeline.elf import elf_arch
+from pipeline.board.profile import load_board
+from pipeline.build import builder
+from pipeline.build.elf import elf_arch
+from pipeline.build.model_file import resolve_model
+from pipeline.deploy.check import compare
+from pipeline.deploy.timing import summarize
 from pipeline.errors import PipelineError
-from pipeline.models import resolve_model
-from pipeline.timing import summarize
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def cache(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize(("board", "arch"), [("local", "x86_64"), ("rk3399-emu", "aarch64")])
 def test_build_targets_the_boards_architecture(cache: Path, board: str, arch: str) -> None:
-    artifact = compile.build(resolve_model("tiny"), load_board(board), cache_dir=cache)
+    artifact = builder.build(resolve_model("tiny"), load_board(board), cache_dir=cache)
     assert artifact.arch == arch
     assert elf_arch(artifact.library) == arch
     assert artifact.params.stat().st_size > 0
@@ -31,8 +31,8 @@ def test_build_targets_the_boards_architecture(cache: Path, board: str, arch: st
 
 def test_unchanged_input_is_not_rebuilt(cache: Path) -> None:
     model, board = resolve_model("tiny"), load_board("local")
-    first = compile.build(model, board, cache_dir=cache)
-    second = compile.build(model, board, cache_dir=cache)
+    first = builder.build(model, board, cache_dir=cache)
+    second = builder.build(model, board, cache_dir=cache)
     assert second.cached is True
     assert second.key == first.key
     assert second.library == first.library
@@ -41,28 +41,28 @@ def test_unchanged_input_is_not_rebuilt(cache: Path) -> None:
 def test_another_target_or_model_is_a_different_build() -> None:
     model, board = resolve_model("tiny"), load_board("rk3399-emu")
     other_cpu = board.model_copy(update={"target": board.target.model_copy(update={"mcpu": "cortex-a53"})})
-    assert compile.build_key(model, board) != compile.build_key(model, other_cpu)
-    assert compile.build_key(model, board) != compile.build_key(resolve_model("mobilenet_v2"), board)
+    assert builder.build_key(model, board) != builder.build_key(model, other_cpu)
+    assert builder.build_key(model, board) != builder.build_key(resolve_model("mobilenet_v2"), board)
 
 
 def test_edited_model_file_is_rebuilt(cache: Path, tmp_path: Path) -> None:
     copy = tmp_path / "tiny.onnx"
     shutil.copy(resolve_model("tiny").path, copy)
     spec = resolve_model(str(copy))
-    key = compile.build_key(spec, load_board("local"))
+    key = builder.build_key(spec, load_board("local"))
     with copy.open("ab") as stream:
         stream.write(b"\0")
-    assert compile.build_key(spec, load_board("local")) != key
+    assert builder.build_key(spec, load_board("local")) != key
 
 
 def test_host_cpu_is_resolved_for_the_local_board() -> None:
-    assert compile.resolved_target(load_board("local"))["mcpu"] not in ("host", "")
+    assert builder.resolved_target(load_board("local"))["mcpu"] not in ("host", "")
 
 
 def test_failed_build_leaves_nothing_in_the_cache(cache: Path, tmp_path: Path) -> None:
     board = load_board("rk3399-emu").model_copy(update={"cross_compiler": "no-such-compiler-g++"})
     with pytest.raises(PipelineError, match="no-such-compiler-g"):
-        compile.build(resolve_model("tiny"), board, cache_dir=cache)
+        builder.build(resolve_model("tiny"), board, cache_dir=cache)
     assert list((cache / "builds").iterdir()) == []
 
 
@@ -85,9 +85,9 @@ def test_timing_summary() -> None:
 def test_what_depends_on_weights_alone_is_computed_at_build_time_not_on_every_run() -> None:
     import tvm
 
-    from pipeline.lowering import fuse, import_model
+    from pipeline.build.lowering import fuse, import_model
 
-    target = tvm.target.Target(compile.resolved_target(load_board("local")))
+    target = tvm.target.Target(builder.resolved_target(load_board("local")))
     mod, params = import_model(resolve_model("tiny"))
     functions = [gv.name_hint for gv in fuse(mod, target).functions]
     assert not [name for name in functions if "transpose" in name or "sqrt" in name]  # Gemm transB, batch norm
@@ -100,9 +100,9 @@ def test_a_cold_build_registers_only_the_cpu_tensor_intrinsics(tmp_path: Path) -
     import sys
 
     script = (
-        "import sys; from pathlib import Path; from pipeline import compile; from pipeline.boards import load_board;"
-        "from pipeline.models import resolve_model;"
-        f"compile.build(resolve_model('tiny'), load_board('local'), cache_dir=Path({str(tmp_path)!r}));"
+        "import sys; from pathlib import Path; from pipeline.build import builder; from pipeline.board.profile import load_board;"
+        "from pipeline.build.model_file import resolve_model;"
+        f"builder.build(resolve_model('tiny'), load_board('local'), cache_dir=Path({str(tmp_path)!r}));"
         "print(sorted(m for m in sys.modules if m.startswith('tvm.s_tir.tensor_intrin.')))"
     )
     root = Path(__file__).resolve().parents[1]

@@ -1,7 +1,8 @@
 """Cause attribution: what changed between the baseline and the flagged result, most likely first."""
 
-from pipeline.causes import likely_causes
 from synthetic import HEALTHY, hot, latencies, result_dict, vgg16_coverage
+
+from pipeline.nightly.causes import likely_causes
 
 RUNS = latencies(990.0, 10, 0)
 
@@ -23,10 +24,14 @@ def test_the_vgg16_story_names_the_conv2d_workloads_that_lost_their_schedules_fi
 
 
 def test_a_rising_untuned_share_is_reported_when_workload_keys_do_not_match() -> None:
-    before = [{"task": "t1", "workload": "old-key", "flops": 90.0, "status": "tuned"},
-              {"task": "t2", "workload": "d", "flops": 10.0, "status": "fallback"}]
-    after = [{"task": "t1", "workload": "new-key", "flops": 90.0, "status": "fallback"},
-             {"task": "t2", "workload": "d", "flops": 10.0, "status": "fallback"}]
+    before = [
+        {"task": "t1", "workload": "old-key", "flops": 90.0, "status": "tuned"},
+        {"task": "t2", "workload": "d", "flops": 10.0, "status": "fallback"},
+    ]
+    after = [
+        {"task": "t1", "workload": "new-key", "flops": 90.0, "status": "fallback"},
+        {"task": "t2", "workload": "d", "flops": 10.0, "status": "fallback"},
+    ]
     [cause] = likely_causes(result_dict(RUNS, coverage=before), result_dict(RUNS, coverage=after))
     assert cause.kind == "coverage_lost"
     assert cause.detail == "share of the FLOPs without a tuned schedule went from 10% to 100%"

@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tvm
+from tuned_records import TUNED_TASK, copy_store, local, tiny, tuned_store
 from tvm import relax
 
-from pipeline.boards import CoverageSettings, load_board
-from pipeline.check import compare, reference_output
-from pipeline.compile import BuildArtifact, build, resolved_target
-from pipeline.coverage import Coverage, TaskCoverage, check_policy, coverage_lines, resolve_policy
+from pipeline.board.profile import CoverageSettings, load_board
+from pipeline.build.builder import BuildArtifact, build, resolved_target
+from pipeline.deploy.check import compare, reference_output
 from pipeline.errors import PipelineError
-from pipeline.records import compressed_ir, load_store, save_record, structural_hash, workload_module
-from tuned_records import TUNED_TASK, copy_store, local, tiny, tuned_store
+from pipeline.records.coverage import Coverage, TaskCoverage, check_policy, coverage_lines, resolve_policy
+from pipeline.records.store import compressed_ir, load_store, save_record, structural_hash, workload_module
 
 OTHER_CONVS = {
     "fused_conv2d1_subtract_divide_multiply_add1_relu1",
@@ -60,7 +60,11 @@ def test_a_result_records_each_task_by_its_workload_key_and_status(tuned_build: 
     stem = entries["conv2d NCHW 1x3x32x32 * 16x3x3x3 -> 1x16x32x32 s1,1 p1,1,1,1 d1,1 g1 float32 +add_relu"]
     assert (stem["task"], stem["operator"], stem["status"]) == (TUNED_TASK, "conv2d", "tuned")
     assert sorted(e["status"] for e in entries.values() if e["operator"] in ("conv2d", "group_conv2d", "matmul")) == [
-        "fallback", "fallback", "fallback", "fallback", "tuned"
+        "fallback",
+        "fallback",
+        "fallback",
+        "fallback",
+        "tuned",
     ]
     fallbacks = [e["schedule"] for e in entries.values() if e["status"] == "fallback" and e["heavy"]]
     assert fallbacks and set(fallbacks) <= {"transferred", "default"}
@@ -106,14 +110,19 @@ def test_a_record_for_another_target_is_not_applied(store_dir: Path, tmp_path: P
     assert not row.tuned and artifact.coverage.tuned_share == 0.0
     assert row.nearest.startswith("records/aarch64-cortex-a72-")
     (difference,) = row.differs
-    assert difference.startswith("target x86_64-linux-gnu/") and "!= aarch64-linux-gnu/cortex-a72/2 cores/+neon" in difference
+    assert (
+        difference.startswith("target x86_64-linux-gnu/")
+        and "!= aarch64-linux-gnu/cortex-a72/2 cores/+neon" in difference
+    )
 
 
 def test_a_record_from_another_tvm_release_is_not_applied(store_dir: Path, tmp_path: Path) -> None:
     (stored,) = load_store(store_dir).records
     older = replace(stored.record, provenance=replace(stored.record.provenance, tvm_version="0.26.0"))
     save_record(older, tmp_path / "records")
-    row = rows(build(tiny(), local(), cache_dir=tmp_path / "cache", records_dir=tmp_path / "records").coverage)[TUNED_TASK]
+    row = rows(build(tiny(), local(), cache_dir=tmp_path / "cache", records_dir=tmp_path / "records").coverage)[
+        TUNED_TASK
+    ]
     assert not row.tuned and row.differs == (f"TVM {tvm.__version__} != 0.26.0",)
 
 
@@ -186,7 +195,9 @@ def test_the_profile_sets_the_policy_and_flags_override_it(tmp_path: Path) -> No
     profile.write_text(local_yaml + "coverage:\n  policy: refuse\n  min_tuned_flops: 0.75\n")
     section = load_board(str(profile)).coverage
     assert resolve_policy(section) == CoverageSettings(policy="refuse", min_tuned_flops=0.75)
-    assert resolve_policy(section, policy="warn", min_tuned_flops=0.5) == CoverageSettings(policy="warn", min_tuned_flops=0.5)
+    assert resolve_policy(section, policy="warn", min_tuned_flops=0.5) == CoverageSettings(
+        policy="warn", min_tuned_flops=0.5
+    )
     assert resolve_policy(None) == CoverageSettings(policy="warn", min_tuned_flops=0.9)
 
 
@@ -212,12 +223,26 @@ def test_a_conv_without_any_schedule_is_shown_naive_loudly() -> None:
 
     def row(task: str, schedule: str, source: str) -> TaskCoverage:
         return TaskCoverage(
-            task, f"{task} key", "conv2d", True, 1, 50.0, 0.5, False, "", "", ("no record for conv2d",), schedule, source
+            task,
+            f"{task} key",
+            "conv2d",
+            True,
+            1,
+            50.0,
+            0.5,
+            False,
+            "",
+            "",
+            ("no record for conv2d",),
+            schedule,
+            source,
         )
 
     coverage = Coverage(
         (row("conv_a", "naive", "no default schedule applies to conv_a"), row("conv_b", "default", "ch16/sketch1")),
-        0.0, 0, (),
+        0.0,
+        0,
+        (),
     )
     text = "\n".join(coverage_lines(coverage))
     assert "NAIVE  (no schedule: no default schedule applies to conv_a;" in text

@@ -19,8 +19,8 @@ from tvm.tirx import PrimFunc
 
 from models import tiny
 from models.graph import GraphBuilder, Tensor
-from pipeline.bundle import runtime_bundle
-from pipeline.default_schedules import (
+from pipeline.board.bundle import runtime_bundle
+from pipeline.build.default_schedules import (
     TaskSchedule,
     apply_schedules,
     commit_schedules,
@@ -28,8 +28,8 @@ from pipeline.default_schedules import (
     default_schedule,
     default_schedules,
 )
-from pipeline.lowering import build_executable, fuse, lift_weight_transforms
-from pipeline.schedule_transfer import adapt_tile, donors, fallback_database, transferred_schedules
+from pipeline.build.lowering import build_executable, fuse, lift_weight_transforms
+from pipeline.build.schedule_transfer import adapt_tile, donors, fallback_database, transferred_schedules
 
 HOST = tvm.target.Target(
     {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": str(codegen.llvm_get_system_cpu()), "num-cores": 2}
@@ -143,7 +143,9 @@ def test_the_build_applies_the_defaults_and_tiny_matches_onnxruntime(
             assert func.attrs["tirx.is_scheduled"], gv.name_hint
     data = np.random.default_rng(1).standard_normal(tiny.INPUT_SHAPE, dtype=np.float32)
     expected = onnxruntime_output(tiny.build(), data)
-    actual = relax.VirtualMachine(build_executable(scheduled, HOST), tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
+    actual = relax.VirtualMachine(build_executable(scheduled, HOST), tvm.cpu())["main"](
+        tvm.runtime.tensor(data)
+    ).numpy()
     np.testing.assert_allclose(actual, expected, rtol=0, atol=TOLERANCE * np.abs(expected).max())
 
 
@@ -219,7 +221,9 @@ def test_transferred_schedule_from_another_conv_shape_matches_onnxruntime(case: 
     scheduled = apply_schedules(fused, {name: transferred}, HOST)
     data = np.random.default_rng(1).standard_normal(shape, dtype=np.float32)
     expected = onnxruntime_output(model, data)
-    actual = relax.VirtualMachine(build_executable(scheduled, HOST), tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
+    actual = relax.VirtualMachine(build_executable(scheduled, HOST), tvm.cpu())["main"](
+        tvm.runtime.tensor(data)
+    ).numpy()
     np.testing.assert_allclose(actual, expected, rtol=0, atol=TOLERANCE * np.abs(expected).max())
 
 
@@ -258,16 +262,33 @@ def test_neon_default_schedules_run_correctly_on_the_emulated_rk3399(tmp_path: P
     fused = fused_module(tiny.build(), tiny.INPUT_SHAPE, RK3399)
     scheduled = apply_schedules(fused, default_schedules(fused, RK3399), RK3399)
     library = tmp_path / "model.so"
-    build_executable(scheduled, RK3399).export_library(str(library), fcompile=cc.cross_compiler("aarch64-linux-gnu-g++"))
+    build_executable(scheduled, RK3399).export_library(
+        str(library), fcompile=cc.cross_compiler("aarch64-linux-gnu-g++")
+    )
     (tmp_path / "params.bin").write_bytes(tvm.runtime.save_param_dict({}))  # weights are bound constants
     data = np.random.default_rng(1).standard_normal(tiny.INPUT_SHAPE, dtype=np.float32)
     data.tofile(tmp_path / "input.bin")
     runner = runtime_bundle("aarch64").files["tvm_runner"]
     shape = ",".join(map(str, tiny.INPUT_SHAPE))
     result = subprocess.run(
-        [*EMULATED_RK3399, str(runner), "--lib", "model.so", "--params", "params.bin", "--input", "input.bin",
-         "--input-shape", shape, "--output", "out.bin"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        [
+            *EMULATED_RK3399,
+            str(runner),
+            "--lib",
+            "model.so",
+            "--params",
+            "params.bin",
+            "--input",
+            "input.bin",
+            "--input-shape",
+            shape,
+            "--output",
+            "out.bin",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     expected = onnxruntime_output(tiny.build(), data)

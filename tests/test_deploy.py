@@ -14,11 +14,11 @@ import paramiko
 import pytest
 import yaml
 
-from pipeline.boards import BOARDS_DIR
-from pipeline.models import resolve_model
+from pipeline.board.profile import BOARDS_DIR
+from pipeline.board.remote import run
+from pipeline.board.sshd import SshEndpoint
+from pipeline.build.model_file import resolve_model
 from pipeline.paths import ROOT
-from pipeline.remote import run
-from pipeline.sshd import SshEndpoint
 
 INVOKE = [sys.executable, "-m", "invoke"]
 ENDLESS_RUNS = "100000"
@@ -87,9 +87,7 @@ def results(tmp_path: Path) -> Path:
     return tmp_path / "results"
 
 
-@pytest.mark.parametrize(
-    ("board", "arch", "emulated"), [("local", "x86_64", False), ("rk3399-emu", "aarch64", True)]
-)
+@pytest.mark.parametrize(("board", "arch", "emulated"), [("local", "x86_64", False), ("rk3399-emu", "aarch64", True)])
 def test_deploy_tiny_runs_checks_and_records(
     embedded_endpoint: SshEndpoint, results: Path, board: str, arch: str, emulated: bool
 ) -> None:
@@ -200,7 +198,9 @@ def test_unreachable_host(embedded_endpoint: SshEndpoint, tmp_path: Path, result
 def test_host_key_mismatch_is_refused(embedded_endpoint: SshEndpoint, tmp_path: Path, results: Path) -> None:
     impostor = paramiko.Ed25519Key.from_private_key_file(str(embedded_endpoint.key_file))
     known_hosts = tmp_path / "known_hosts"
-    known_hosts.write_text(f"[{embedded_endpoint.host}]:{embedded_endpoint.port} {impostor.get_name()} {impostor.get_base64()}\n")
+    known_hosts.write_text(
+        f"[{embedded_endpoint.host}]:{embedded_endpoint.port} {impostor.get_name()} {impostor.get_base64()}\n"
+    )
     ssh = direct_ssh(embedded_endpoint, known_hosts=str(known_hosts))
     proc = deploy(results, "--board", str(profile_variant(tmp_path, "local", ssh=ssh)), "--model", "tiny")
     assert_one_clear_error(proc, "MISMATCH")

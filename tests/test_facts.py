@@ -3,7 +3,7 @@
 import subprocess
 from pathlib import Path
 
-from pipeline.facts import per_core_khz
+from pipeline.board.facts import per_core_khz
 
 
 def test_per_core_clocks_come_from_grep_output_of_the_cpufreq_files(tmp_path: Path) -> None:

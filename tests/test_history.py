@@ -9,13 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from pipeline.causes import Cause
-from pipeline.errors import PipelineError
-from pipeline.history import Comparison, History, Provenance, pipeline_commit
-from pipeline.paths import ROOT
-from pipeline.stats import compare_samples
 from synthetic import latencies, result_dict, vgg16_coverage
+
+from pipeline.errors import PipelineError
+from pipeline.nightly.causes import Cause
+from pipeline.nightly.compare import compare_samples
+from pipeline.nightly.history import Comparison, History, Provenance, pipeline_commit
+from pipeline.paths import ROOT
 
 PROVENANCE = Provenance(pipeline_commit="c0ffee" * 6 + "abcd", record_store_version="records-v3")
 
@@ -39,7 +39,10 @@ def test_a_result_round_trips_with_runs_coverage_provenance_and_verdict(history:
     assert new.runs_ms == current["timings"]["runs_ms"]
     assert new.record["coverage"] == current["coverage"]
     assert new.record["board_facts"]["governor"] == "performance"
-    assert new.record["provenance"] == {"pipeline_commit": PROVENANCE.pipeline_commit, "record_store_version": "records-v3"}
+    assert new.record["provenance"] == {
+        "pipeline_commit": PROVENANCE.pipeline_commit,
+        "record_store_version": "records-v3",
+    }
     assert (old.change, new.change) == (None, "regression")
     assert new.causes == [cause]
     assert history.points() == [("rk3399", "vgg16")]
@@ -69,7 +72,7 @@ WRITER = """
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from pipeline.history import History, Provenance
+from pipeline.nightly.history import History, Provenance
 from synthetic import latencies, result_dict, vgg16_coverage
 with History(Path(sys.argv[1])) as store:
     for i in range(100000):
@@ -82,7 +85,9 @@ with History(Path(sys.argv[1])) as store:
 def test_a_writer_killed_mid_run_leaves_only_complete_records(tmp_path: Path) -> None:
     path = tmp_path / "history.sqlite"
     env = {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
-    with subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True, env=env) as writer:
+    with subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True, env=env
+    ) as writer:
         assert writer.stdout is not None and writer.stdout.readline() == "writing\n"
         time.sleep(0.3)
         writer.send_signal(signal.SIGKILL)

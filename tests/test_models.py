@@ -14,8 +14,8 @@ from onnx import TensorProto, helper
 
 from models import tiny
 from pipeline import paths
+from pipeline.build.model_file import BUILTIN_MODELS, SOURCE_DIGEST_KEY, ModelSpec, resolve_model
 from pipeline.errors import PipelineError
-from pipeline.models import BUILTIN_MODELS, SOURCE_DIGEST_KEY, ModelSpec, resolve_model
 
 OUTPUT_CLASSES = {"vgg16": 1000, "resnet18": 1000, "mobilenet_v2": 1000, "tiny": 10}
 

@@ -15,18 +15,27 @@ from typing import Any
 import paramiko
 import pytest
 import yaml
-
-from pipeline.errors import PipelineError
-from pipeline.history import History, Provenance
-from pipeline.models import resolve_model
-from pipeline.nightly import (
-    CRON_TAG, Matrix, MatrixEntry, Point, board_locks, cron_line, install_cron, load_matrix, real_deploy, run_nightly,
-)
-from pipeline.paths import ROOT
-from pipeline.remote import run
-from pipeline.report import REPORT_NAME, SUMMARY_NAME, summary_lines, write_report
-from pipeline.sshd import SshEndpoint
 from synthetic import latencies, result_dict, vgg16_coverage
+
+from pipeline.board.remote import run
+from pipeline.board.sshd import SshEndpoint
+from pipeline.build.model_file import resolve_model
+from pipeline.errors import PipelineError
+from pipeline.nightly.history import History, Provenance
+from pipeline.nightly.loop import (
+    CRON_TAG,
+    Matrix,
+    MatrixEntry,
+    Point,
+    board_locks,
+    cron_line,
+    install_cron,
+    load_matrix,
+    real_deploy,
+    run_nightly,
+)
+from pipeline.nightly.report import REPORT_NAME, SUMMARY_NAME, summary_lines, write_report
+from pipeline.paths import ROOT
 
 PROVENANCE = Provenance(pipeline_commit="abc", record_store_version=None)
 MATRIX = Matrix(matrix=[MatrixEntry(boards=["rk3399", "rk3399-b"], models=["vgg16", "resnet18"], runs=20)])
@@ -58,7 +67,10 @@ class Boards:
 
 def test_the_matrix_is_every_board_with_every_model() -> None:
     assert [point.name for point in MATRIX.points()] == [
-        "rk3399/vgg16", "rk3399/resnet18", "rk3399-b/vgg16", "rk3399-b/resnet18",
+        "rk3399/vgg16",
+        "rk3399/resnet18",
+        "rk3399-b/vgg16",
+        "rk3399-b/resnet18",
     ]
 
 
@@ -78,7 +90,7 @@ def test_a_bad_matrix_file_names_the_field(tmp_path: Path) -> None:
 HOLDER = """
 import sys, time
 from pathlib import Path
-from pipeline.nightly import board_locks
+from pipeline.nightly.loop import board_locks
 with board_locks([sys.argv[1]], Path(sys.argv[2])):
     print("locked", flush=True)
     time.sleep(60)
@@ -234,7 +246,11 @@ def invoke_nightly(tmp_path: Path, matrix: list[dict[str, Any]], *args: str) -> 
     env = {**os.environ, "PIPELINE_RESULTS": str(tmp_path / "results")}
     return subprocess.run(
         [sys.executable, "-m", "invoke", "nightly", "--matrix", str(path), *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 

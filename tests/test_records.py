@@ -8,9 +8,12 @@ from typing import Any
 
 import pytest
 import tvm
+from tuned_records import TUNED_TASK, copy_store, local, tiny, tuned_store, work_dir
 
-from pipeline.compile import resolved_target
-from pipeline.records import (
+from pipeline.board.profile import load_board
+from pipeline.build.builder import resolved_target
+from pipeline.build.lowering import extract_tasks, fuse, import_model
+from pipeline.records.store import (
     FORMAT,
     load_store,
     record_path,
@@ -18,10 +21,7 @@ from pipeline.records import (
     save_record,
     to_database,
 )
-from pipeline.boards import load_board
-from pipeline.lowering import extract_tasks, fuse, import_model
-from pipeline.tune import plan_trials, tune
-from tuned_records import TUNED_TASK, copy_store, local, tiny, tuned_store, work_dir
+from pipeline.tuning.tuner import plan_trials, tune
 
 
 @pytest.fixture(scope="module")
@@ -181,8 +181,8 @@ def test_tuning_starts_from_the_measured_default_schedule_so_it_never_ends_slowe
 ) -> None:
     from tvm.s_tir import meta_schedule as ms
 
-    from pipeline.default_schedules import default_schedule
-    from pipeline.records import target_slug
+    from pipeline.build.default_schedules import default_schedule
+    from pipeline.records.store import target_slug
 
     target = tvm.target.Target(resolved_target(local()))
     (task,) = [t for t in extract_tasks(fuse(import_model(tiny())[0], target), target) if t.name == TUNED_TASK]

@@ -1,4 +1,4 @@
-"""The board runtime: the C++ runner from pipeline.bundle runs a TVM-compiled model and reports
+"""The board runtime: the C++ runner from pipeline.board.bundle runs a TVM-compiled model and reports
 timings in the format the host parses, natively on x86_64 and under qemu as an emulated rk3399.
 
 A tiny conv2d + bias + ReLU model whose weights are passed as parameters is compiled for each
@@ -15,8 +15,8 @@ import pytest
 import tvm
 from tvm import relax
 
-from pipeline.boards import Arch
-from pipeline.bundle import RuntimeBundle, runtime_bundle
+from pipeline.board.bundle import RuntimeBundle, runtime_bundle
+from pipeline.board.profile import Arch
 
 ARCHES: list[Arch] = ["x86_64", "aarch64"]
 INPUT_SHAPE = (1, 3, 8, 8)
@@ -25,8 +25,13 @@ BIAS_SHAPE = (1, 4, 1, 1)
 OUTPUT_SHAPE = [1, 4, 8, 8]
 TARGETS: dict[Arch, dict] = {
     "x86_64": {"kind": "llvm"},
-    "aarch64": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"],
-                "num-cores": 2},
+    "aarch64": {
+        "kind": "llvm",
+        "mtriple": "aarch64-linux-gnu",
+        "mcpu": "cortex-a72",
+        "mattr": ["+neon"],
+        "num-cores": 2,
+    },
 }
 # How the host reaches an emulated rk3399: without this CPU model qemu accepts instructions the board lacks.
 BOARD_PREFIX: dict[Arch, list[str]] = {
@@ -88,8 +93,9 @@ def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     bias = rng.standard_normal(BIAS_SHAPE, dtype=np.float32)
     lib, params, inputs = workdir / "model.so", workdir / "params.bin", workdir / "input.bin"
     export_model(arch, lib)
-    params.write_bytes(tvm.runtime.save_param_dict(
-        {"p00000": tvm.runtime.tensor(weight), "p00001": tvm.runtime.tensor(bias)}))
+    params.write_bytes(
+        tvm.runtime.save_param_dict({"p00000": tvm.runtime.tensor(weight), "p00001": tvm.runtime.tensor(bias)})
+    )
     x.tofile(inputs)
     return Case(arch, runtime_bundle(arch), lib, params, inputs, numpy_conv_relu(x, weight, bias), workdir)
 
@@ -100,8 +106,18 @@ def run_runner(case: Case, *args: str | Path) -> subprocess.CompletedProcess[str
 
 
 def model_args(case: Case, output: Path, shape: str = "1,3,8,8") -> list[str | Path]:
-    return ["--lib", case.lib, "--params", case.params, "--input", case.input, "--input-shape", shape,
-            "--output", output]
+    return [
+        "--lib",
+        case.lib,
+        "--params",
+        case.params,
+        "--input",
+        case.input,
+        "--input-shape",
+        shape,
+        "--output",
+        output,
+    ]
 
 
 def test_bundle_holds_runner_and_both_runtime_libraries(case: Case) -> None:
@@ -138,8 +154,12 @@ def test_runner_output_matches_numpy_and_reports_every_inference(case: Case) -> 
     assert all(ms >= 0 for ms in [report["load_ms"], report["first_ms"], *report["warmup_ms"], *report["runs_ms"]])
 
     progress = [line.split()[:4] for line in result.stderr.splitlines() if line.startswith("progress ")]
-    assert progress == [["progress", "first", "1", "1"], ["progress", "warmup", "1", "1"],
-                        ["progress", "run", "1", "2"], ["progress", "run", "2", "2"]]
+    assert progress == [
+        ["progress", "first", "1", "1"],
+        ["progress", "warmup", "1", "1"],
+        ["progress", "run", "1", "2"],
+        ["progress", "run", "2", "2"],
+    ]
 
     actual = np.fromfile(output, dtype=np.float32).reshape(OUTPUT_SHAPE)
     np.testing.assert_allclose(actual, case.expected, rtol=1e-4, atol=1e-4)

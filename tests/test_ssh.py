@@ -16,13 +16,13 @@ from pathlib import Path
 import paramiko
 import pytest
 
-import pipeline.sshd
-from pipeline.boards import SshSettings, load_board
-from pipeline.connection import connect
+import pipeline.board.sshd
+from pipeline.board.connection import connect
+from pipeline.board.profile import SshSettings, load_board
+from pipeline.board.remote import run
+from pipeline.board.sshd import SshEndpoint, board_endpoint, endpoint_for
+from pipeline.board.sync import push
 from pipeline.errors import PipelineError
-from pipeline.remote import run
-from pipeline.sshd import SshEndpoint, board_endpoint, endpoint_for
-from pipeline.transfer import push
 
 
 def free_port() -> int:
@@ -76,8 +76,9 @@ def remote_dir(ssh_client: paramiko.SSHClient) -> Iterator[str]:
 
 # --- the embedded board host ---------------------------------------------------------------------
 
+
 def test_embedded_sshd_runs_for_the_block_and_stops_after(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline.sshd, "CACHE_DIR", tmp_path)
+    monkeypatch.setattr(pipeline.board.sshd, "CACHE_DIR", tmp_path)
     monkeypatch.delenv("PIPELINE_SSHD_PORT", raising=False)
     settings = SshSettings(host="127.0.0.1", port=free_port(), embedded=True)
     with board_endpoint(settings) as endpoint:
@@ -95,7 +96,7 @@ def test_a_running_embedded_sshd_is_reused_and_left_running(embedded_endpoint: S
 
 
 def test_embedded_port_taken_by_another_program(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline.sshd, "CACHE_DIR", tmp_path)
+    monkeypatch.setattr(pipeline.board.sshd, "CACHE_DIR", tmp_path)
     monkeypatch.delenv("PIPELINE_SSHD_PORT", raising=False)
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
@@ -109,14 +110,17 @@ def test_a_real_board_profile_needs_user_key_and_known_hosts(tmp_path: Path) -> 
     with pytest.raises(PipelineError, match=re.escape("ssh.user, ssh.key_file, ssh.known_hosts")):
         endpoint_for(SshSettings(host="127.0.0.1"))
     with pytest.raises(PipelineError, match=r"key file .* not found"):
-        endpoint_for(SshSettings(host="127.0.0.1", user="me", key_file=tmp_path / "nope",
-                                 known_hosts=tmp_path / "known_hosts"))
+        endpoint_for(
+            SshSettings(host="127.0.0.1", user="me", key_file=tmp_path / "nope", known_hosts=tmp_path / "known_hosts")
+        )
 
 
 # --- connecting ----------------------------------------------------------------------------------
 
-def test_connect_checks_the_host_key_against_known_hosts(ssh_client: paramiko.SSHClient,
-                                                         embedded_endpoint: SshEndpoint) -> None:
+
+def test_connect_checks_the_host_key_against_known_hosts(
+    ssh_client: paramiko.SSHClient, embedded_endpoint: SshEndpoint
+) -> None:
     known = paramiko.HostKeys(str(embedded_endpoint.known_hosts))
     expected = known.lookup(f"[{embedded_endpoint.host}]:{embedded_endpoint.port}")
     assert expected is not None
@@ -157,8 +161,9 @@ def test_a_closed_port_is_unreachable(embedded_endpoint: SshEndpoint) -> None:
         connect(closed)
 
 
-def test_a_port_that_does_not_speak_ssh_fails_in_one_line(embedded_endpoint: SshEndpoint,
-                                                          capfd: pytest.CaptureFixture[str]) -> None:
+def test_a_port_that_does_not_speak_ssh_fails_in_one_line(
+    embedded_endpoint: SshEndpoint, capfd: pytest.CaptureFixture[str]
+) -> None:
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
@@ -172,8 +177,10 @@ def test_a_port_that_does_not_speak_ssh_fails_in_one_line(embedded_endpoint: Ssh
 
 # --- uploading -----------------------------------------------------------------------------------
 
-def test_push_uploads_then_skips_unchanged_files(ssh_client: paramiko.SSHClient, remote_dir: str,
-                                                 tmp_path: Path) -> None:
+
+def test_push_uploads_then_skips_unchanged_files(
+    ssh_client: paramiko.SSHClient, remote_dir: str, tmp_path: Path
+) -> None:
     files = {
         "runner": write(tmp_path / "runner", b"#!/bin/sh\necho runner\n", mode=0o755),
         "lib/libtvm_ffi.so": write(tmp_path / "libtvm_ffi.so", secrets.token_bytes(200_000)),
@@ -204,8 +211,9 @@ def test_push_to_a_folder_relative_to_home(ssh_client: paramiko.SSHClient, tmp_p
 
 
 @pytest.mark.parametrize("earlier_version", [None, b"version 1"])
-def test_an_interrupted_upload_leaves_the_board_as_it_was(ssh_client: paramiko.SSHClient, remote_dir: str,
-                                                          tmp_path: Path, earlier_version: bytes | None) -> None:
+def test_an_interrupted_upload_leaves_the_board_as_it_was(
+    ssh_client: paramiko.SSHClient, remote_dir: str, tmp_path: Path, earlier_version: bytes | None
+) -> None:
     target = tmp_path / "libtvm_runtime.so"
     if earlier_version is not None:
         push(ssh_client, {"lib/libtvm_runtime.so": write(target, earlier_version)}, remote_dir)
@@ -230,6 +238,7 @@ def test_a_missing_local_file_is_named(ssh_client: paramiko.SSHClient, remote_di
 
 # --- running commands ----------------------------------------------------------------------------
 
+
 def test_run_returns_exit_code_and_output(ssh_client: paramiko.SSHClient) -> None:
     result = run(ssh_client, "echo out; echo err >&2; exit 3", timeout_s=10)
     assert (result.exit_code, result.stdout, result.stderr) == (3, "out\n", "err\n")
@@ -242,8 +251,9 @@ def test_run_in_a_folder_with_quoted_environment(ssh_client: paramiko.SSHClient)
 
 
 def test_run_drains_large_output_on_both_streams(ssh_client: paramiko.SSHClient) -> None:
-    result = run(ssh_client, "head -c 3000000 /dev/zero | tr '\\0' o; head -c 3000000 /dev/zero | tr '\\0' e >&2",
-                 timeout_s=20)
+    result = run(
+        ssh_client, "head -c 3000000 /dev/zero | tr '\\0' o; head -c 3000000 /dev/zero | tr '\\0' e >&2", timeout_s=20
+    )
     assert (len(result.stdout), len(result.stderr)) == (3_000_000, 3_000_000)
 
 
@@ -270,8 +280,12 @@ def test_ctrl_c_kills_the_remote_command(ssh_client: paramiko.SSHClient) -> None
 
 def test_stderr_lines_arrive_while_the_command_runs(ssh_client: paramiko.SSHClient) -> None:
     arrivals: list[tuple[str, float]] = []
-    result = run(ssh_client, "echo 'step 1/2' >&2; sleep 0.5; printf 'step 2/2' >&2", timeout_s=10,
-                 on_stderr_line=lambda line: arrivals.append((line, time.monotonic())))
+    result = run(
+        ssh_client,
+        "echo 'step 1/2' >&2; sleep 0.5; printf 'step 2/2' >&2",
+        timeout_s=10,
+        on_stderr_line=lambda line: arrivals.append((line, time.monotonic())),
+    )
     finished = time.monotonic()
     assert [line for line, _ in arrivals] == ["step 1/2", "step 2/2"]
     assert finished - arrivals[0][1] > 0.3

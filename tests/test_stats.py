@@ -3,17 +3,16 @@ when there are too few runs to tell."""
 
 import numpy as np
 import pytest
-
-from pipeline.stats import compare_samples, median_ci, min_p_value
 from synthetic import latencies
+
+from pipeline.nightly.compare import compare_samples, median_ci, min_p_value
 
 
 def test_identical_distributions_rarely_raise_an_alarm() -> None:
     """Without the factor, the test alone: false alarms near its p < 0.002 level over many seeds."""
     seeds = range(500)
     differing = [
-        compare_samples(latencies(10.0, 20, 2 * s), latencies(10.0, 20, 2 * s + 1), factor=1.0).change
-        for s in seeds
+        compare_samples(latencies(10.0, 20, 2 * s), latencies(10.0, 20, 2 * s + 1), factor=1.0).change for s in seeds
     ]
     assert sum(change != "unchanged" for change in differing) <= 5
 

@@ -7,17 +7,17 @@ from pathlib import Path
 
 import paramiko
 import pytest
-
-from pipeline.board_python import environment_archive
-from pipeline.boards import BoardProfile, SshSettings, TuningSettings, load_board
-from pipeline.compile import BuildArtifact, build
-from pipeline.coverage import coverage_lines
-from pipeline.errors import PipelineError
-from pipeline.records import load_store
-from pipeline.remote import run
-from pipeline.sshd import SshEndpoint
-from pipeline.tune import TuneResult, tune
 from tuned_records import TUNED_TASK, local, tiny, work_dir
+
+from pipeline.board.profile import BoardProfile, SshSettings, TuningSettings, load_board
+from pipeline.board.remote import run
+from pipeline.board.sshd import SshEndpoint
+from pipeline.build.builder import BuildArtifact, build
+from pipeline.errors import PipelineError
+from pipeline.records.coverage import coverage_lines
+from pipeline.records.store import load_store
+from pipeline.tuning.board_python import environment_archive
+from pipeline.tuning.tuner import TuneResult, tune
 
 TRIALS = 2  # the loop, not a good schedule: each emulated trial costs seconds of cross-compiling and qemu
 
@@ -38,8 +38,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def emulated_tuning(store: Path, tmp_path_factory: pytest.TempPathFactory) -> TuneResult:
-    return tune(tiny(), emulated_rk3399(), TRIALS, records_dir=store, cache_dir=work_dir(tmp_path_factory),
-                only=(TUNED_TASK,))
+    return tune(
+        tiny(), emulated_rk3399(), TRIALS, records_dir=store, cache_dir=work_dir(tmp_path_factory), only=(TUNED_TASK,)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +102,13 @@ def test_a_server_that_does_not_register_in_time_is_stopped_with_one_error(
 
 
 def test_an_unreachable_board_is_one_error(tmp_path: Path, embedded_endpoint: SshEndpoint) -> None:
-    ssh = SshSettings(host="127.0.0.1", port=1, user="nobody", key_file=embedded_endpoint.key_file,
-                      known_hosts=embedded_endpoint.known_hosts)
+    ssh = SshSettings(
+        host="127.0.0.1",
+        port=1,
+        user="nobody",
+        key_file=embedded_endpoint.key_file,
+        known_hosts=embedded_endpoint.known_hosts,
+    )
     board = emulated_rk3399().model_copy(update={"ssh": ssh})
     with pytest.raises(PipelineError) as error:
         tune(tiny(), board, TRIALS, records_dir=tmp_path / "records", cache_dir=tmp_path, only=(TUNED_TASK,))

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.boards import BoardProfile, load_board
-from pipeline.models import ModelSpec, resolve_model
-from pipeline.records import load_store
-from pipeline.tune import tune
+from pipeline.board.profile import BoardProfile, load_board
+from pipeline.build.model_file import ModelSpec, resolve_model
+from pipeline.records.store import load_store
+from pipeline.tuning.tuner import tune
 
 TUNED_TASK = "fused_conv2d_add_relu"  # the stem conv: 3 -> 16 channels, 3x3, 32x32
 TRIALS = 4

@@ -1,0 +1,203 @@
+"""The runtime bundle a board needs to run a compiled model without Python: the C++ runner plus
+TVM's two runtime libraries, built once per architecture and cached under CACHE_DIR/bundle/<arch>.
+
+The cache is keyed by the runner source, the TVM and tvm-ffi versions and the compile command, so
+editing runner/tvm_runner.cc or upgrading TVM rebuilds it on next use. A bundle is assembled in a
+temporary folder and renamed into place, so an interrupted build never leaves half a bundle."""
+
+import fcntl
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import get_args
+
+from pipeline.board.profile import Arch
+from pipeline.errors import PipelineError
+from pipeline.paths import CACHE_DIR, ROOT
+
+RUNNER_SOURCE = ROOT / "runner" / "tvm_runner.cc"
+RUNNER = "tvm_runner"
+RUNTIME_LIB = "lib/libtvm_runtime.so"
+FFI_LIB = "lib/libtvm_ffi.so"
+STAMP = "bundle.json"
+INSTALL_FIX = "run scripts/install.sh"
+
+COMPILERS: dict[Arch, str] = {"aarch64": "aarch64-linux-gnu-g++", "x86_64": "g++"}
+# --no-as-needed keeps libtvm_runtime.so linked although the runner calls none of its symbols
+# directly: loading it is what registers the Relax VM and runtime.LoadParamsFromFile.
+COMPILE_FLAGS = ["-O2", "-std=c++17"]
+LINK_FLAGS = ["-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_ffi", "-Wl,-rpath,$ORIGIN/lib"]
+# Where the two libraries sit inside the aarch64 wheels (and inside the installed packages).
+WHEEL_MEMBERS = {
+    RUNTIME_LIB: ("apache_tvm", "tvm/lib/libtvm_runtime.so"),
+    FFI_LIB: ("apache_tvm_ffi", "tvm_ffi/lib/libtvm_ffi.so"),
+}
+
+
+@dataclass(frozen=True)
+class RuntimeBundle:
+    """What to push to a board: `files` maps the name relative to the remote folder to the local file."""
+
+    arch: Arch
+    root: Path
+    files: dict[str, Path]
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(path.stat().st_size for path in self.files.values())
+
+
+def runtime_bundle(arch: Arch) -> RuntimeBundle:
+    """Return the bundle for `arch`, building it first if it is missing or stale."""
+    if arch not in get_args(Arch):
+        raise PipelineError(f"no runtime bundle for architecture '{arch}'", "use aarch64 or x86_64")
+    base = CACHE_DIR / "bundle"
+    base.mkdir(parents=True, exist_ok=True)
+    root = base / arch
+    bundle = RuntimeBundle(arch, root, {name: root / name for name in (RUNNER, RUNTIME_LIB, FFI_LIB)})
+    with open(base / f".{arch}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        versions = _versions()
+        key = _cache_key(arch, versions)
+        if not _is_current(bundle, key):
+            _build(bundle, versions, key)
+    return bundle
+
+
+def _versions() -> dict[str, str]:
+    """Versions of the installed TVM packages; the aarch64 wheels must match them."""
+    try:
+        return {dist: importlib.metadata.version(dist) for dist in ("apache-tvm", "apache-tvm-ffi")}
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise PipelineError(f"Python package {exc.name} is not installed", INSTALL_FIX) from None
+
+
+def _package_dir(name: str) -> Path:
+    """Folder of an installed package, found without importing it (importing tvm takes seconds)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise PipelineError(f"Python package {name} is not installed", INSTALL_FIX)
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _cache_key(arch: Arch, versions: dict[str, str]) -> dict[str, object]:
+    if not RUNNER_SOURCE.is_file():
+        raise PipelineError(f"runner source {RUNNER_SOURCE} is missing", "restore runner/tvm_runner.cc from git")
+    return {
+        "arch": arch,
+        "source_sha256": hashlib.sha256(RUNNER_SOURCE.read_bytes()).hexdigest(),
+        "versions": versions,
+        "command": [COMPILERS[arch], *COMPILE_FLAGS, *LINK_FLAGS],
+    }
+
+
+def _is_current(bundle: RuntimeBundle, key: dict[str, object]) -> bool:
+    stamp = bundle.root / STAMP
+    if not stamp.is_file() or not all(path.is_file() for path in bundle.files.values()):
+        return False
+    try:
+        return json.loads(stamp.read_text()) == key
+    except json.JSONDecodeError:
+        return False
+
+
+def _aarch64_wheel(dist: str, version: str) -> Path:
+    wheel_dir = CACHE_DIR / "wheels" / "aarch64"
+    wheels = sorted(wheel_dir.glob(f"{dist}-{version}-*aarch64*.whl"))
+    if not wheels:
+        raise PipelineError(f"no aarch64 wheel of {dist.replace('_', '-')}=={version} in {wheel_dir}", INSTALL_FIX)
+    return wheels[0]
+
+
+def _copy_libraries(arch: Arch, versions: dict[str, str], dest: Path) -> None:
+    """aarch64 libraries come out of the board wheels; x86_64 ones are this venv's own."""
+    for name, (dist, member) in WHEEL_MEMBERS.items():
+        target = dest / name
+        if arch == "aarch64":
+            wheel = _aarch64_wheel(dist, versions[dist.replace("_", "-")])
+            try:
+                with zipfile.ZipFile(wheel) as archive, archive.open(member) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)
+            except (KeyError, zipfile.BadZipFile):
+                raise PipelineError(f"{wheel.name} is damaged or lacks {member}", INSTALL_FIX) from None
+        else:
+            package, _, inner = member.partition("/")
+            source = _package_dir(package) / inner
+            if not source.is_file():
+                raise PipelineError(f"installed {package} package lacks {inner}", INSTALL_FIX)
+            shutil.copyfile(source, target)
+        target.chmod(0o755)
+
+
+def _find_compiler(arch: Arch) -> str:
+    compiler = shutil.which(COMPILERS[arch])
+    if compiler is None:
+        raise PipelineError(f"C++ compiler {COMPILERS[arch]} not found", INSTALL_FIX)
+    return compiler
+
+
+def _compile_runner(compiler: str, arch: Arch, dest: Path) -> None:
+    include = _package_dir("tvm_ffi") / "include"
+    command = [
+        compiler,
+        *COMPILE_FLAGS,
+        "-I",
+        str(include),
+        str(RUNNER_SOURCE),
+        "-o",
+        str(dest / RUNNER),
+        "-L",
+        str(dest / "lib"),
+        *LINK_FLAGS,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        errors = [line for line in result.stderr.splitlines() if "error" in line] or result.stderr.splitlines()
+        first = errors[0] if errors else f"exit code {result.returncode}"
+        raise PipelineError(f"compiling the {arch} runner failed: {first}", "fix runner/tvm_runner.cc")
+
+
+def _build(bundle: RuntimeBundle, versions: dict[str, str], key: dict[str, object]) -> None:
+    compiler = _find_compiler(bundle.arch)
+    base = bundle.root.parent
+    staging = Path(tempfile.mkdtemp(prefix=f".{bundle.arch}-build-", dir=base))
+    try:
+        staging.chmod(0o755)
+        (staging / "lib").mkdir()
+        _copy_libraries(bundle.arch, versions, staging)
+        _compile_runner(compiler, bundle.arch, staging)
+        (staging / STAMP).write_text(json.dumps(key, indent=2) + "\n")
+        if bundle.root.exists():
+            stale = Path(tempfile.mkdtemp(prefix=f".{bundle.arch}-stale-", dir=base))
+            bundle.root.rename(stale / "old")
+            staging.rename(bundle.root)
+            shutil.rmtree(stale)
+        else:
+            staging.rename(bundle.root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def main() -> int:
+    """Build (or confirm) both bundles; the install script runs this."""
+    for arch in get_args(Arch):
+        try:
+            bundle = runtime_bundle(arch)
+        except PipelineError as exc:
+            print(f"bundle: {arch}: {exc}", file=sys.stderr)
+            return 1
+        sizes = ", ".join(f"{name} {path.stat().st_size / 1e6:.2f} MB" for name, path in bundle.files.items())
+        print(f"bundle: {arch} in {bundle.root} ({bundle.size_bytes / 1e6:.1f} MB: {sizes})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

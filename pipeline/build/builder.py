@@ -1,0 +1,206 @@
+"""Build step: ONNX model + board target -> shared library and parameter file, cached by content."""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from pipeline.board.profile import Arch, BoardProfile
+from pipeline.build import lowering
+from pipeline.build.elf import elf_arch
+from pipeline.build.model_file import ModelSpec
+from pipeline.errors import PipelineError
+from pipeline.paths import CACHE_DIR, RECORDS_DIR
+from pipeline.records.coverage import Coverage, measure_coverage
+from pipeline.records.store import RecordStore, StoredRecord, load_store, shown, to_database
+
+# The build's output depends on its recipe as well as on its inputs: every source of the build and
+# records packages is hashed, so editing any of them rebuilds (no hand-kept list to forget).
+RECIPE_PACKAGES = (Path(__file__).parent, Path(__file__).parent.parent / "records")
+
+LIBRARY_NAME = "model.so"
+PARAMS_NAME = "params.bin"
+BUILD_INFO_NAME = "build.json"
+
+
+@dataclass(frozen=True)
+class BuildArtifact:
+    """What the push step needs, and what the result records about the build."""
+
+    key: str
+    directory: Path
+    library: Path
+    params: Path
+    model: str
+    input_name: str
+    input_shape: tuple[int, ...]
+    arch: Arch
+    target: dict[str, Any]
+    tvm_version: str
+    cached: bool
+    compile_seconds: float
+    coverage: Coverage
+
+
+def resolved_target(board: BoardProfile) -> dict[str, Any]:
+    """The profile's target with `mcpu: host` replaced by this machine's CPU name, so the cache key
+    and the result say exactly what the code was built for."""
+    target = board.target.as_tvm_dict()
+    if target["mcpu"] == "host":
+        from tvm.target import codegen
+
+        target["mcpu"] = str(codegen.llvm_get_system_cpu())
+    return target
+
+
+def build_key(model: ModelSpec, board: BoardProfile, records: Sequence[StoredRecord] = ()) -> str:
+    """Content hash of everything that changes the built library: the model bytes, the target,
+    the cross compiler, the TVM version, the records that may apply and this build recipe itself."""
+    import tvm
+
+    digest = hashlib.sha256()
+    with model.path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    recipe = {
+        "target": resolved_target(board),
+        "cross_compiler": board.cross_compiler,
+        "tvm": tvm.__version__,
+        "input": [model.input_name, list(model.input_shape)],
+        "records": sorted(r.digest for r in records),
+        "recipe": recipe_digest(),
+    }
+    digest.update(json.dumps(recipe, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def recipe_digest() -> str:
+    """One hash over the recipe packages' sources, by path relative to the package root."""
+    digest = hashlib.sha256()
+    for source in sorted(path for package in RECIPE_PACKAGES for path in package.rglob("*.py")):
+        digest.update(str(source.relative_to(source.parents[2])).encode())
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def build(
+    model: ModelSpec, board: BoardProfile, cache_dir: Path = CACHE_DIR, records_dir: Path = RECORDS_DIR
+) -> BuildArtifact:
+    """Return the cached build for this exact input, or compile it and store it atomically.
+    The records for the board's target are applied; the artifact says which tasks they covered."""
+    import tvm
+
+    store = load_store(records_dir)
+    records = store.for_target(resolved_target(board), tvm.__version__)
+    key = build_key(model, board, records)
+    directory = cache_dir / "builds" / f"{model.name}-{board.arch}-{key}"
+    info_path = directory / BUILD_INFO_NAME
+    if info_path.is_file():
+        return _artifact_from_info(directory, json.loads(info_path.read_text()), store, cached=True)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    staging.chmod(0o755)
+    try:
+        info = _compile_into(staging, model, board, key, store, records)
+        os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return _artifact_from_info(directory, info, store, cached=False)
+
+
+def _compile_into(
+    out_dir: Path, model: ModelSpec, board: BoardProfile, key: str, store: RecordStore, records: list[StoredRecord]
+) -> dict[str, Any]:
+    import tvm
+
+    from pipeline.build.schedule_transfer import fallback_database
+
+    started = time.perf_counter()
+    target = resolved_target(board)
+    tvm_target = tvm.target.Target(target)
+    mod, params = lowering.import_model(model)
+    try:
+        fused = lowering.fuse(mod, tvm_target)
+        tasks = lowering.extract_tasks(fused, tvm_target)
+        tuned, applicable, rejected = to_database(records)
+        # Tasks without a record get a schedule transferred from a record of another shape or the
+        # default rules' (pipeline/default_schedules.py), never TVM's naive loops; one apply step.
+        database, choices = fallback_database(
+            fused, tvm_target, tuned, {h: shown(s.path) for h, s in applicable.items()}
+        )
+        applied = lowering.apply_database(fused, database, tvm_target)
+        coverage = measure_coverage(
+            tasks, lowering.scheduled_functions(applied), applicable, store, target, tvm.__version__, rejected, choices
+        )
+        executable = lowering.build_executable(applied, tvm_target)
+        library = out_dir / LIBRARY_NAME
+        executable.export_library(str(library), fcompile=_compiler_for(board))
+    except Exception as exc:
+        raise PipelineError(
+            f"TVM could not build {model.name} for {target['mtriple']}: {lowering.first_line(exc)}",
+            f"check that '{board.cross_compiler}' is installed (scripts/install.sh) and the profile's target",
+        ) from None
+    tvm.runtime.save_param_dict_to_file(
+        {f"p{i:05d}": tensor for i, tensor in enumerate(params.get("main", []))}, str(out_dir / PARAMS_NAME)
+    )
+    built_arch = elf_arch(library)
+    if built_arch != board.arch:
+        raise PipelineError(
+            f"the library was built for {built_arch}, but board {board.name} is {board.arch}",
+            f"set cross_compiler in boards/{board.name}.yaml to a compiler for {board.target.mtriple}",
+        )
+    info = {
+        "key": key,
+        "model": model.name,
+        "input_name": model.input_name,
+        "input_shape": list(model.input_shape),
+        "arch": built_arch,
+        "target": target,
+        "tvm_version": tvm.__version__,
+        "compile_seconds": round(time.perf_counter() - started, 3),
+        "coverage": asdict(coverage),
+    }
+    (out_dir / BUILD_INFO_NAME).write_text(json.dumps(info, indent=2))
+    return info
+
+
+def _compiler_for(board: BoardProfile) -> Any:
+    """A fresh cross-compile function each time: TVM's helper mutates its option list between calls."""
+    from tvm.support import cc
+
+    return cc.cross_compiler(board.cross_compiler)
+
+
+def _artifact_from_info(directory: Path, info: dict[str, Any], store: RecordStore, cached: bool) -> BuildArtifact:
+    """Unreadable record files are reported as of now, even for a cached build (they never change its key)."""
+    coverage = Coverage.from_json(info["coverage"])
+    return BuildArtifact(
+        key=info["key"],
+        directory=directory,
+        library=directory / LIBRARY_NAME,
+        params=directory / PARAMS_NAME,
+        model=info["model"],
+        input_name=info["input_name"],
+        input_shape=tuple(info["input_shape"]),
+        arch=info["arch"],
+        target=info["target"],
+        tvm_version=info["tvm_version"],
+        cached=cached,
+        compile_seconds=info["compile_seconds"],
+        coverage=replace(coverage, problems=store.problems + coverage.problems),
+    )
+
+
+def artifact_summary(artifact: BuildArtifact) -> dict[str, Any]:
+    """The build as plain JSON data for the result file."""
+    data = asdict(artifact)
+    for name in ("directory", "library", "params"):
+        data[name] = str(data[name])
+    return data

@@ -1,0 +1,1 @@
+"""Deploy step: push to the board, run and time there, check against onnxruntime, and the result record."""

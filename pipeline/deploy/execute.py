@@ -1,0 +1,147 @@
+"""Run step: start the TVM runtime on the board, time it, and bring the output back."""
+
+import json
+import shlex
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import numpy as np
+import paramiko
+
+from pipeline.board.profile import BoardProfile
+from pipeline.board.remote import run
+from pipeline.deploy.layout import Deployment
+from pipeline.errors import PipelineError
+
+ProgressCallback = Callable[[str, int, int, float], None]
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """What the board's runtime reports about itself (the architecture it actually executes)."""
+
+    arch: str
+    cores: int
+    runner_version: int
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    load_ms: float
+    first_ms: float
+    warmup_ms: list[float]
+    runs_ms: list[float]
+    output: np.ndarray
+
+
+def _runner_command(board: BoardProfile, deployment: Deployment, args: list[str]) -> str:
+    words: list[str] = []
+    if board.cpu_affinity:
+        words += ["taskset", "-c", ",".join(map(str, board.cpu_affinity))]
+    words += shlex.split(board.command_prefix)
+    words += [f"./{deployment.runner}", *args]
+    return shlex.join(words)
+
+
+def probe_runtime(client: paramiko.SSHClient, board: BoardProfile, deployment: Deployment) -> RuntimeInfo:
+    """Ask the pushed runner what it runs as: proves the board can execute code of the profile's architecture."""
+    result = run(
+        client,
+        _runner_command(board, deployment, ["--info"]),
+        cwd=deployment.remote_dir,
+        timeout_s=max(board.ssh.connect_timeout_s, 60.0),
+    )
+    if result.exit_code != 0:
+        detail = (result.stderr.strip() or result.stdout.strip() or f"exit code {result.exit_code}").splitlines()[-1]
+        raise PipelineError(
+            f"board {board.name} cannot execute the {board.arch} runtime ({detail})",
+            f"the board's architecture does not match target.mtriple {board.target.mtriple} or command_prefix "
+            f"in boards/{board.name}.yaml",
+        )
+    info = json.loads(result.stdout.strip().splitlines()[-1])
+    return RuntimeInfo(arch=info["arch"], cores=int(info["cores"]), runner_version=int(info["runner_version"]))
+
+
+def check_architecture(library_arch: str, runtime: RuntimeInfo, board: BoardProfile) -> None:
+    """Refuse to run a library the board's runtime cannot load, before anything runs."""
+    if library_arch != runtime.arch:
+        raise PipelineError(
+            f"the model library is {library_arch} but board {board.name} runs {runtime.arch} code",
+            f"set target.mtriple and cross_compiler in boards/{board.name}.yaml for {runtime.arch}, then redeploy",
+        )
+
+
+def run_benchmark(
+    client: paramiko.SSHClient,
+    board: BoardProfile,
+    deployment: Deployment,
+    input_shape: tuple[int, ...],
+    *,
+    warmup: int,
+    runs: int,
+    timeout_s: float,
+    on_progress: ProgressCallback | None = None,
+) -> RunOutcome:
+    """First run, warm-up, then `runs` timed runs; the output file is fetched and removed from the board."""
+    output_name = f"outputs/out-{uuid.uuid4().hex[:12]}.bin"
+    args = [
+        "--lib",
+        deployment.library,
+        "--params",
+        deployment.params,
+        "--input",
+        deployment.input,
+        "--input-shape",
+        ",".join(map(str, input_shape)),
+        "--output",
+        output_name,
+        "--warmup",
+        str(warmup),
+        "--runs",
+        str(runs),
+    ]
+    command = f"mkdir -p outputs && {_runner_command(board, deployment, args)}"
+    result = run(
+        client,
+        command,
+        cwd=deployment.remote_dir,
+        env={"TVM_NUM_THREADS": str(board.threads)},
+        timeout_s=timeout_s,
+        on_stderr_line=_progress_parser(on_progress),
+    )
+    remote_output = str(PurePosixPath(deployment.remote_dir) / output_name)
+    try:
+        if result.exit_code != 0:
+            detail = (result.stderr.strip() or f"exit code {result.exit_code}").splitlines()[-1]
+            raise PipelineError(f"the TVM runtime failed on board {board.name}: {detail}", "see the board's message")
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        output = _fetch_output(client, remote_output, report["output_shape"])
+    finally:
+        run(client, f"rm -f {shlex.quote(remote_output)}", timeout_s=30.0)
+    return RunOutcome(
+        load_ms=float(report["load_ms"]),
+        first_ms=float(report["first_ms"]),
+        warmup_ms=[float(x) for x in report["warmup_ms"]],
+        runs_ms=[float(x) for x in report["runs_ms"]],
+        output=output,
+    )
+
+
+def _progress_parser(on_progress: ProgressCallback | None) -> Callable[[str], None] | None:
+    if on_progress is None:
+        return None
+
+    def parse(line: str) -> None:
+        words = line.split()
+        if len(words) == 5 and words[0] == "progress":
+            on_progress(words[1], int(words[2]), int(words[3]), float(words[4]))
+
+    return parse
+
+
+def _fetch_output(client: paramiko.SSHClient, remote_path: str, shape: list[int]) -> np.ndarray:
+    with client.open_sftp() as sftp, sftp.open(remote_path, "rb") as stream:
+        data = stream.read()
+    return np.frombuffer(data, dtype=np.float32).reshape(shape)

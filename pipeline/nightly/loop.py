@@ -1,0 +1,265 @@
+"""The nightly run: deploy every point of a matrix (boards x models), store each result as soon as it is
+measured, compare it with the point's baseline, and say whether anything regressed.
+
+The deploy is passed in as a callable, so the loop runs the same with the real deploy (the task) and
+with a stand-in (tests). A per-board lock keeps two runs off the same board: timings measured while
+another run loads the board would be noise, and the embedded boards share one sshd port.
+"""
+
+import fcntl
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from rich.console import Console
+
+from pipeline.deploy.results import utc_now
+from pipeline.errors import PipelineError
+from pipeline.nightly.causes import Cause, likely_causes
+from pipeline.nightly.compare import DEFAULT_FACTOR, Verdict, compare_samples
+from pipeline.nightly.history import DEFAULT_PATH, Comparison, History, Provenance
+from pipeline.paths import CACHE_DIR, RESULTS_DIR, ROOT
+
+DEFAULT_LOCK_DIR = CACHE_DIR / "locks"
+CRON_TAG = "# tvm-pipeline-nightly"
+
+EXIT_OK = 0
+EXIT_REGRESSION = 1
+EXIT_FAILED = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MatrixEntry(_Strict):
+    """Every board with every model; runs, warmup and timeout default to each board profile's."""
+
+    boards: list[str] = Field(min_length=1)
+    models: list[str] = Field(min_length=1)
+    runs: int | None = Field(None, ge=1)
+    warmup: int | None = Field(None, ge=0)
+    timeout_s: float | None = Field(None, gt=0)
+
+
+class Matrix(_Strict):
+    """The nightly matrix file. Relative paths are relative to the file's folder."""
+
+    matrix: list[MatrixEntry] = Field(min_length=1)
+    history: Path = DEFAULT_PATH
+    report: Path = RESULTS_DIR / "nightly"
+    factor: float = Field(DEFAULT_FACTOR, ge=1.0)
+    schedule: str = "30 2 * * *"
+
+    def points(self) -> list["Point"]:
+        return [
+            Point(board, model, entry.runs, entry.warmup, entry.timeout_s)
+            for entry in self.matrix
+            for board in entry.boards
+            for model in entry.models
+        ]
+
+    @property
+    def boards(self) -> list[str]:
+        return sorted({point.board for point in self.points()})
+
+
+@dataclass(frozen=True)
+class Point:
+    board: str
+    model: str
+    runs: int | None = None
+    warmup: int | None = None
+    timeout_s: float | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.board}/{self.model}"
+
+
+DeployPoint = Callable[[Point], Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class PointOutcome:
+    """What happened to one point. `verdict` is None for a point's first result (nothing to compare
+    with) and for failures; `error` says why a point failed (deploy error or wrong output)."""
+
+    point: Point
+    result_id: int | None
+    median_ms: float | None
+    verdict: Verdict | None = None
+    causes: list[Cause] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class NightlyOutcome:
+    started: str
+    outcomes: list[PointOutcome]
+    not_measured: list[Point]
+    interrupted: bool
+
+    def with_change(self, change: str) -> list[PointOutcome]:
+        return [o for o in self.outcomes if o.verdict is not None and o.verdict.change == change]
+
+    @property
+    def failures(self) -> list[PointOutcome]:
+        return [o for o in self.outcomes if o.error is not None]
+
+    @property
+    def exit_code(self) -> int:
+        """A regression wins over everything else: it is what cron mail and CI alert on."""
+        if self.with_change("regression"):
+            return EXIT_REGRESSION
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_FAILED if self.failures else EXIT_OK
+
+
+def load_matrix(path: Path) -> Matrix:
+    if not path.is_file():
+        raise PipelineError(f"no nightly matrix file {path}", "pass --matrix PATH (see nightly.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text())
+        matrix = Matrix.model_validate(data)
+    except yaml.YAMLError:
+        raise PipelineError(f"{path}: invalid YAML", "fix the syntax of the matrix file") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        raise PipelineError(f"{path}: field '{where}': {first['msg']}", "see nightly.yaml for the format") from None
+    base = path.resolve().parent
+    return matrix.model_copy(update={"history": base / matrix.history, "report": base / matrix.report})
+
+
+@contextmanager
+def board_locks(boards: Iterable[str], lock_dir: Path = DEFAULT_LOCK_DIR) -> Iterator[None]:
+    """Hold an exclusive lock per board for the whole run, or fail at once naming the board. The
+    kernel drops flock locks when the holder dies, so a killed run never leaves a stale lock."""
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        for board in sorted(set(boards)):
+            path = lock_dir / f"nightly-{re.sub(r'[^A-Za-z0-9_.-]', '_', board)}.lock"
+            handle = stack.enter_context(path.open("a+"))
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip()
+                raise PipelineError(
+                    f"another nightly run holds the lock for board {board}" + (f" (pid {holder})" if holder else ""),
+                    f"wait for it to finish; the lock is {path}",
+                ) from None
+            handle.truncate(0)
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+        yield
+
+
+def run_nightly(
+    matrix: Matrix,
+    deploy_point: DeployPoint,
+    history: History,
+    provenance: Provenance,
+    *,
+    lock_dir: Path = DEFAULT_LOCK_DIR,
+    on_point: Callable[[PointOutcome], None] | None = None,
+) -> NightlyOutcome:
+    """Deploy each point, store it at once (one transaction each), compare it with its baseline.
+    Ctrl-C stops the loop but keeps every point already stored."""
+    started = utc_now()
+    points = matrix.points()
+    outcomes: list[PointOutcome] = []
+    with board_locks(matrix.boards, lock_dir):
+        for index, point in enumerate(points):
+            try:
+                outcome = _measure(point, matrix.factor, deploy_point, history, provenance)
+            except KeyboardInterrupt:
+                return NightlyOutcome(started, outcomes, points[index:], interrupted=True)
+            outcomes.append(outcome)
+            if on_point is not None:
+                on_point(outcome)
+    return NightlyOutcome(started, outcomes, [], interrupted=False)
+
+
+def _measure(
+    point: Point, factor: float, deploy_point: DeployPoint, history: History, provenance: Provenance
+) -> PointOutcome:
+    try:
+        result = dict(deploy_point(point))
+    except PipelineError as error:
+        return PointOutcome(point, None, None, error=str(error))
+    runs_ms = result["timings"]["runs_ms"]
+    median_ms = result["timings"]["stats"]["median_ms"]
+    check = result["check"]
+    if not check["passed"]:
+        result_id = history.add(result, provenance)
+        error = f"output does not match {check['reference']} (relative error {check['relative_error']:.2e})"
+        return PointOutcome(point, result_id, median_ms, error=error)
+    baseline = history.baseline(result["board"], result["model"], result["timing_kind"])
+    if baseline is None:
+        return PointOutcome(point, history.add(result, provenance), median_ms)
+    verdict = compare_samples(baseline.runs_ms, runs_ms, factor)
+    causes = []
+    if verdict.change in ("regression", "improvement"):
+        current = {**result, "provenance": asdict(provenance)}
+        causes = likely_causes(baseline.record, current, verdict.change)
+    result_id = history.add(result, provenance, Comparison(baseline.id, verdict, causes))
+    return PointOutcome(point, result_id, median_ms, verdict, causes)
+
+
+def real_deploy(console: Console | None = None, results_dir: Path = RESULTS_DIR) -> DeployPoint:
+    """The deploy `invoke deploy` does, as the loop calls it (each result also goes to results/ as JSON)."""
+    from pipeline.deploy.flow import deploy_once
+
+    def deploy_point(point: Point) -> dict[str, Any]:
+        outcome = deploy_once(
+            point.board,
+            point.model,
+            runs=point.runs,
+            warmup=point.warmup,
+            timeout_s=point.timeout_s,
+            console=console,
+            results_dir=results_dir,
+        )
+        return asdict(outcome.result)
+
+    return deploy_point
+
+
+def cron_line(matrix_path: Path, matrix: Matrix) -> str:
+    """Runs the nightly from this checkout; output goes to a log, and only a failing run (regression,
+    failed point, lock held) prints its tail, so cron mails exactly when there is something to see."""
+    log = matrix.report / "nightly.log"
+    command = (
+        f"cd {shlex.quote(str(ROOT))} && mkdir -p {shlex.quote(str(log.parent))} && "
+        f"{shlex.quote(sys.executable)} -m invoke nightly --matrix {shlex.quote(str(matrix_path.resolve()))} "
+        f">> {shlex.quote(str(log))} 2>&1 || tail -n 40 {shlex.quote(str(log))}"
+    )
+    return f"{matrix.schedule} {command.replace('%', chr(92) + '%')} {CRON_TAG} {matrix_path.resolve()}"
+
+
+def install_cron(line: str, crontab: str = "crontab") -> None:
+    """Add `line` to the user's crontab, replacing an earlier line for the same matrix file."""
+    if shutil.which(crontab) is None:
+        raise PipelineError("crontab is not installed on this machine", f"add this line to your scheduler: {line}")
+    listed = subprocess.run([crontab, "-l"], capture_output=True, text=True, check=False)
+    if listed.returncode != 0 and "no crontab" not in listed.stderr:
+        raise PipelineError(f"crontab -l failed: {listed.stderr.strip()}", f"add this line yourself: {line}")
+    tag = line[line.index(CRON_TAG) :]
+    kept = [entry for entry in listed.stdout.splitlines() if not entry.endswith(tag)] if listed.returncode == 0 else []
+    installed = subprocess.run([crontab, "-"], input="\n".join([*kept, line]) + "\n", capture_output=True, text=True)
+    if installed.returncode != 0:
+        raise PipelineError(f"crontab - failed: {installed.stderr.strip()}", f"add this line yourself: {line}")

@@ -1,0 +1,123 @@
+"""What a nightly run tells people: a short text summary (terminal, cron mail, CI log) and a static
+HTML report with one latency-over-time plot per board and model. The HTML embeds its plots, so the
+single file can be mailed, archived or served as is."""
+
+import base64
+import html
+import io
+from datetime import datetime
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
+
+from pipeline.nightly.history import Entry, History  # noqa: E402
+from pipeline.nightly.loop import NightlyOutcome, PointOutcome  # noqa: E402
+
+REPORT_NAME = "index.html"
+SUMMARY_NAME = "summary.txt"
+MARKERS = {"regression": ("^", "tab:red"), "improvement": ("v", "tab:green")}
+
+
+def summary_lines(outcome: NightlyOutcome) -> list[str]:
+    """Flagged points first, each regression with its likely causes."""
+    regressions, improvements = outcome.with_change("regression"), outcome.with_change("improvement")
+    head = (
+        f"Nightly {outcome.started}: {_count(outcome.outcomes, 'point')} measured, "
+        f"{_count(regressions, 'regression')}, {_count(improvements, 'improvement')}, {len(outcome.failures)} failed"
+    )
+    lines = [head]
+    for point in sorted(outcome.outcomes, key=_rank):
+        lines.append(point_line(point))
+        lines += [f"    likely cause: {cause.detail}" for cause in point.causes]
+    if outcome.interrupted:
+        names = ", ".join(point.name for point in outcome.not_measured)
+        lines.append(f"INTERRUPTED: not measured: {names} (everything above is stored)")
+    return lines
+
+
+def _count(items: list[PointOutcome], noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
+def _rank(outcome: PointOutcome) -> int:
+    if outcome.verdict is not None and outcome.verdict.change == "regression":
+        return 0
+    if outcome.error is not None:
+        return 1
+    return 2 if outcome.verdict is not None and outcome.verdict.flagged else 3
+
+
+def point_line(outcome: PointOutcome) -> str:
+    """One line per point, printed as it is measured and again in the summary."""
+    name = outcome.point.name
+    if outcome.error is not None:
+        return f"FAILED       {name}: {outcome.error}"
+    verdict = outcome.verdict
+    if verdict is None:
+        return f"first        {name}: median {outcome.median_ms:.2f} ms (no baseline yet)"
+    label = verdict.change.upper() if verdict.change == "regression" else verdict.change
+    return (
+        f"{label:<12} {name}: median {verdict.current_median_ms:.2f} ms vs {verdict.baseline_median_ms:.2f} ms "
+        f"(x{verdict.ratio:.2f}; {verdict.current_runs} vs {verdict.baseline_runs} runs, {verdict.reason})"
+    )
+
+
+def write_report(history: History, outcome: NightlyOutcome, directory: Path) -> Path:
+    """Write index.html and summary.txt into `directory`; returns the HTML file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    summary = summary_lines(outcome)
+    (directory / SUMMARY_NAME).write_text("\n".join(summary) + "\n")
+    points = sorted({(o.point.board, o.point.model) for o in outcome.outcomes if o.result_id is not None})
+    sections = []
+    for board, model in points:
+        series = history.series(board, model)
+        if series:
+            image = base64.b64encode(_plot(board, model, series)).decode()
+            sections.append(
+                f"<h2>{html.escape(board)} / {html.escape(model)}</h2>\n"
+                f'<img alt="latency of {html.escape(model)} on {html.escape(board)} over time" '
+                f'src="data:image/png;base64,{image}">'
+            )
+    page = (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>Nightly {html.escape(outcome.started)}</title>"
+        "<style>body{font-family:sans-serif;max-width:72rem;margin:2rem auto}pre{background:#f4f4f4;padding:1rem}"
+        "img{max-width:100%}</style></head><body>\n"
+        f"<h1>Nightly {html.escape(outcome.started)}</h1>\n"
+        f"<pre>{html.escape(chr(10).join(summary))}</pre>\n" + "\n".join(sections) + "\n</body></html>\n"
+    )
+    path = directory / REPORT_NAME
+    path.write_text(page)
+    return path
+
+
+def _plot(board: str, model: str, series: list[Entry]) -> bytes:
+    """Every run as a faint dot, the median as a line, flagged points marked: noise, level and steps
+    stay visible together."""
+    times = [datetime.fromisoformat(entry.created.replace("Z", "+00:00")) for entry in series]
+    figure, axes = plt.subplots(figsize=(9, 3.2), dpi=100)
+    for when, entry in zip(times, series):
+        axes.scatter([when] * len(entry.runs_ms), entry.runs_ms, s=6, color="0.6", alpha=0.5, linewidths=0)
+    medians = [entry.record["timings"]["stats"]["median_ms"] for entry in series]
+    axes.plot(times, medians, color="tab:blue", marker="o", markersize=3, linewidth=1, label="median")
+    for change, (marker, color) in MARKERS.items():
+        flagged = [(t, m) for t, m, e in zip(times, medians, series) if e.change == change]
+        if flagged:
+            axes.scatter(*zip(*flagged), marker=marker, s=90, color=color, zorder=3, label=change)
+    failed = [(t, m) for t, m, e in zip(times, medians, series) if not e.check_passed]
+    if failed:
+        axes.scatter(*zip(*failed), marker="x", s=70, color="black", zorder=3, label="output check failed")
+    kind = series[-1].record.get("timing_kind", "")
+    axes.set_title(f"{model} on {board} ({kind})")
+    axes.set_ylabel("latency per run (ms)")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="best", fontsize="small")
+    figure.autofmt_xdate()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()

@@ -1,0 +1,305 @@
+"""Tuning: MetaSchedule searches schedules for a model's conv/dense tasks and the best go into the store.
+
+Tasks come from the same fused module the build lowers, so every record written here hits there.
+Candidates are cross-compiled on this host with the board's compiler and timed on the board itself
+through TVM RPC: a tracker on this host, `python -m tvm.exec.rpc_server` started on the board over SSH
+(pipeline/rpc.py, pipeline/board_python.py). Trials go to the largest tasks first; tasks the store already
+covers for this target are skipped, and MetaSchedule's own work database under the cache keeps every
+measurement, so an interrupted run loses nothing: the next run exports what was measured and continues
+with the rest. Records measured on an emulated board say so: they prove the loop, not the board's speed.
+"""
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pipeline.board.connection import connect
+from pipeline.board.profile import BoardProfile
+from pipeline.board.sshd import board_endpoint
+from pipeline.build import lowering
+from pipeline.build.builder import resolved_target
+from pipeline.build.model_file import ModelSpec
+from pipeline.build.tensor_intrinsics import register_cpu_intrinsics
+from pipeline.errors import PipelineError
+from pipeline.paths import CACHE_DIR, RECORDS_DIR
+from pipeline.records.store import load_store, record_from_tuning, save_record, target_slug, to_database
+from pipeline.tuning.board_python import board_python
+from pipeline.tuning.rpc import RpcBoard, board_rpc
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    tuned: tuple[str, ...]  # tasks searched in this run
+    from_default: tuple[str, ...]  # tuned tasks whose search started from their measured default schedule
+    already_covered: tuple[str, ...]  # conv/dense tasks the store had records for
+    left_for_later: tuple[str, ...]  # conv/dense tasks the trial budget did not reach
+    saved: tuple[Path, ...]  # record files written or improved
+    trials: int
+    seconds: float
+
+
+def tune(
+    model: ModelSpec,
+    board: BoardProfile,
+    trials: int,
+    records_dir: Path = RECORDS_DIR,
+    cache_dir: Path = CACHE_DIR,
+    only: tuple[str, ...] = (),
+    retune: bool = False,
+    console: Console | None = None,
+) -> TuneResult:
+    """Search `trials` schedules in all, timed on the board over RPC; `only` limits the tasks by name,
+    `retune` searches tasks the store already covers too (the store keeps whichever record is faster).
+    A progress bar goes to `console` (nothing is shown without one)."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    if trials < 1:
+        raise PipelineError(f"--trials {trials} is too few", "give at least 1 (64 per conv task is a fair start)")
+    started = time.perf_counter()
+    target = resolved_target(board)
+    tvm_target = tvm.target.Target(target)
+    fused = lowering.fuse(lowering.import_model(model)[0], tvm_target)
+    tasks = [t for t in lowering.extract_tasks(fused, tvm_target) if t.key.heavy and (not only or t.name in only)]
+    if only and not tasks:
+        raise PipelineError(
+            f"no conv/dense task of {model.name} is named {', '.join(only)}", "see invoke build's table"
+        )
+    work_dir = cache_dir / "tuning" / target_slug(target) / model.name
+    work_dir.mkdir(parents=True, exist_ok=True)
+    database = _work_database(work_dir)
+    saved = _export(tasks, database, model, board, target, records_dir)  # what an interrupted run measured
+
+    store = load_store(records_dir)
+    covered = set(to_database(store.for_target(target, tvm.__version__))[1])
+    todo = [t for t in tasks if retune or t.structural_hash not in covered]
+    chosen, per_task = plan_trials(todo, trials, board.tuning.min_trials_per_task)
+    from_default: tuple[str, ...] = ()
+    if chosen:
+        register_cpu_intrinsics()
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            [t.extracted for t in chosen], work_dir=str(work_dir), seed=0
+        )
+        # The defaults are measured first: one more measurement per task.
+        with _interruptible(), _on_board(board) as rpc_board, _progress(console, work_dir, trials + len(chosen), board):
+            builder = ms.builder.LocalBuilder(timeout_sec=120, f_export=_exporter(board.cross_compiler))
+            runner = _runner(rpc_board, board)
+            from_default = start_from_defaults(chosen, database, builder, runner, tvm_target)
+            ms.tune_tasks(
+                tasks=contexts,
+                task_weights=weights,
+                work_dir=str(work_dir),
+                max_trials_global=trials,
+                max_trials_per_task=max(per_task, trials // len(chosen)),
+                num_trials_per_iter=per_task,
+                builder=builder,
+                runner=runner,
+                database=database,
+            )
+        saved += _export(chosen, database, model, board, target, records_dir)
+    return TuneResult(
+        tuned=tuple(t.name for t in chosen),
+        from_default=from_default,
+        already_covered=tuple(t.name for t in tasks if t.structural_hash in covered and t not in todo),
+        left_for_later=tuple(t.name for t in todo if t.name not in {c.name for c in chosen}),
+        saved=tuple(dict.fromkeys(saved)),
+        trials=trials,
+        seconds=round(time.perf_counter() - started, 1),
+    )
+
+
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C stays a KeyboardInterrupt: raised inside a MetaSchedule callback, TVM's FFI turns it into an
+    ordinary error, which would end in a traceback instead of the clean interrupted exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    interrupted = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_interrupt(number: int, frame: Any) -> None:
+        interrupted.set()
+        if callable(previous):
+            previous(number, frame)
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    except Exception:
+        if interrupted.is_set():
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
+def _on_board(board: BoardProfile) -> Iterator[RpcBoard]:
+    """The board's RPC server, registered with a tracker on this host, for the length of the block."""
+    with board_endpoint(board.ssh) as endpoint, connect(endpoint) as client:
+        python = board_python(client, board)
+        with board_rpc(client, board, python) as rpc_board:
+            yield rpc_board
+
+
+def _runner(rpc_board: RpcBoard, board: BoardProfile) -> Any:
+    """One session at a time: with one board, a second request waits at the tracker until the first
+    session ends, and a session that outlives tuning.session_timeout_s is killed and counted as failed."""
+    from tvm.s_tir import meta_schedule as ms
+
+    rpc_config = ms.runner.RPCConfig(
+        tracker_host=rpc_board.tracker_host,
+        tracker_port=rpc_board.tracker_port,
+        tracker_key=rpc_board.key,
+        session_timeout_sec=board.tuning.session_timeout_s,
+    )
+    return ms.runner.RPCRunner(rpc_config=rpc_config, max_workers=1)
+
+
+def _exporter(cross_compiler: str) -> Callable[[Any], str]:
+    """MetaSchedule's export step with the board's compiler (its default leaves a .tar for the board to
+    link, and a board may have no compiler). Cloudpickled into builder workers, so TVM is imported inside,
+    and cross_compiler is made per call because it mutates its own option list."""
+
+    def export(mod: Any) -> str:
+        import os
+        import tempfile
+
+        from tvm.support import cc
+
+        path = os.path.join(tempfile.mkdtemp(), "candidate.so")
+        mod.export_library(path, fcompile=cc.cross_compiler(cross_compiler))
+        return path
+
+    return export
+
+
+@contextmanager
+def _progress(console: Console | None, work_dir: Path, trials: int, board: BoardProfile) -> Iterator[None]:
+    """A bar of measured candidates, read from the lines MetaSchedule appends to its work database
+    (reading the file, not the database object, leaves MetaSchedule's threads alone)."""
+    records = work_dir / "records.json"
+    before = _lines(records)
+    stop = threading.Event()
+    where = f"{board.name} (emulated)" if board.emulated else board.name
+    with Progress(
+        TextColumn("Measuring on {task.fields[where]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console or Console(quiet=True),
+    ) as progress:
+        bar = progress.add_task("tune", total=trials, where=where)
+
+        def poll() -> None:
+            while not stop.wait(1.0):
+                progress.update(bar, completed=min(trials, _lines(records) - before))
+
+        watcher = threading.Thread(target=poll, name="tuning progress", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            watcher.join()
+            progress.update(bar, completed=min(trials, _lines(records) - before))
+
+
+def _lines(path: Path) -> int:
+    try:
+        with path.open("rb") as handle:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
+
+
+def plan_trials(tasks: list[lowering.Task], trials: int, least: int = 16) -> tuple[list[lowering.Task], int]:
+    """The largest tasks that `trials` can give at least `least` trials each (up to 64 per round when
+    the budget is ample), and the trials per round."""
+    per_task = max(min(least, trials), min(64, trials // max(len(tasks), 1)))
+    return sorted(tasks, key=lambda t: -t.flops)[: max(1, trials // per_task)], per_task
+
+
+def start_from_defaults(
+    tasks: list[lowering.Task], database: Any, builder: Any, runner: Any, target: Any
+) -> tuple[str, ...]:
+    """Measure each task's default schedule on the board and commit it to the work database.
+
+    Why: a short search often ends slower than the rule-based default (38 trials per VGG-16 conv
+    measured 51-73 GFLOP/s against the default's 124-277). MetaSchedule's evolutionary search seeds
+    its population from the best measured records of the workload, so with the default among them
+    the search starts from it, and the exported best is never slower than the default.
+    Returns the tasks whose default was measured; the others start from random samples."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from pipeline.build.default_schedules import default_schedule
+
+    seeded = []
+    for task in tasks:
+        schedule = default_schedule(task.extracted.dispatched[0], target, task.name)
+        if schedule is None:
+            continue  # nothing to tile
+        args_info = ms.arg_info.ArgInfo.from_prim_func(schedule.workload["main"])
+        built = builder.build([ms.builder.BuilderInput(schedule.mod, target)])[0]
+        if built.error_msg:
+            continue
+        measured = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args_info)])[0].result()
+        ms.utils.remove_build_dir(built.artifact_path)
+        if measured.error_msg or not measured.run_secs:
+            continue
+        database.commit_tuning_record(
+            ms.database.TuningRecord(
+                schedule.trace,
+                database.commit_workload(schedule.workload),
+                run_secs=[float(s) for s in measured.run_secs],
+                target=target,
+                args_info=args_info,
+            )
+        )
+        seeded.append(task.name)
+    return tuple(seeded)
+
+
+def _work_database(work_dir: Path) -> Any:
+    """MetaSchedule's JSON database of every measurement; one bad line makes TVM refuse the whole file,
+    so an unreadable one is set aside (not deleted) and tuning starts afresh."""
+    from tvm.s_tir import meta_schedule as ms
+
+    paths = {"path_workload": str(work_dir / "workloads.json"), "path_tuning_record": str(work_dir / "records.json")}
+    try:
+        return ms.database.JSONDatabase(**paths)
+    except Exception:  # TVM raises its own error types for unreadable files
+        for name in paths.values():
+            if Path(name).exists():
+                Path(name).rename(f"{name}.unreadable-{int(time.time())}")
+        return ms.database.JSONDatabase(**paths)
+
+
+def _export(
+    tasks: list[lowering.Task], database: Any, model: ModelSpec, board: BoardProfile, target: dict[str, Any], root: Path
+) -> list[Path]:
+    """The best measured schedule of each task into the store (which keeps a faster record it already has)."""
+    import tvm
+
+    normalize = tvm.get_global_func("tvm.s_tir.meta_schedule.normalize_mod")
+    saved = []
+    for task in tasks:
+        mod = normalize(task.extracted.dispatched[0])
+        if not database.has_workload(mod):
+            continue
+        measured = database.get_top_k(database.commit_workload(mod), 1 << 20)
+        if measured:
+            record = record_from_tuning(
+                measured[0], task.key, target, board.name, model.name, task.name, len(measured), board.emulated
+            )
+            saved.append(save_record(record, root))
+    return saved
