@@ -2,25 +2,33 @@
 
 import functools
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
 from invoke import Context, Exit, task
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, error_line, write_log
 
 
 def _clean_errors(body: Callable[..., Any]) -> Callable[..., Any]:
-    """Bad input ends in one line and a non-zero exit, never a traceback."""
+    """Bad input ends in one line and a non-zero exit, never a traceback. An exception that is not a
+    PipelineError is a bug of ours: one line says so, and the traceback goes to the log it names."""
 
     @functools.wraps(body)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return body(*args, **kwargs)
         except PipelineError as error:
-            raise Exit(f"error: {error.problem}" + (f" — fix: {error.fix}" if error.fix else ""), code=1) from None
+            raise Exit(error.line(), code=1) from None
         except KeyboardInterrupt:
             raise Exit("interrupted: nothing half-written was kept", code=130) from None
+        except Exit:
+            raise
+        except Exception as bug:
+            log = write_log("bug", traceback.format_exc())
+            problem = f"bug in the pipeline ({type(bug).__name__}: {bug})"
+            raise Exit(error_line(problem, "please report it with the log file", log), code=3) from None
 
     return wrapper
 
