@@ -20,6 +20,7 @@ import pipeline.board.sshd
 from pipeline.board.connection import connect
 from pipeline.board.profile import SshSettings, load_board
 from pipeline.board.remote import run
+from pipeline.board.session import Board
 from pipeline.board.sshd import SshEndpoint, board_endpoint, endpoint_for
 from pipeline.board.sync import push
 from pipeline.errors import PipelineError
@@ -301,3 +302,24 @@ def test_embedded_board_port_can_be_moved_by_environment(monkeypatch: pytest.Mon
     with pytest.raises(PipelineError, match="PIPELINE_SSHD_PORT"):
         with board_endpoint(load_board("local").ssh):
             pass
+
+
+def test_every_board_command_runs_on_the_profiles_cores_and_under_its_prefix() -> None:
+    """The runner, the tuning server and the board Python all start through Board.runtime_command."""
+    profile = load_board("rk3399-emu").model_copy(update={"cpu_affinity": [4, 5]})
+    board = Board(profile, endpoint=None, client=None)  # type: ignore[arg-type]  # builds text only
+
+    assert board.runtime_command("./runtime/tvm_runner", ["--info"]) == (
+        "taskset -c 4,5 qemu-aarch64 -cpu cortex-a72 -L /usr/aarch64-linux-gnu ./runtime/tvm_runner --info"
+    )
+    assert board.runtime_command("launcher", ["-m", "x y"], prefix=False) == "taskset -c 4,5 launcher -m 'x y'"
+    assert board.runtime_env() == {"TVM_NUM_THREADS": "2"}
+
+
+def test_a_dropped_connection_is_one_error_line_not_a_paramiko_traceback(ssh_client: paramiko.SSHClient) -> None:
+    board = Board(load_board("local"), endpoint=None, client=ssh_client)  # type: ignore[arg-type]
+    ssh_client.close()
+    with pytest.raises(PipelineError, match="connection to the board is closed"):
+        board.run("true", timeout_s=5)
+    with pytest.raises(PipelineError, match="reading /etc/hostname from the board failed"):
+        board.read_file("/etc/hostname")

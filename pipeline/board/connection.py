@@ -1,4 +1,5 @@
 """Open a verified SSH connection to a board: host key checked against a known_hosts file, key login.
+This module is also the one place where paramiko's and the socket's errors become PipelineErrors.
 
 Unlike Fabric's defaults, an unknown or changed host key is always refused. The returned
 paramiko.SSHClient is a context manager: `with connect(endpoint) as client: ...` closes it.
@@ -6,6 +7,8 @@ paramiko.SSHClient is a context manager: `with connect(endpoint) as client: ...`
 
 import logging
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import paramiko
 
@@ -59,10 +62,23 @@ def connect(endpoint: SshEndpoint) -> paramiko.SSHClient:
             auth_timeout=timeout,
             channel_timeout=timeout,
         )
-    except (OSError, EOFError, paramiko.SSHException) as exc:
+    except SSH_ERRORS as exc:
         client.close()
         raise _explain(exc, endpoint) from None
     return client
+
+
+SSH_ERRORS = (paramiko.SSHException, OSError, EOFError)
+
+
+@contextmanager
+def ssh_errors(doing: str, fix: str = "check the board and retry") -> Iterator[None]:
+    """Inside the block, a failure of the SSH connection or of SFTP ends in one PipelineError:
+    `doing` says what failed ("uploading model.so"), `fix` what to do about it."""
+    try:
+        yield
+    except SSH_ERRORS as exc:
+        raise PipelineError(f"{doing} failed: {exc or type(exc).__name__}", fix) from None
 
 
 def _check_key_file(endpoint: SshEndpoint) -> None:

@@ -4,9 +4,7 @@ import re
 import shlex
 from dataclasses import dataclass
 
-import paramiko
-
-from pipeline.board.remote import run
+from pipeline.board.session import Board
 
 _PROBES = {
     "kernel_arch": "uname -m",
@@ -39,10 +37,10 @@ class BoardFacts:
     core_max_freq_khz: dict[str, int] | None = None
 
 
-def collect_facts(client: paramiko.SSHClient) -> BoardFacts:
+def collect_facts(board: Board) -> BoardFacts:
     """One round trip: each probe prints `name=value`, failures print nothing."""
     script = "; ".join(f"v=$({cmd} 2>/dev/null) && echo {name}=$v" for name, cmd in _PROBES.items())
-    result = run(client, f"sh -c {shlex.quote(script)}", timeout_s=30.0)
+    result = board.run(f"sh -c {shlex.quote(script)}", timeout_s=30.0)
     values = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
     values = {name: value.strip() for name, value in values.items() if value.strip()}
     return BoardFacts(
@@ -53,7 +51,7 @@ def collect_facts(client: paramiko.SSHClient) -> BoardFacts:
         cpu_model=values.get("cpu_model"),
         governor=values.get("governor"),
         cur_freq_khz=_as_int(values.get("cur_freq_khz")),
-        temperature_c=_as_int(values.get("temperature_mc")) / 1000 if _as_int(values.get("temperature_mc")) else None,
+        temperature_c=millis / 1000 if (millis := _as_int(values.get("temperature_mc"))) else None,
         core_freq_khz=per_core_khz(values.get("core_freqs")),
         core_max_freq_khz=per_core_khz(values.get("core_max_freqs")),
     )

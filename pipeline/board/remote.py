@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import paramiko
 
+from pipeline.board.connection import SSH_ERRORS, ssh_errors
 from pipeline.errors import PipelineError
 
 KILL_GRACE_S = 2
@@ -28,6 +29,9 @@ POLL_S = 0.1
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PGID_MARK = "tvm-pipeline-pgid"
 _PGID_LINE = re.compile(rb"(?:^|\n)" + _PGID_MARK.encode() + rb" (\d+)\n")
+
+LineCallback = Callable[[str], None]
+"""Called with each line of stderr as it arrives."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ def run(
     timeout_s: float,
     cwd: str | None = None,
     env: Mapping[str, str] | None = None,
-    on_stderr_line: Callable[[str], None] | None = None,
+    on_stderr_line: LineCallback | None = None,
 ) -> CommandResult:
     """Run `command` with POSIX sh on the board; a non-zero exit is returned, not raised."""
     start = time.monotonic()
@@ -106,17 +110,16 @@ def background(
 
     def pump() -> None:
         try:
-            _pump_until_done(channel, stream, deadline=math.inf)
-        except (paramiko.SSHException, OSError) as exc:
-            job.error = PipelineError(f"lost the SSH connection to the board: {exc}", "check the board and retry")
+            with ssh_errors(f"running `{_short(command)}` on the board"):
+                _pump_until_done(channel, stream, deadline=math.inf)
+        except PipelineError as error:
+            job.error = error
 
     pumping = threading.Thread(target=pump, name=f"board: {_short(command)}", daemon=True)
     try:
-        try:
+        with ssh_errors(f"starting `{_short(command)}` on the board"):
             channel.exec_command(_wrap(command, None, env))
             channel.shutdown_write()
-        except (paramiko.SSHException, OSError) as exc:
-            raise PipelineError(f"lost the SSH connection to the board: {exc}", "check the board and retry") from None
         pumping.start()
         deadline = time.monotonic() + start_timeout_s
         while stream.pgid is None and pumping.is_alive() and time.monotonic() < deadline:
@@ -142,7 +145,7 @@ class _Streams:
     """Decodes stdout and stderr incrementally. Stdout starts with the marker line that carries
     the process group id; anything before it (a chatty shell rc file) is dropped."""
 
-    def __init__(self, on_stderr_line: Callable[[str], None] | None) -> None:
+    def __init__(self, on_stderr_line: LineCallback | None) -> None:
         self.pgid: int | None = None
         self._on_stderr_line = on_stderr_line
         self._head = b""
@@ -211,19 +214,15 @@ def _open_channel(client: paramiko.SSHClient) -> paramiko.Channel:
     transport = client.get_transport()
     if transport is None or not transport.is_active():
         raise PipelineError("the SSH connection to the board is closed", "connect again and retry")
-    try:
+    with ssh_errors("opening a channel to the board"):
         return transport.open_session(timeout=CHANNEL_TIMEOUT_S)
-    except (paramiko.SSHException, OSError) as exc:
-        raise PipelineError(f"cannot open a channel to the board: {exc}", "check the board and retry") from None
 
 
 def _execute(channel: paramiko.Channel, wrapped: str, stream: _Streams, *, deadline: float) -> None:
-    try:
+    with ssh_errors("running a command on the board (the SSH connection broke)"):
         channel.exec_command(wrapped)
         channel.shutdown_write()
         _pump_until_done(channel, stream, deadline=deadline)
-    except (paramiko.SSHException, OSError) as exc:
-        raise PipelineError(f"lost the SSH connection to the board: {exc}", "check the board and retry") from None
     if not channel.status_event.is_set():
         raise PipelineError(
             "lost the SSH connection to the board before the command finished", "check the board and retry"
@@ -279,8 +278,8 @@ def _kill_group(client: paramiko.SSHClient, pgid: int | None) -> bool:
         while not channel.exit_status_ready() and time.monotonic() < deadline:
             _wait_for_data(channel, POLL_S)
         return channel.exit_status_ready() and channel.recv_exit_status() == 0
-    except (paramiko.SSHException, OSError):
-        return False
+    except SSH_ERRORS:
+        return False  # the connection is gone: the caller reports that the command may still run
     finally:
         channel.close()
 

@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 
 import paramiko
 
+from pipeline.board.connection import SSH_ERRORS, ssh_errors
 from pipeline.board.remote import run
 from pipeline.errors import PipelineError
 
@@ -121,12 +122,8 @@ def _parse_sha256sum(output: str) -> dict[str, str]:
 
 
 def _open_sftp(client: paramiko.SSHClient) -> paramiko.SFTPClient:
-    try:
+    with ssh_errors("starting SFTP on the board", "enable the sftp subsystem in the board's sshd_config"):
         return client.open_sftp()
-    except (paramiko.SSHException, OSError) as exc:
-        raise PipelineError(
-            f"cannot start SFTP on the board: {exc}", "enable the sftp subsystem in the board's sshd_config"
-        ) from None
 
 
 def _upload(sftp: paramiko.SFTPClient, local: Path, target: str, name: str, on_progress: Progress | None) -> None:
@@ -136,15 +133,13 @@ def _upload(sftp: paramiko.SFTPClient, local: Path, target: str, name: str, on_p
     size = local.stat().st_size
     callback = (lambda sent, _total: on_progress(name, sent, size)) if on_progress else None
     try:
-        sftp.put(str(local), temp, callback=callback, confirm=True)
-        sftp.chmod(temp, local.stat().st_mode & 0o777)
-        sftp.posix_rename(temp, target)
-    except (OSError, paramiko.SSHException) as exc:
-        _remove_quietly(sftp, temp)
-        raise PipelineError(
-            f"uploading {name} to {target} on the board failed: {exc}",
+        with ssh_errors(
+            f"uploading {name} to {target} on the board",
             "check free space and permissions on the board, then push again",
-        ) from None
+        ):
+            sftp.put(str(local), temp, callback=callback, confirm=True)
+            sftp.chmod(temp, local.stat().st_mode & 0o777)
+            sftp.posix_rename(temp, target)
     except BaseException:
         _remove_quietly(sftp, temp)
         raise
@@ -152,5 +147,5 @@ def _upload(sftp: paramiko.SFTPClient, local: Path, target: str, name: str, on_p
 
 def _remove_quietly(sftp: paramiko.SFTPClient, path: str) -> None:
     """Best effort: the upload failed and its error is what matters; a missing temp is fine."""
-    with suppress(OSError, paramiko.SSHException):
+    with suppress(*SSH_ERRORS):
         sftp.remove(path)

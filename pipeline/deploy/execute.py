@@ -8,10 +8,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 import numpy as np
-import paramiko
 
-from pipeline.board.profile import BoardProfile
-from pipeline.board.remote import run
+from pipeline.board.session import Board
 from pipeline.deploy.layout import Deployment
 from pipeline.errors import PipelineError
 
@@ -36,35 +34,24 @@ class RunOutcome:
     output: np.ndarray
 
 
-def _runner_command(board: BoardProfile, deployment: Deployment, args: list[str]) -> str:
-    words: list[str] = []
-    if board.cpu_affinity:
-        words += ["taskset", "-c", ",".join(map(str, board.cpu_affinity))]
-    words += shlex.split(board.command_prefix)
-    words += [f"./{deployment.runner}", *args]
-    return shlex.join(words)
-
-
-def probe_runtime(client: paramiko.SSHClient, board: BoardProfile, deployment: Deployment) -> RuntimeInfo:
+def probe_runtime(board: Board, deployment: Deployment) -> RuntimeInfo:
     """Ask the pushed runner what it runs as: proves the board can execute code of the profile's architecture."""
-    result = run(
-        client,
-        _runner_command(board, deployment, ["--info"]),
-        cwd=deployment.remote_dir,
-        timeout_s=max(board.ssh.connect_timeout_s, 60.0),
+    profile = board.profile
+    result = board.run_runtime(
+        _runner(deployment), ["--info"], cwd=deployment.remote_dir, timeout_s=max(profile.ssh.connect_timeout_s, 60.0)
     )
     if result.exit_code != 0:
         detail = (result.stderr.strip() or result.stdout.strip() or f"exit code {result.exit_code}").splitlines()[-1]
         raise PipelineError(
-            f"board {board.name} cannot execute the {board.arch} runtime ({detail})",
-            f"the board's architecture does not match target.mtriple {board.target.mtriple} or command_prefix "
+            f"board {board.name} cannot execute the {profile.arch} runtime ({detail})",
+            f"the board's architecture does not match target.mtriple {profile.target.mtriple} or command_prefix "
             f"in boards/{board.name}.yaml",
         )
     info = json.loads(result.stdout.strip().splitlines()[-1])
     return RuntimeInfo(arch=info["arch"], cores=int(info["cores"]), runner_version=int(info["runner_version"]))
 
 
-def check_architecture(library_arch: str, runtime: RuntimeInfo, board: BoardProfile) -> None:
+def check_architecture(library_arch: str, runtime: RuntimeInfo, board: Board) -> None:
     """Refuse to run a library the board's runtime cannot load, before anything runs."""
     if library_arch != runtime.arch:
         raise PipelineError(
@@ -74,8 +61,7 @@ def check_architecture(library_arch: str, runtime: RuntimeInfo, board: BoardProf
 
 
 def run_benchmark(
-    client: paramiko.SSHClient,
-    board: BoardProfile,
+    board: Board,
     deployment: Deployment,
     input_shape: tuple[int, ...],
     *,
@@ -102,12 +88,11 @@ def run_benchmark(
         "--runs",
         str(runs),
     ]
-    command = f"mkdir -p outputs && {_runner_command(board, deployment, args)}"
-    result = run(
-        client,
-        command,
+    result = board.run_runtime(
+        _runner(deployment),
+        args,
+        before="mkdir -p outputs",
         cwd=deployment.remote_dir,
-        env={"TVM_NUM_THREADS": str(board.threads)},
         timeout_s=timeout_s,
         on_stderr_line=_progress_parser(on_progress),
     )
@@ -117,9 +102,9 @@ def run_benchmark(
             detail = (result.stderr.strip() or f"exit code {result.exit_code}").splitlines()[-1]
             raise PipelineError(f"the TVM runtime failed on board {board.name}: {detail}", "see the board's message")
         report = json.loads(result.stdout.strip().splitlines()[-1])
-        output = _fetch_output(client, remote_output, report["output_shape"])
+        output = _fetch_output(board, remote_output, report["output_shape"])
     finally:
-        run(client, f"rm -f {shlex.quote(remote_output)}", timeout_s=30.0)
+        board.run(f"rm -f {shlex.quote(remote_output)}", timeout_s=30.0)
     return RunOutcome(
         load_ms=float(report["load_ms"]),
         first_ms=float(report["first_ms"]),
@@ -127,6 +112,10 @@ def run_benchmark(
         runs_ms=[float(x) for x in report["runs_ms"]],
         output=output,
     )
+
+
+def _runner(deployment: Deployment) -> str:
+    return shlex.quote(f"./{deployment.runner}")
 
 
 def _progress_parser(on_progress: ProgressCallback | None) -> Callable[[str], None] | None:
@@ -141,7 +130,5 @@ def _progress_parser(on_progress: ProgressCallback | None) -> Callable[[str], No
     return parse
 
 
-def _fetch_output(client: paramiko.SSHClient, remote_path: str, shape: list[int]) -> np.ndarray:
-    with client.open_sftp() as sftp, sftp.open(remote_path, "rb") as stream:
-        data = stream.read()
-    return np.frombuffer(data, dtype=np.float32).reshape(shape)
+def _fetch_output(board: Board, remote_path: str, shape: list[int]) -> np.ndarray:
+    return np.frombuffer(board.read_file(remote_path), dtype=np.float32).reshape(shape)

@@ -18,9 +18,8 @@ from rich.progress import (
 
 from pipeline.board import facts
 from pipeline.board.bundle import runtime_bundle
-from pipeline.board.connection import connect
 from pipeline.board.profile import load_board
-from pipeline.board.sshd import board_endpoint
+from pipeline.board.session import open_board
 from pipeline.build import builder
 from pipeline.build.model_file import resolve_model
 from pipeline.deploy import check, execute, inputs, results, timing
@@ -71,7 +70,7 @@ def deploy_once(
     bundle = runtime_bundle(profile.arch)
     data, input_file = inputs.make_input(spec.input_shape)
 
-    with board_endpoint(profile.ssh) as endpoint, connect(endpoint) as client:
+    with open_board(profile) as session:
         with Progress(
             TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console
         ) as progress:
@@ -82,11 +81,11 @@ def deploy_once(
                     uploads[name] = progress.add_task(f"Pushing {name}", total=size)
                 progress.update(uploads[name], completed=sent)
 
-            deployment = push_model(client, profile.remote_dir, bundle, artifact, input_file, on_progress=on_upload)
-        with console.status(f"Checking {profile.name} ({endpoint.host}:{endpoint.port})..."):
-            runtime = execute.probe_runtime(client, profile, deployment)
-            execute.check_architecture(artifact.arch, runtime, profile)
-            board_facts = facts.collect_facts(client)
+            deployment = push_model(session, bundle, artifact, input_file, on_progress=on_upload)
+        with console.status(f"Checking {profile.name} ({session.endpoint.host}:{session.endpoint.port})..."):
+            runtime = execute.probe_runtime(session, deployment)
+            execute.check_architecture(artifact.arch, runtime, session)
+            board_facts = facts.collect_facts(session)
         if profile.emulated:
             console.print(f"[yellow]{profile.name} is emulated: each run is an emulation cost and can take minutes.")
         with Progress(
@@ -98,8 +97,7 @@ def deploy_once(
                 progress.update(bar, advance=1, description=f"Running on {profile.name}: {phase} {index}/{count}")
 
             outcome = execute.run_benchmark(
-                client,
-                profile,
+                session,
                 deployment,
                 spec.input_shape,
                 warmup=warmup_runs,

@@ -3,10 +3,9 @@
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import paramiko
-
 from pipeline.board.bundle import RuntimeBundle
-from pipeline.board.sync import Progress, PushReport, push
+from pipeline.board.session import Board
+from pipeline.board.sync import Progress, PushReport
 from pipeline.build.builder import LIBRARY_NAME, PARAMS_NAME, BuildArtifact
 
 RUNTIME_DIR = "runtime"
@@ -25,8 +24,7 @@ class Deployment:
 
 
 def push_model(
-    client: paramiko.SSHClient,
-    remote_dir: str,
+    board: Board,
     bundle: RuntimeBundle,
     artifact: BuildArtifact,
     input_file: Path,
@@ -39,9 +37,9 @@ def push_model(
     files[str(model_dir / PARAMS_NAME)] = artifact.params
     input_name = f"inputs/{input_file.name}"
     files[input_name] = input_file
-    report = push(client, files, remote_dir, on_progress=on_progress)
+    report = board.push(files, on_progress=on_progress)
     return Deployment(
-        remote_dir=remote_dir,
+        remote_dir=board.remote_dir,
         runner=f"{RUNTIME_DIR}/tvm_runner",
         library=str(model_dir / LIBRARY_NAME),
         params=str(model_dir / PARAMS_NAME),

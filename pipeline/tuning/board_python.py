@@ -25,11 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import paramiko
-
-from pipeline.board.profile import BoardProfile
-from pipeline.board.remote import run
-from pipeline.board.sync import push
+from pipeline.board.session import Board
 from pipeline.errors import PipelineError
 from pipeline.paths import CACHE_DIR
 
@@ -77,18 +73,21 @@ INSTALL_TIMEOUT_S = 600.0
 
 @dataclass(frozen=True)
 class BoardPython:
-    """How to start Python on the board: `command` begins a shell command line; `load_library` is the TVM
+    """How to start Python on the board: `command` is the program (a shell word), run under the profile's
+    command prefix when `under_prefix` (the pushed launcher applies the prefix itself); `load_library` is the TVM
     runtime library with the measurement helpers, for a runtime-only TVM (None when TVM has it)."""
 
     command: str
     load_library: str | None
+    under_prefix: bool = True
 
 
-def board_python(client: paramiko.SSHClient, board: BoardProfile) -> BoardPython:
+def board_python(session: Board) -> BoardPython:
     """The board's Python with TVM: this host's own for the `local` board (it is this machine),
     the profile's `tuning.python` when it names one, else the pushed aarch64 environment."""
+    board = session.profile
     if board.tuning.python is not None:
-        return BoardPython(_prefixed(board, shlex.quote(board.tuning.python)), None)
+        return BoardPython(shlex.quote(board.tuning.python), None)
     if board.ssh.embedded and not board.emulated:
         return BoardPython(shlex.quote(sys.executable), None)
     if board.arch != "aarch64":
@@ -97,8 +96,8 @@ def board_python(client: paramiko.SSHClient, board: BoardProfile) -> BoardPython
             f"set tuning.python in the profile to the board's Python that imports TVM {_tvm_version()}",
         )
     archive = environment_archive()
-    folder = install_environment(client, board, archive)
-    return BoardPython(f"{board.remote_dir}/{LAUNCHER}", f"{folder}/{EXTRA_RUNTIME}")
+    folder = install_environment(session, archive)
+    return BoardPython(shlex.quote(f"{board.remote_dir}/{LAUNCHER}"), f"{folder}/{EXTRA_RUNTIME}", under_prefix=False)
 
 
 def environment_archive(cache_dir: Path = CACHE_DIR) -> Path:
@@ -169,22 +168,22 @@ def _unpack_wheel(wheel: Path, site: Path) -> None:
         raise PipelineError(f"{wheel.name} is damaged", INSTALL_FIX) from None
 
 
-def install_environment(client: paramiko.SSHClient, board: BoardProfile, archive: Path) -> str:
+def install_environment(board: Board, archive: Path) -> str:
     """Make <remote_dir>/python/env-<digest> hold the archive's environment and write the launcher;
     an installed environment is kept, an interrupted install leaves nothing behind."""
     name = archive.name.removesuffix(".tar.gz")
     folder = f"{board.remote_dir}/{BOARD_FOLDER}/{name}"
-    check = run(client, f"test -x {shlex.quote(folder)}/{PYTHON}", timeout_s=30)
+    check = board.run(f"test -x {shlex.quote(folder)}/{PYTHON}", timeout_s=30)
     if check.exit_code != 0:
-        push(client, {f"{BOARD_FOLDER}/{archive.name}": archive}, board.remote_dir)
-        result = run(client, _unpack_script(board.remote_dir, name), timeout_s=INSTALL_TIMEOUT_S)
+        board.push({f"{BOARD_FOLDER}/{archive.name}": archive})
+        result = board.run(_unpack_script(board.remote_dir, name), timeout_s=INSTALL_TIMEOUT_S)
         if result.exit_code != 0:
             raise PipelineError(
                 f"unpacking the board Python in {folder} failed: {result.stderr.strip()[-300:]}",
                 "check free space on the board (about 150 MB are needed)",
             )
     with _launcher_file(board, name) as launcher:
-        push(client, {LAUNCHER: launcher}, board.remote_dir)
+        board.push({LAUNCHER: launcher})
     return folder
 
 
@@ -201,7 +200,7 @@ def _unpack_script(remote_dir: str, name: str) -> str:
 
 
 @contextmanager
-def _launcher_file(board: BoardProfile, name: str) -> Iterator[Path]:
+def _launcher_file(board: Board, name: str) -> Iterator[Path]:
     """The launcher script for this board, as a local file to push."""
     python = f'"$env/{PYTHON}"'
     text = "\n".join(
@@ -212,7 +211,7 @@ def _launcher_file(board: BoardProfile, name: str) -> Iterator[Path]:
             f'env=$(dirname "$self")/{name}',
             f'export {LAUNCHER_VARIABLE}="$self"',
             "export LD_LIBRARY_PATH=" + ":".join(f'"$env/{d}"' for d in LIBRARY_DIRS),
-            f'exec {_prefixed(board, python)} "$@"',
+            f'exec {board.prefixed(python)} "$@"',
             "",
         ]
     )
@@ -221,10 +220,6 @@ def _launcher_file(board: BoardProfile, name: str) -> Iterator[Path]:
         path.write_text(text)
         path.chmod(0o755)
         yield path
-
-
-def _prefixed(board: BoardProfile, command: str) -> str:
-    return f"{board.command_prefix} {command}" if board.command_prefix else command
 
 
 def _tvm_version() -> str:

@@ -10,7 +10,6 @@ board and is killed with all its workers when tuning ends, fails or is interrupt
 
 import ipaddress
 import os
-import shlex
 import signal
 import socket
 import subprocess
@@ -20,10 +19,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import paramiko
-
-from pipeline.board.profile import BoardProfile
-from pipeline.board.remote import Background, background
+from pipeline.board.remote import Background
+from pipeline.board.session import Board
 from pipeline.errors import PipelineError
 from pipeline.tuning.board_python import BoardPython
 
@@ -40,11 +37,11 @@ class RpcBoard:
 
 
 @contextmanager
-def board_rpc(client: paramiko.SSHClient, board: BoardProfile, python: BoardPython) -> Iterator[RpcBoard]:
+def board_rpc(board: Board, python: BoardPython) -> Iterator[RpcBoard]:
     """A tracker on this host and one RPC server on the board registered with it under the board's name,
     on the profile's cores and threads, as a deploy runs; both are stopped when the block ends."""
-    key, start_timeout_s = board.name, board.tuning.start_timeout_s
-    host = _address_seen_by_board(client)
+    key, start_timeout_s = board.name, board.profile.tuning.start_timeout_s
+    host = board.address_seen_by_board()
     port = _free_port(host)
     tracker = [
         sys.executable,
@@ -68,8 +65,8 @@ def board_rpc(client: paramiko.SSHClient, board: BoardProfile, python: BoardPyth
                 "check the load on this host and retry",
             ),
         )
-        command = _server_command(board, python, host, port)
-        with background(client, command, env={"TVM_NUM_THREADS": str(board.threads)}) as server:
+        arguments = _server_arguments(board, python, host, port)
+        with board.background_runtime(python.command, arguments, prefix=python.under_prefix) as server:
             _wait_for(
                 lambda: (_free_servers(host, port, key) or 0) >= 1,
                 lambda: _server_problem(server, key),
@@ -84,10 +81,9 @@ def board_rpc(client: paramiko.SSHClient, board: BoardProfile, python: BoardPyth
             yield RpcBoard(host, port, key)
 
 
-def _server_command(board: BoardProfile, python: BoardPython, host: str, port: int) -> str:
+def _server_arguments(board: Board, python: BoardPython, host: str, port: int) -> list[str]:
     """The board listens on loopback when it is this machine, else on every interface."""
     listen = host if ipaddress.ip_address(host).is_loopback else "0.0.0.0"
-    pin = f"taskset -c {','.join(map(str, board.cpu_affinity))} " if board.cpu_affinity else ""
     words = [
         "-m",
         "tvm.exec.rpc_server",
@@ -101,15 +97,7 @@ def _server_command(board: BoardProfile, python: BoardPython, host: str, port: i
     ]
     if python.load_library is not None:
         words += ["--load-library", python.load_library]
-    return f"exec {pin}{python.command} {shlex.join(words)}"
-
-
-def _address_seen_by_board(client: paramiko.SSHClient) -> str:
-    """This host's address on the route to the board: the local end of the SSH connection."""
-    transport = client.get_transport()
-    if transport is None or not transport.is_active():
-        raise PipelineError("the SSH connection to the board is closed", "connect again and retry")
-    return str(transport.sock.getsockname()[0])
+    return words
 
 
 @contextmanager

@@ -21,9 +21,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pipeline.board.connection import connect
 from pipeline.board.profile import BoardProfile
-from pipeline.board.sshd import board_endpoint
+from pipeline.board.session import open_board
 from pipeline.build import lowering
 from pipeline.build.builder import resolved_target
 from pipeline.build.model_file import ModelSpec
@@ -145,9 +144,8 @@ def _interruptible() -> Iterator[None]:
 @contextmanager
 def _on_board(board: BoardProfile) -> Iterator[RpcBoard]:
     """The board's RPC server, registered with a tracker on this host, for the length of the block."""
-    with board_endpoint(board.ssh) as endpoint, connect(endpoint) as client:
-        python = board_python(client, board)
-        with board_rpc(client, board, python) as rpc_board:
+    with open_board(board) as session:
+        with board_rpc(session, board_python(session)) as rpc_board:
             yield rpc_board
 
 

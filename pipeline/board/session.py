@@ -1,0 +1,121 @@
+"""A board session: the profile together with its open, verified SSH connection, after Fabric's
+`Connection`. Every command the pipeline sends to a board is built here, so the profile's cores
+(`taskset`), threads (`TVM_NUM_THREADS`) and command prefix (qemu for the emulated board) are applied
+the same way to the runner, the tuning server and the board Python."""
+
+import shlex
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+import paramiko
+
+from pipeline.board import remote, sync
+from pipeline.board.connection import connect, ssh_errors
+from pipeline.board.profile import BoardProfile
+from pipeline.board.sshd import SshEndpoint, board_endpoint
+
+
+class Board:
+    """One board to talk to; open it with `open_board(profile)`."""
+
+    def __init__(self, profile: BoardProfile, endpoint: SshEndpoint, client: paramiko.SSHClient) -> None:
+        self.profile = profile
+        self.endpoint = endpoint
+        self.client = client
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+    @property
+    def remote_dir(self) -> str:
+        return self.profile.remote_dir
+
+    def run(
+        self,
+        command: str,
+        *,
+        timeout_s: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        on_stderr_line: remote.LineCallback | None = None,
+    ) -> remote.CommandResult:
+        """A shell command as it is, with a hard timeout; a non-zero exit is returned, not raised."""
+        return remote.run(self.client, command, timeout_s=timeout_s, cwd=cwd, env=env, on_stderr_line=on_stderr_line)
+
+    def run_runtime(
+        self,
+        program: str,
+        args: Sequence[str],
+        *,
+        timeout_s: float,
+        cwd: str | None = None,
+        before: str = "",
+        on_stderr_line: remote.LineCallback | None = None,
+    ) -> remote.CommandResult:
+        """Run a program of the board's architecture as a deploy runs it: on the profile's cores,
+        with its threads, under its command prefix. `before` is a shell step to run first."""
+        command = self.runtime_command(program, args)
+        return self.run(
+            f"{before} && {command}" if before else command,
+            timeout_s=timeout_s,
+            cwd=cwd,
+            env=self.runtime_env(),
+            on_stderr_line=on_stderr_line,
+        )
+
+    def background_runtime(
+        self, program: str, args: Sequence[str], *, prefix: bool = True
+    ) -> AbstractContextManager[remote.Background]:
+        """Keep a program of the board's architecture running (the tuning server) while the block runs;
+        `prefix=False` for a launcher that applies the command prefix itself."""
+        command = "exec " + self.runtime_command(program, args, prefix=prefix)
+        return remote.background(self.client, command, env=self.runtime_env())
+
+    def runtime_command(self, program: str, args: Sequence[str] = (), *, prefix: bool = True) -> str:
+        """`taskset -c CORES PREFIX PROGRAM ARGS`: `program` is a shell word already quoted as needed."""
+        words = []
+        if self.profile.cpu_affinity:
+            words += ["taskset", "-c", ",".join(map(str, self.profile.cpu_affinity))]
+        if prefix:
+            words += shlex.split(self.profile.command_prefix)
+        return " ".join([*map(shlex.quote, words), program, *map(shlex.quote, args)])
+
+    def prefixed(self, program: str) -> str:
+        """The program under the profile's command prefix only (no cores): for a launcher script."""
+        prefix = self.profile.command_prefix.strip()
+        return f"{prefix} {program}" if prefix else program
+
+    def runtime_env(self) -> dict[str, str]:
+        return {"TVM_NUM_THREADS": str(self.profile.threads)}
+
+    def push(
+        self, files: Mapping[str, Path], *, remote_dir: str | None = None, on_progress: sync.Progress | None = None
+    ) -> sync.PushReport:
+        """Make the board's folder (default: the profile's remote_dir) hold `files`, atomically."""
+        return sync.push(self.client, files, remote_dir or self.remote_dir, on_progress=on_progress)
+
+    def read_file(self, path: str) -> bytes:
+        """A file's bytes from the board, over SFTP."""
+        with ssh_errors(f"reading {path} from the board"):
+            with self._transport().open_sftp_client() as sftp, sftp.open(path, "rb") as stream:
+                return stream.read()
+
+    def address_seen_by_board(self) -> str:
+        """This host's address on the route to the board: the local end of the SSH connection."""
+        with ssh_errors("reading the SSH connection's local address"):
+            return str(self._transport().sock.getsockname()[0])
+
+    def _transport(self) -> paramiko.Transport:
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise EOFError("the SSH connection to the board is closed")
+        return transport
+
+
+@contextmanager
+def open_board(profile: BoardProfile) -> Iterator[Board]:
+    """Connect to the board (starting the embedded sshd first for an embedded profile); closed after the block."""
+    with board_endpoint(profile.ssh) as endpoint, connect(endpoint) as client:
+        yield Board(profile, endpoint, client)
