@@ -15,6 +15,7 @@ from pipeline.board.profile import Arch, BoardProfile
 from pipeline.build import lowering
 from pipeline.build.elf import elf_arch
 from pipeline.build.model_file import ModelSpec
+from pipeline.build.tvm_errors import tvm_errors
 from pipeline.errors import PipelineError
 from pipeline.paths import CACHE_DIR, RECORDS_DIR
 from pipeline.records.coverage import Coverage, measure_coverage
@@ -126,27 +127,24 @@ def _compile_into(
     target = resolved_target(board)
     tvm_target = tvm.target.Target(target)
     mod, params = lowering.import_model(model)
-    try:
+    doing = f"TVM could not build {model.name} for {target['mtriple']}"
+    fix = f"check that '{board.cross_compiler}' is installed (scripts/install.sh) and the profile's target"
+    with tvm_errors(doing, fix):
         fused = lowering.fuse(mod, tvm_target)
         tasks = lowering.extract_tasks(fused, tvm_target)
-        tuned, applicable, rejected = to_database(records)
-        # Tasks without a record get a schedule transferred from a record of another shape or the
-        # default rules' (pipeline/default_schedules.py), never TVM's naive loops; one apply step.
-        database, choices = fallback_database(
-            fused, tvm_target, tuned, {h: shown(s.path) for h, s in applicable.items()}
-        )
+    tuned, applicable, rejected = to_database(records)
+    # Tasks without a record get a schedule transferred from a record of another shape or the
+    # default rules' (pipeline/build/default_schedules.py), never TVM's naive loops; one apply step.
+    database, choices = fallback_database(fused, tvm_target, tuned, {h: shown(s.path) for h, s in applicable.items()})
+    with tvm_errors(doing, fix):
         applied = lowering.apply_database(fused, database, tvm_target)
-        coverage = measure_coverage(
-            tasks, lowering.scheduled_functions(applied), applicable, store, target, tvm.__version__, rejected, choices
-        )
+    coverage = measure_coverage(
+        tasks, lowering.scheduled_functions(applied), applicable, store, target, tvm.__version__, rejected, choices
+    )
+    library = out_dir / LIBRARY_NAME
+    with tvm_errors(doing, fix):
         executable = lowering.build_executable(applied, tvm_target)
-        library = out_dir / LIBRARY_NAME
         executable.export_library(str(library), fcompile=_compiler_for(board))
-    except Exception as exc:
-        raise PipelineError(
-            f"TVM could not build {model.name} for {target['mtriple']}: {lowering.first_line(exc)}",
-            f"check that '{board.cross_compiler}' is installed (scripts/install.sh) and the profile's target",
-        ) from None
     tvm.runtime.save_param_dict_to_file(
         {f"p{i:05d}": tensor for i, tensor in enumerate(params.get("main", []))}, str(out_dir / PARAMS_NAME)
     )

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.build.model_file import ModelSpec
-from pipeline.errors import PipelineError
+from pipeline.build.tvm_errors import tvm_errors
 from pipeline.records.store import structural_hash
 from pipeline.records.workloads import WorkloadKey, workload_key
 
@@ -33,16 +33,12 @@ def import_model(model: ModelSpec) -> tuple[Any, dict[str, list[Any]]]:
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
-    try:
+    with tvm_errors(f"TVM cannot import {model.path.name}", "check the ONNX model's operators and opset"):
         mod = from_onnx(
             onnx.load(model.path), shape_dict={model.input_name: list(model.input_shape)}, keep_params_in_input=True
         )
         mod, params = relax.frontend.detach_params(mod)
         return lift_weight_transforms(relax.transform.DecomposeOpsForInference()(mod), params)
-    except Exception as exc:  # TVM raises many types for unsupported graphs
-        raise PipelineError(
-            f"TVM cannot import {model.path.name}: {first_line(exc)}", "check the ONNX model's operators and opset"
-        ) from None
 
 
 def lift_weight_transforms(mod: Any, params: dict[str, list[Any]]) -> tuple[Any, dict[str, list[Any]]]:
@@ -125,8 +121,3 @@ def build_executable(applied: Any, target: Any) -> Any:
 
     rest = tvm.transform.Sequential(cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))
     return tvm.compile(applied, target=target, relax_pipeline=rest)
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[-1] if "Traceback" in text else text.splitlines()[0]
