@@ -14,7 +14,6 @@ TVM_FFI_VERSION=0.1.14.post1
 BOARD_WHEELS=(numpy==2.4.6 ml_dtypes==0.6.0 typing_extensions==4.16.0 cloudpickle==3.1.3 psutil==7.2.2)
 BOARD_DEBS=(python3.11-minimal libpython3.11-minimal libpython3.11-stdlib libexpat1 zlib1g libffi8
             libbz2-1.0 liblzma5)
-DEBIAN_SOURCE="http://deb.debian.org/debian bookworm main"
 PYTHON=${PYTHON:-python3}
 DEBIAN_PACKAGES=(python3 python3-venv g++ gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user
                  openssh-server openssh-client)
@@ -47,15 +46,31 @@ install_python() {
   echo "install: Python environment ready in .venv"
 }
 
+# The Debian archive this machine's apt already uses for its own release (a mirror or a proxy included),
+# as apt itself parses the sources: nothing here names an archive.
+debian_archive() {
+  local codename site
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  site=$(apt-get indextargets --format '$(SITE) $(RELEASE) $(IDENTIFIER)' 2>/dev/null |
+    awk -v suite="$codename" '$2 == suite && $3 == "Packages" { print $1; exit }')
+  if [ -z "$codename" ] || [ -z "$site" ]; then
+    echo "install: error: no Debian archive for '${codename:-unknown}' in this machine's apt sources" \
+      "— fix: add the Debian archive (or your mirror) to /etc/apt/sources.list.d, then run apt-get update" >&2
+    exit 1
+  fi
+  echo "$site $codename"
+}
+
 download_board_debs() {
-  local apt=$PWD/.cache/apt-arm64 debs=.cache/debs/arm64
+  local apt=$PWD/.cache/apt-arm64 debs=.cache/debs/arm64 archive
+  archive=$(debian_archive)
   mkdir -p "$apt/lists/partial" "$apt/archives/partial" "$apt/etc/apt.conf.d" "$apt/etc/preferences.d" \
     "$apt/etc/sources.list.d" "$debs"
   touch "$apt/status"
-  echo "deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $DEBIAN_SOURCE" \
+  echo "deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $archive main" \
     > "$apt/etc/sources.list"
   printf '%s\n' 'APT::Architecture "arm64";' 'APT::Architectures { "arm64"; };' \
-    "APT::Sandbox::User \"$(id -un)\";" "Dir::Etc \"$apt/etc\";" 'Dir::Etc::TrustedParts "/etc/apt/trusted.gpg.d";' \
+    "APT::Sandbox::User \"$(id -un)\";" "Dir::Etc \"$apt/etc\";" 'Dir::Etc::TrustedParts "/etc/apt/trusted.gpg.d";' 'Dir::Etc::Parts "/etc/apt/apt.conf.d";' \
     "Dir::State::Lists \"$apt/lists\";" "Dir::State::status \"$apt/status\";" "Dir::Cache \"$apt/cache\";" \
     "Dir::Cache::archives \"$apt/archives\";" > "$apt/apt.conf"
   APT_CONFIG="$apt/apt.conf" apt-get update -qq
