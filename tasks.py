@@ -203,10 +203,21 @@ def boards(c: Context) -> None:
             print(f"{name:12} invalid: {error}")
 
 
-@task(help={"args": "extra pytest arguments"})
-def test(c: Context, args: str = "") -> None:
+@task(
+    help={"args": "extra pytest arguments", "fast": "only the fast tier: no sshd, qemu or TVM build (under a minute)"}
+)
+def test(c: Context, args: str = "", fast: bool = False) -> None:
     """Run the test suite (starts its own sshd and emulated board)."""
-    c.run(f"{sys.executable} -m pytest {args}", pty=False)
+    tier = "-m 'not board' " if fast else ""
+    c.run(f"{sys.executable} -m pytest {tier}{args}", pty=False)
+
+
+@task
+def lint(c: Context) -> None:
+    """ruff's lint and format check and mypy, as configured in pyproject.toml; the test command runs it too."""
+    c.run(f"{sys.executable} -m ruff check .", pty=False)
+    c.run(f"{sys.executable} -m ruff format --check .", pty=False)
+    c.run(f"{sys.executable} -m mypy", pty=False)
 
 
 @task(

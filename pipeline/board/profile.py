@@ -12,6 +12,7 @@ from pipeline.paths import BOARDS_DIR
 PLACEHOLDER = "CHANGE-ME"
 
 Arch = Literal["aarch64", "x86_64"]
+CoveragePolicy = Literal["warn", "refuse"]
 
 
 class _Strict(BaseModel):
@@ -88,7 +89,7 @@ class TuningSettings(_Strict):
 class CoverageSettings(_Strict):
     """What a build does when too little of the conv/dense work runs tuned schedules."""
 
-    policy: Literal["warn", "refuse"] = "warn"
+    policy: CoveragePolicy = "warn"
     min_tuned_flops: float = Field(0.9, ge=0.0, le=1.0)
 
 

@@ -13,6 +13,7 @@ for dense), the kernel taps in R1 and one vector of output columns in S3; the re
 unrolled. docs/default-schedules.md has the measurements behind each rule.
 """
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -120,7 +121,9 @@ def default_schedule(func: PrimFunc | IRModule, target: Target, task: str = "mai
     for rule in RULES:
         for index, sketch in ranked(sketches):
             try:
-                sch = replay(workload, sketch, lambda sch, rule=rule: _decider(sch, rule, traits), postprocs(context))
+                sch = replay(
+                    workload, sketch, functools.partial(_decider, rule=rule, traits=traits), postprocs(context)
+                )
             except (tvm.TVMError, RuntimeError, ValueError) as exc:
                 failures.append(f"{rule.name}/sketch{index}: {_last_line(exc)}")
                 continue

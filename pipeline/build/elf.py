@@ -12,6 +12,5 @@ def elf_arch(path: Path) -> str:
     header = path.read_bytes()[:20] if path.is_file() else b""
     if len(header) < 20 or header[:4] != b"\x7fELF":
         raise PipelineError(f"{path} is not an ELF shared library", "rebuild it with invoke build")
-    byteorder = "little" if header[5] == 1 else "big"
-    machine = int.from_bytes(header[18:20], byteorder)
+    machine = int.from_bytes(header[18:20], "little" if header[5] == 1 else "big")
     return _MACHINES.get(machine, f"unknown-machine-{machine}")

@@ -9,10 +9,12 @@ tile decision the closest valid factors for the new extent. A transfer is used o
 computes what the default computes and runs faster on this machine.
 """
 
+import functools
 import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import tvm
@@ -62,7 +64,7 @@ def tiled_decisions(trace: Trace, workload: IRModule) -> TiledDecisions | None:
     anchor = None
     categorical = []
 
-    def note(inst: Instruction, inputs: list, attrs: list, decision: object) -> object:
+    def note(inst: Instruction, inputs: list, attrs: list, decision: Any) -> Any:
         nonlocal anchor
         if inst.kind.name == "SamplePerfectTile":
             block, position = block_and_iter(sch, inputs[0])
@@ -151,7 +153,7 @@ def transferred_schedules(
         if sketch is None:
             sketch = next(t for _, t in ranked(sketches))
         try:
-            sch = replay(workload, sketch, lambda sch, d=decided: _carrying(sch, d), postprocs(context))
+            sch = replay(workload, sketch, functools.partial(_carrying, donor=decided), postprocs(context))
         except (tvm.TVMError, RuntimeError, ValueError):
             continue
         source = f"record {decided.anchor} {'x'.join(map(str, decided.extents))} ({seconds * 1e3:.3g} ms)"

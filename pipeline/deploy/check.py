@@ -33,7 +33,7 @@ def compare(output: np.ndarray, reference: np.ndarray, tolerance: float = DEFAUL
     output = output.reshape(reference.shape).astype(np.float64)
     reference = reference.astype(np.float64)
     max_abs = float(np.max(np.abs(output - reference)))
-    scale = max(float(np.max(np.abs(reference))), np.finfo(np.float32).tiny)
+    scale = max(float(np.max(np.abs(reference))), float(np.finfo(np.float32).tiny))
     relative = max_abs / scale
     same_top1 = bool(np.argmax(output) == np.argmax(reference))
     return CheckResult(relative <= tolerance, "onnxruntime", max_abs, relative, tolerance, same_top1)

@@ -92,7 +92,7 @@ def compare_samples(
             return verdict("unchanged", p, "mann-whitney", f"samples not distinguishable (p={p:.2g})")
         return verdict(_by_factor(ratio, factor), p, "mann-whitney", f"samples differ (p={p:.2g})")
 
-    base_ci, cur_ci = median_ci(base), median_ci(cur)
+    base_ci, cur_ci = median_ci(base.tolist()), median_ci(cur.tolist())
     if math.isinf(base_ci[0]) or math.isinf(cur_ci[0]):
         needed = _runs_for_ci()
         return verdict(

@@ -164,29 +164,29 @@ class History:
         record = {**result, "provenance": asdict(provenance)}
         facts = record.get("board_facts") or {}
         with self._transaction() as db:
-            result_id = int(
-                db.execute(
-                    "INSERT INTO results (created, board, model, timing_kind, tvm_version, target, threads, pipeline_commit,"
-                    " record_store_version, governor, cur_freq_khz, temperature_c, check_passed, record)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        record["created"],
-                        record["board"],
-                        record["model"],
-                        record["timing_kind"],
-                        record["tvm_version"],
-                        json.dumps(record["target"], sort_keys=True),
-                        record["threads"],
-                        provenance.pipeline_commit,
-                        provenance.record_store_version,
-                        facts.get("governor"),
-                        facts.get("cur_freq_khz"),
-                        facts.get("temperature_c"),
-                        bool(record["check"]["passed"]),
-                        json.dumps(record),
-                    ),
-                ).lastrowid
-            )
+            inserted = db.execute(
+                "INSERT INTO results (created, board, model, timing_kind, tvm_version, target, threads, pipeline_commit,"
+                " record_store_version, governor, cur_freq_khz, temperature_c, check_passed, record)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record["created"],
+                    record["board"],
+                    record["model"],
+                    record["timing_kind"],
+                    record["tvm_version"],
+                    json.dumps(record["target"], sort_keys=True),
+                    record["threads"],
+                    provenance.pipeline_commit,
+                    provenance.record_store_version,
+                    facts.get("governor"),
+                    facts.get("cur_freq_khz"),
+                    facts.get("temperature_c"),
+                    bool(record["check"]["passed"]),
+                    json.dumps(record),
+                ),
+            ).lastrowid
+            assert inserted is not None  # an INSERT always sets it
+            result_id = inserted
             db.executemany(
                 "INSERT INTO runs (result_id, position, ms) VALUES (?, ?, ?)",
                 [(result_id, position, float(ms)) for position, ms in enumerate(record["timings"]["runs_ms"])],

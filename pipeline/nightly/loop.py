@@ -206,8 +206,8 @@ def _measure(
     check = result["check"]
     if not check["passed"]:
         result_id = history.add(result, provenance)
-        error = f"output does not match {check['reference']} (relative error {check['relative_error']:.2e})"
-        return PointOutcome(point, result_id, median_ms, error=error)
+        mismatch = f"output does not match {check['reference']} (relative error {check['relative_error']:.2e})"
+        return PointOutcome(point, result_id, median_ms, error=mismatch)
     baseline = history.baseline(result["board"], result["model"], result["timing_kind"])
     if baseline is None:
         return PointOutcome(point, history.add(result, provenance), median_ms)

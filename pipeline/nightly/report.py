@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
+from matplotlib.dates import date2num  # noqa: E402
 
 from pipeline.nightly.history import Entry, History  # noqa: E402
 from pipeline.nightly.loop import NightlyOutcome, PointOutcome  # noqa: E402
@@ -100,16 +101,18 @@ def _plot(board: str, model: str, series: list[Entry]) -> bytes:
     times = [datetime.fromisoformat(entry.created.replace("Z", "+00:00")) for entry in series]
     figure, axes = plt.subplots(figsize=(9, 3.2), dpi=100)
     for when, entry in zip(times, series):
-        axes.scatter([when] * len(entry.runs_ms), entry.runs_ms, s=6, color="0.6", alpha=0.5, linewidths=0)
+        axes.scatter([date2num(when)] * len(entry.runs_ms), entry.runs_ms, s=6, color="0.6", alpha=0.5, linewidths=0)
     medians = [entry.record["timings"]["stats"]["median_ms"] for entry in series]
-    axes.plot(times, medians, color="tab:blue", marker="o", markersize=3, linewidth=1, label="median")
+    axes.plot(date2num(times), medians, color="tab:blue", marker="o", markersize=3, linewidth=1, label="median")
     for change, (marker, color) in MARKERS.items():
-        flagged = [(t, m) for t, m, e in zip(times, medians, series) if e.change == change]
+        flagged = [(date2num(t), m) for t, m, e in zip(times, medians, series) if e.change == change]
         if flagged:
-            axes.scatter(*zip(*flagged), marker=marker, s=90, color=color, zorder=3, label=change)
-    failed = [(t, m) for t, m, e in zip(times, medians, series) if not e.check_passed]
+            xs, ys = zip(*flagged)
+            axes.scatter(xs, ys, marker=marker, s=90, color=color, zorder=3, label=change)
+    failed = [(date2num(t), m) for t, m, e in zip(times, medians, series) if not e.check_passed]
     if failed:
-        axes.scatter(*zip(*failed), marker="x", s=70, color="black", zorder=3, label="output check failed")
+        xs, ys = zip(*failed)
+        axes.scatter(xs, ys, marker="x", s=70, color="black", zorder=3, label="output check failed")
     kind = series[-1].record.get("timing_kind", "")
     axes.set_title(f"{model} on {board} ({kind})")
     axes.set_ylabel("latency per run (ms)")

@@ -3,9 +3,9 @@ others missed, so a record that silently stopped applying is seen before the mod
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast, get_args
 
-from pipeline.board.profile import CoverageSettings
+from pipeline.board.profile import CoveragePolicy, CoverageSettings
 from pipeline.build.lowering import Task
 from pipeline.errors import PipelineError
 from pipeline.records.store import RecordStore, StoredRecord, same_release, same_target, shown
@@ -168,14 +168,14 @@ def resolve_policy(
 ) -> CoverageSettings:
     """The profile's coverage section (warn at 90% when absent) with command-line flags taking precedence."""
     settings = section or CoverageSettings()
-    if policy is not None and policy not in ("warn", "refuse"):
+    if policy is not None and policy not in get_args(CoveragePolicy):
         raise PipelineError(f"unknown coverage policy '{policy}'", "use --coverage warn or --coverage refuse")
     if min_tuned_flops is not None and not 0.0 <= min_tuned_flops <= 1.0:
         raise PipelineError(
             f"--min-tuned-flops {min_tuned_flops} is not a fraction", "give a value from 0 to 1, e.g. 0.9"
         )
     return CoverageSettings(
-        policy=policy or settings.policy,
+        policy=cast(CoveragePolicy, policy) if policy else settings.policy,
         min_tuned_flops=settings.min_tuned_flops if min_tuned_flops is None else min_tuned_flops,
     )
 
