@@ -23,3 +23,10 @@ def ssh_client(embedded_endpoint: SshEndpoint) -> Iterator[paramiko.SSHClient]:
     """A verified, logged-in connection to the embedded board."""
     with connect(embedded_endpoint) as client:
         yield client
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the embedded board belongs to the slow tier, wherever it is defined."""
+    for item in items:
+        if {"embedded_endpoint", "ssh_client"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.board)

@@ -14,6 +14,8 @@ from pipeline.deploy.check import compare
 from pipeline.deploy.timing import summarize
 from pipeline.errors import PipelineError
 
+pytestmark = pytest.mark.board  # sshd, qemu or TVM builds: the slow tier
+
 
 @pytest.fixture
 def cache(tmp_path: Path) -> Path:

@@ -18,6 +18,8 @@ from pipeline.errors import PipelineError
 from pipeline.records.coverage import Coverage, TaskCoverage, check_policy, coverage_lines, resolve_policy
 from pipeline.records.store import compressed_ir, load_store, save_record, structural_hash, workload_module
 
+pytestmark = pytest.mark.board  # sshd, qemu or TVM builds: the slow tier
+
 OTHER_CONVS = {
     "fused_conv2d1_subtract_divide_multiply_add1_relu1",
     "fused_conv2d2_add1_maximum_minimum",

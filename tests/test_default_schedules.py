@@ -31,6 +31,8 @@ from pipeline.build.default_schedules import (
 from pipeline.build.lowering import build_executable, fuse, lift_weight_transforms
 from pipeline.build.schedule_transfer import adapt_tile, donors, fallback_database, transferred_schedules
 
+pytestmark = pytest.mark.board  # sshd, qemu or TVM builds: the slow tier
+
 HOST = tvm.target.Target(
     {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": str(codegen.llvm_get_system_cpu()), "num-cores": 2}
 )

@@ -20,6 +20,8 @@ from pipeline.board.sshd import SshEndpoint
 from pipeline.build.model_file import resolve_model
 from pipeline.paths import ROOT
 
+pytestmark = pytest.mark.board  # sshd, qemu or TVM builds: the slow tier
+
 INVOKE = [sys.executable, "-m", "invoke"]
 ENDLESS_RUNS = "100000"
 

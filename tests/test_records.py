@@ -23,6 +23,8 @@ from pipeline.records.store import (
 )
 from pipeline.tuning.tuner import plan_trials, tune
 
+pytestmark = pytest.mark.board  # the store fixture tunes with TVM: the slow tier
+
 
 @pytest.fixture(scope="module")
 def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

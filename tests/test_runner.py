@@ -18,6 +18,8 @@ from tvm import relax
 from pipeline.board.bundle import RuntimeBundle, runtime_bundle
 from pipeline.board.profile import Arch
 
+pytestmark = pytest.mark.board  # sshd, qemu or TVM builds: the slow tier
+
 ARCHES: list[Arch] = ["x86_64", "aarch64"]
 INPUT_SHAPE = (1, 3, 8, 8)
 WEIGHT_SHAPE = (4, 3, 3, 3)

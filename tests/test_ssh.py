@@ -25,6 +25,8 @@ from pipeline.board.sshd import SshEndpoint, board_endpoint, endpoint_for
 from pipeline.board.sync import push
 from pipeline.errors import PipelineError
 
+pytestmark = pytest.mark.board  # sshd, qemu or TVM builds: the slow tier
+
 
 def free_port() -> int:
     with socket.socket() as probe:

@@ -19,6 +19,8 @@ from pipeline.records.store import load_store
 from pipeline.tuning.board_python import environment_archive
 from pipeline.tuning.tuner import TuneResult, tune
 
+pytestmark = pytest.mark.board  # sshd, qemu or TVM builds: the slow tier
+
 TRIALS = 2  # the loop, not a good schedule: each emulated trial costs seconds of cross-compiling and qemu
 
 
