@@ -1,6 +1,8 @@
-"""Whole-model latency of one model on this host, every schedule source side by side with ONNX Runtime.
+"""Whole-model latency of one model on this host, every schedule source side by side with ONNX Runtime
+and OpenVINO.
 
-    .venv/bin/python benchmarks/model_latency.py [--model vgg16] [--threads 2] [--rounds 5] [--naive]
+    .venv/bin/python benchmarks/model_latency.py [--model vgg16] [--threads 2] [--rounds 15] [--naive]
+    (OpenVINO is a benchmark-only dependency: .venv/bin/pip install -r benchmarks/requirements.txt)
 
 Variants, all built by the pipeline's own steps for the `local` board and loaded in this process
 with TVM's runtime, timed with the same thread count as ONNX Runtime:
@@ -9,13 +11,17 @@ with TVM's runtime, timed with the same thread count as ONNX Runtime:
   transfer  a store with the other models' records only: tasks take a transferred schedule where
             one beats the default
   tuned     records/ as shipped (skipped when it holds no record of this model)
-  onnxruntime
-Rounds alternate between the variants so that machine noise hits all of them alike; figures are
-medians over rounds, ratios are against the tuned build (or the default one when there is none).
+  onnxruntime   intra-op thread spinning off: spinning threads slow whatever runs next on 2 cores by up to 2x
+  openvino      f32 forced (its default on AVX-512 machines silently runs bf16), when it is installed
+Every round runs each variant once, in a new random order (seeded), so machine noise and whatever ran
+just before hit all of them alike; the table gives medians and minima over rounds, ratios of medians
+against the tuned build (or the default one when there is none) and against ONNX Runtime.
 """
 
 import argparse
+import importlib.util
 import os
+import random
 import shutil
 import statistics
 import sys
@@ -32,7 +38,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vgg16")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the per-round random order")
     parser.add_argument("--naive", action="store_true", help="also time TVM's naive loops (VGG-16: ~20 s a run)")
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
@@ -62,6 +69,8 @@ def main() -> int:
     if args.naive:
         runners = {"naive": naive_runner(spec, board, data), **runners}
     runners["onnxruntime"] = ort_runner(spec.path, spec.input_name, data, args.threads)
+    if importlib.util.find_spec("openvino") is not None:
+        runners["openvino f32"] = openvino_runner(spec.path, data, args.threads)
 
     print(f"{spec.name}: {flops / 1e9:.1f} GFLOP per inference, {args.threads} threads, {args.rounds} rounds")
     for name, share in shares.items():
@@ -69,9 +78,11 @@ def main() -> int:
     for run in runners.values():
         run()  # first calls load and compile lazily
     samples: dict[str, list[float]] = {name: [] for name in runners}
+    order, shuffle = list(runners), random.Random(args.seed).shuffle
     for _ in range(args.rounds):
-        for name, run in runners.items():
-            samples[name].append(seconds(run))
+        shuffle(order)
+        for name in order:
+            samples[name].append(seconds(runners[name]))
 
     medians = {name: statistics.median(values) for name, values in samples.items()}
     reference = "tuned" if "tuned" in medians else "default"
@@ -125,8 +136,19 @@ def ort_runner(model: Path, input_name: str, data: object, threads: int) -> Call
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     return lambda: session.run(None, {input_name: data})
+
+
+def openvino_runner(model: Path, data: object, threads: int) -> Callable[[], object]:
+    """OpenVINO's CPU plugin with f32 inference forced and the same thread count."""
+    import openvino
+
+    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    compiled = openvino.Core().compile_model(str(model), "CPU", config)
+    request = compiled.create_infer_request()
+    return lambda: request.infer([data])
 
 
 def seconds(run: Callable[[], object]) -> float:
