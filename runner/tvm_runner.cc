@@ -5,9 +5,13 @@
 //   tvm_runner --info
 //     stdout: {"arch": "...", "cores": N, "runner_version": 1}
 //   tvm_runner --lib model.so --params params.bin --input input.bin --input-shape 1,3,224,224
-//              --output out.bin [--warmup W] [--runs R]
-//     stderr: "progress <first|warmup|run> <i> <n> <ms>" after each inference (i counts from 1)
-//     stdout: one JSON line with load_ms, first_ms, warmup_ms, runs_ms, output_shape, num_outputs
+//              --output out.bin [--warmup W] [--runs R] [--profile P]
+//     stderr: "progress <first|warmup|run|profile> <i> <n> <ms>" after each inference (i counts from 1)
+//     stdout: one JSON line with load_ms, first_ms, warmup_ms, runs_ms, output_shape, num_outputs,
+//             peak_rss_kb (the process's peak resident memory after the timed runs) and, with
+//             --profile P > 0, profile: [{"name", "calls", "ms"}, ...], every function the VM called
+//             (kernels and VM builtins) in order of first call, calls and ms per inference, averaged
+//             over P extra inferences that run after the timed ones, so timing them never slows those
 //             (load_ms covers loading the library, initialising the VM, reading params and input)
 // Every error prints one message on stderr and exits with code 2.
 
@@ -19,6 +23,8 @@
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
 #include <tvm/ffi/string.h>
+
+#include <sys/resource.h>
 
 #include <chrono>
 #include <cstdint>
@@ -90,6 +96,7 @@ struct Options {
   std::vector<int64_t> input_shape;
   int warmup = 1;
   int runs = 10;
+  int profile = 0;
 };
 
 std::vector<int64_t> ParseShape(const std::string& text) {
@@ -155,6 +162,7 @@ Options ParseOptions(int argc, char** argv) {
   opts.output = require("--output");
   if (auto warmup = take("--warmup")) opts.warmup = ParseCount("--warmup", *warmup);
   if (auto runs = take("--runs")) opts.runs = ParseCount("--runs", *runs);
+  if (auto profile = take("--profile")) opts.profile = ParseCount("--profile", *profile);
   if (!values.empty()) throw UsageError("unknown option " + values.begin()->first);
   if (opts.runs < 1) throw UsageError("--runs must be at least 1");
   return opts;
@@ -245,6 +253,61 @@ std::string JsonList(const ffi::ShapeView& shape) {
   return text.str();
 }
 
+// Linux reports ru_maxrss in kilobytes.
+long PeakRssKb() {
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_maxrss;
+}
+
+struct CallTimes {
+  std::vector<std::string> order;  // first call first
+  std::map<std::string, std::pair<int64_t, double>> calls_and_ms;
+};
+
+// The VM calls its instrument before and after every Call instruction (kernels and builtins alike):
+// a stack of start times keeps nested calls apart.
+ffi::Function TimingInstrument(CallTimes* times, std::vector<Clock::time_point>* started) {
+  return ffi::Function::FromPacked([times, started](ffi::PackedArgs args, ffi::Any* rv) {
+    bool before = args[2].cast<bool>();
+    if (before) {
+      started->push_back(Clock::now());
+    } else if (!started->empty()) {
+      double ms = MillisSince(started->back());
+      started->pop_back();
+      std::string name = args[1].cast<ffi::String>();
+      auto [entry, inserted] = times->calls_and_ms.try_emplace(name, 0, 0.0);
+      if (inserted) times->order.push_back(name);
+      entry->second.first += 1;
+      entry->second.second += ms;
+    }
+    *rv = 0;  // VMInstrumentReturnKind::kNoOp: run the call as usual
+  });
+}
+
+std::string JsonString(const std::string& text) {
+  std::ostringstream out;
+  out << '"';
+  for (char c : text) {
+    if (c == '"' || c == '\\') out << '\\';
+    out << c;
+  }
+  out << '"';
+  return out.str();
+}
+
+std::string JsonProfile(const CallTimes& times, int runs) {
+  std::ostringstream text;
+  text << "[";
+  for (size_t i = 0; i < times.order.size(); ++i) {
+    const auto& [calls, ms] = times.calls_and_ms.at(times.order[i]);
+    text << (i ? ", " : "") << "{\"name\": " << JsonString(times.order[i])
+         << ", \"calls\": " << calls / runs << ", \"ms\": " << FormatMs(ms / runs) << "}";
+  }
+  text << "]";
+  return text.str();
+}
+
 ffi::Function RequireFunction(const ffi::Module& module, const char* name, const std::string& lib) {
   ffi::Optional<ffi::Function> func = module->GetFunction(name);
   if (!func) throw UsageError(lib + " is not an exported Relax executable with '" + name + "'");
@@ -286,13 +349,24 @@ int Run(const Options& opts) {
   std::vector<double> warmup_ms, runs_ms;
   for (int i = 1; i <= opts.warmup; ++i) warmup_ms.push_back(infer("warmup", i, opts.warmup));
   for (int i = 1; i <= opts.runs; ++i) runs_ms.push_back(infer("run", i, opts.runs));
+  long peak_rss_kb = PeakRssKb();
+
+  std::string profile;
+  if (opts.profile > 0) {
+    CallTimes times;
+    std::vector<Clock::time_point> started;
+    RequireFunction(vm, "set_instrument", opts.lib)(TimingInstrument(&times, &started));
+    for (int i = 1; i <= opts.profile; ++i) infer("profile", i, opts.profile);
+    profile = ", \"profile\": " + JsonProfile(times, opts.profile);
+  }
 
   std::vector<ffi::Tensor> outputs = Outputs(result);
   WriteOutput(opts.output, outputs[0]);
   std::cout << "{\"load_ms\": " << FormatMs(load_ms) << ", \"first_ms\": " << FormatMs(first_ms)
             << ", \"warmup_ms\": " << JsonList(warmup_ms) << ", \"runs_ms\": " << JsonList(runs_ms)
             << ", \"output_shape\": " << JsonList(outputs[0].shape())
-            << ", \"num_outputs\": " << outputs.size() << "}" << std::endl;
+            << ", \"num_outputs\": " << outputs.size() << ", \"peak_rss_kb\": " << peak_rss_kb
+            << profile << "}" << std::endl;
   return 0;
 }
 

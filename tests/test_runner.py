@@ -167,6 +167,21 @@ def test_runner_output_matches_numpy_and_reports_every_inference(case: Case) -> 
     np.testing.assert_allclose(actual, case.expected, rtol=1e-4, atol=1e-4)
 
 
+def test_profile_times_every_kernel_call_after_the_timed_runs_and_peak_memory_is_reported(case: Case) -> None:
+    output = case.workdir / "profiled.bin"
+    result = run_runner(case, *model_args(case, output), "--runs", "1", "--profile", "3")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+
+    phases = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("progress ")]
+    assert phases == ["first", "warmup", "run", "profile", "profile", "profile"]
+    kernels = [entry for entry in report["profile"] if not entry["name"].startswith("vm.builtin.")]
+    assert [entry["name"] for entry in kernels] == ["conv2d", "add", "relu"]  # tvm.compile without fusion
+    assert all(entry["calls"] == 1 and entry["ms"] >= 0 for entry in kernels) and kernels[0]["ms"] > 0
+    weights_kb = (np.prod(WEIGHT_SHAPE) + np.prod(BIAS_SHAPE)) * 4 / 1024
+    assert report["peak_rss_kb"] > weights_kb
+
+
 def test_missing_library_exits_2_with_a_message(case: Case) -> None:
     result = run_runner(case, *model_args(case, case.workdir / "out.bin")[2:], "--lib", case.workdir / "absent.so")
     assert result.returncode == 2
