@@ -26,12 +26,23 @@ class RuntimeInfo:
 
 
 @dataclass(frozen=True)
+class KernelTime:
+    """One function the VM called during an inference (a kernel or a VM builtin), per inference."""
+
+    name: str
+    calls: int
+    ms: float
+
+
+@dataclass(frozen=True)
 class RunOutcome:
     load_ms: float
     first_ms: float
     warmup_ms: list[float]
     runs_ms: list[float]
     output: np.ndarray
+    peak_rss_kb: int
+    profile: list[KernelTime]
 
 
 def probe_runtime(board: Board, deployment: Deployment) -> RuntimeInfo:
@@ -68,9 +79,11 @@ def run_benchmark(
     warmup: int,
     runs: int,
     timeout_s: float,
+    profile_runs: int = 0,
     on_progress: ProgressCallback | None = None,
 ) -> RunOutcome:
-    """First run, warm-up, then `runs` timed runs; the output file is fetched and removed from the board."""
+    """First run, warm-up, then `runs` timed runs, then `profile_runs` inferences with every kernel call
+    timed; the output file is fetched and removed from the board."""
     output_name = f"outputs/out-{uuid.uuid4().hex[:12]}.bin"
     args = [
         "--lib",
@@ -87,6 +100,8 @@ def run_benchmark(
         str(warmup),
         "--runs",
         str(runs),
+        "--profile",
+        str(profile_runs),
     ]
     result = board.run_runtime(
         _runner(deployment),
@@ -111,6 +126,8 @@ def run_benchmark(
         warmup_ms=[float(x) for x in report["warmup_ms"]],
         runs_ms=[float(x) for x in report["runs_ms"]],
         output=output,
+        peak_rss_kb=int(report["peak_rss_kb"]),
+        profile=[KernelTime(str(k["name"]), int(k["calls"]), float(k["ms"])) for k in report.get("profile", [])],
     )
 
 
