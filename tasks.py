@@ -3,12 +3,27 @@
 import functools
 import sys
 import traceback
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from invoke import Context, Exit, task
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 
 from pipeline.errors import PipelineError, error_line, write_log
+
+if TYPE_CHECKING:  # the pipeline's modules load inside the tasks, so `invoke --list` stays quick
+    from pipeline.deploy.flow import DeployCallbacks, Step
 
 
 def _clean_errors(body: Callable[..., Any]) -> Callable[..., Any]:
@@ -54,6 +69,70 @@ def _fraction(value: str | None) -> float | None:
         raise PipelineError(f"--min-tuned-flops must be a fraction, got '{value}'", "pass e.g. 0.9") from None
 
 
+class ConsoleProgress:
+    """Draws a deploy's progress callbacks on a console: a spinner per step, bars for the uploads and runs."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._bars: Progress | None = None
+        self._bar_ids: dict[str, TaskID] = {}
+        self._step_text = ""
+
+    def callbacks(self) -> "DeployCallbacks":
+        from pipeline.deploy.flow import DeployCallbacks
+
+        return DeployCallbacks(
+            on_step=self.step,
+            on_line=self.line,
+            on_warning=self.warning,
+            on_upload=self.upload,
+            on_run=self.run,
+        )
+
+    @contextmanager
+    def step(self, step: "Step") -> Iterator[None]:
+        self._step_text = step.text
+        if step.kind == "push":
+            columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+            with self._showing(Progress(*columns, console=self.console)):
+                yield
+        elif step.kind == "run":
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            with self._showing(Progress(*columns, console=self.console)) as bars:
+                self._bar_ids["run"] = bars.add_task(step.text, total=step.total)
+                yield
+        else:
+            with self.console.status(step.text):
+                yield
+
+    @contextmanager
+    def _showing(self, bars: Progress) -> Iterator[Progress]:
+        with bars:
+            self._bars, self._bar_ids = bars, {}
+            try:
+                yield bars
+            finally:
+                self._bars = None
+
+    def line(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def warning(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True, style="yellow")
+
+    def upload(self, name: str, sent: int, size: int) -> None:
+        if self._bars is None:
+            return
+        if name not in self._bar_ids:
+            self._bar_ids[name] = self._bars.add_task(f"{self._step_text} {name}", total=size)
+        self._bars.update(self._bar_ids[name], completed=sent)
+
+    def run(self, phase: str, index: int, count: int, ms: float) -> None:
+        if self._bars is not None:
+            description = f"{self._step_text}: {phase} {index}/{count}"
+            self._bars.update(self._bar_ids["run"], advance=1, description=description)
+
+
 _COVERAGE_HELP = {
     "coverage": "warn or refuse when too few conv/dense FLOPs run tuned schedules (default: the profile's)",
     "min-tuned-flops": "the share of conv/dense FLOPs that must run tuned schedules, 0 to 1 (default: 0.9)",
@@ -84,10 +163,8 @@ def deploy(
     min_tuned_flops: str | None = None,
 ) -> None:
     """Build the model for the board, push it, run it there, check the output, and record the timings."""
-    from rich.console import Console
-
-    from pipeline.deploy import summary
     from pipeline.deploy.flow import deploy_once
+    from pipeline.deploy.summary import deploy_summary_lines
 
     outcome = deploy_once(
         board,
@@ -98,10 +175,10 @@ def deploy(
         tolerance=tolerance,
         coverage=coverage,
         min_tuned_flops=_fraction(min_tuned_flops),
-        console=Console(stderr=True),
+        callbacks=ConsoleProgress(Console(stderr=True)).callbacks(),
     )
     result, path = outcome.result, outcome.path
-    print("\n".join(summary.summary_lines(result, path)))
+    print("\n".join(deploy_summary_lines(result, path)))
     if not result.check.passed:
         raise Exit(
             f"error: the output on {result.board} does not match onnxruntime (relative error "
@@ -158,8 +235,6 @@ def tune(
 ) -> None:
     """Tune the model's conv/dense tasks with MetaSchedule, measuring on the board, and save the best
     schedules in records/."""
-    from rich.console import Console
-
     from pipeline.board.profile import load_board
     from pipeline.build.model_file import resolve_model
     from pipeline.records.store import shown
@@ -230,11 +305,10 @@ def nightly(
     """Deploy every point of the matrix, store and compare each result, write the report; exit 1 on a regression."""
     from pathlib import Path
 
-    from rich.console import Console
-
     from pipeline.nightly import loop as runner
-    from pipeline.nightly.history import History, Provenance, pipeline_commit
-    from pipeline.nightly.report import point_line, summary_lines, write_report
+    from pipeline.nightly.history import History
+    from pipeline.nightly.provenance import RunProvenance, pipeline_commit
+    from pipeline.nightly.report import nightly_summary_lines, point_line, write_report
     from pipeline.records.store import load_store
 
     matrix_path = Path(matrix)
@@ -252,11 +326,12 @@ def nightly(
     def show(outcome: runner.PointOutcome) -> None:
         console.print(point_line(outcome), markup=False, highlight=False, soft_wrap=True)
 
-    provenance = Provenance(pipeline_commit=pipeline_commit(), record_store_version=load_store().version)
+    provenance = RunProvenance(pipeline_commit=pipeline_commit(), record_store_version=load_store().version)
+    deploy = runner.real_deploy(ConsoleProgress(console).callbacks())
     with History(Path(history) if history else spec.history) as store:
-        outcome = runner.run_nightly(spec, runner.real_deploy(console), store, provenance, on_point=show)
+        outcome = runner.run_nightly(spec, deploy, store, provenance, on_point=show)
         page = write_report(store, outcome, Path(report) if report else spec.report)
-    print("\n".join(summary_lines(outcome)))
+    print("\n".join(nightly_summary_lines(outcome)))
     print(f"Report       {page}")
     if outcome.exit_code:
         raise Exit(code=outcome.exit_code)

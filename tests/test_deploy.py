@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import paramiko
@@ -18,6 +20,8 @@ from pipeline.board.profile import BOARDS_DIR
 from pipeline.board.remote import run
 from pipeline.board.sshd import SshEndpoint
 from pipeline.build.model_file import resolve_model
+from pipeline.deploy.flow import DeployCallbacks, Step, deploy_once
+from pipeline.deploy.results import load_result
 from pipeline.paths import ROOT
 
 INVOKE = [sys.executable, "-m", "invoke"]
@@ -111,6 +115,35 @@ def test_deploy_tiny_runs_checks_and_records(
     assert timings["stats"]["min_ms"] <= timings["stats"]["median_ms"] <= timings["stats"]["max_ms"]
     assert record["board_facts"]["online_cores"] >= 1
     assert record["tvm_version"].startswith("0.27")
+    assert load_result(path).to_json() == path.read_text()  # read back typed, written back unchanged
+
+
+def test_deploy_once_reports_its_steps_uploads_and_runs_through_callbacks(
+    embedded_endpoint: SshEndpoint, tmp_path: Path
+) -> None:
+    """The library draws nothing itself: what `invoke deploy` shows comes through these callbacks."""
+    events: list[tuple[str, ...]] = []
+
+    @contextmanager
+    def on_step(step: Step) -> Iterator[None]:
+        events.append(("start", step.kind))
+        yield
+        events.append(("end", step.kind))
+
+    callbacks = DeployCallbacks(
+        on_step=on_step,
+        on_line=lambda line: events.append(("line", line)),
+        on_upload=lambda name, sent, size: events.append(("upload", name)),
+        on_run=lambda phase, index, count, ms: events.append(("run", phase)),
+    )
+    outcome = deploy_once("local", "tiny", runs=3, warmup=1, callbacks=callbacks, results_dir=tmp_path / "results")
+    steps = [kind for event, kind in (e for e in events if e[0] in ("start", "end"))]
+    assert steps == [kind for kind in ("build", "push", "probe", "run", "check") for _ in ("start", "end")]
+    assert [phase for event, phase in (e for e in events if e[0] == "run")] == ["first", "warmup", "run", "run", "run"]
+    uploaded = {name for event, name in (e for e in events if e[0] == "upload")}
+    assert uploaded == set(outcome.result.push.uploaded)
+    assert any(e[0] == "line" and e[1].startswith("conv/dense FLOPs tuned:") for e in events)
+    assert events.index(("end", "build")) < events.index(next(e for e in events if e[0] == "line"))
 
 
 def test_a_deploy_without_any_record_runs_no_naive_conv_or_dense_task(

@@ -10,18 +10,16 @@ def _ms(value: float) -> str:
 
 
 def _tuned_count(result: DeployResult) -> str:
-    heavy = [entry for entry in result.coverage if entry["heavy"]]
-    tuned = sum(1 for entry in heavy if entry["status"] == "tuned")
+    heavy = [entry for entry in result.coverage if entry.heavy]
+    tuned = sum(1 for entry in heavy if entry.status == "tuned")
     text = f"{tuned} of {len(heavy)} conv/dense workloads"
-    if tuned == len(heavy) or not all("schedule" in entry for entry in heavy):  # results before fallbacks
+    if tuned == len(heavy) or not all(entry.schedule for entry in heavy):  # results before fallbacks
         return text
-    count = {
-        kind: sum(1 for entry in heavy if entry["schedule"] == kind) for kind in ("transferred", "default", "naive")
-    }
+    count = {kind: sum(1 for entry in heavy if entry.schedule == kind) for kind in ("transferred", "default", "naive")}
     return text + ", the others " + ", ".join(f"{n} {kind}" for kind, n in count.items())
 
 
-def summary_lines(result: DeployResult, result_path: Path | None = None) -> list[str]:
+def deploy_summary_lines(result: DeployResult, result_path: Path | None = None) -> list[str]:
     stats = result.timings.stats
     t = result.timings
     target = result.target
@@ -30,22 +28,22 @@ def summary_lines(result: DeployResult, result_path: Path | None = None) -> list
         board_line += "  [EMULATED under qemu: timings are emulation costs, not figures of the real board]"
     build = result.build
     build_line = (
-        f"cached (compiled earlier in {build['compile_seconds']:.1f} s, key {build['key']})"
-        if build["cached"]
-        else f"compiled in {build['compile_seconds']:.1f} s (key {build['key']})"
+        f"cached (compiled earlier in {build.compile_seconds:.1f} s, key {build.key})"
+        if build.cached
+        else f"compiled in {build.compile_seconds:.1f} s (key {build.key})"
     )
     push = result.push
     lines = [
         f"Board        {board_line}",
-        f"Model        {result.model}  input {'x'.join(map(str, build['input_shape']))}",
+        f"Model        {result.model}  input {'x'.join(map(str, build.input_shape))}",
         f"Target       {target['mtriple']} -mcpu={target['mcpu']} {' '.join(target.get('mattr', []))}".rstrip()
         + f", {result.threads} threads, runtime {result.runtime_arch}",
         f"TVM          {result.tvm_version}",
         f"Build        {build_line}",
         f"Coverage     {result.coverage_tuned_share:.0%} of conv/dense FLOPs run tuned schedules "
         f"({_tuned_count(result)}; records {result.record_store_version})",
-        f"Push         {len(push['uploaded'])} uploaded ({push['bytes_sent'] / 1e6:.1f} MB), "
-        f"{len(push['skipped'])} unchanged, {push['seconds']:.1f} s",
+        f"Push         {len(push.uploaded)} uploaded ({push.bytes_sent / 1e6:.1f} MB), "
+        f"{len(push.skipped)} unchanged, {push.seconds:.1f} s",
         f"Init         {_ms(t.load_ms)}",
         f"First run    {_ms(t.first_ms)}",
         f"Warm-up      {len(t.warmup_ms)} runs"
