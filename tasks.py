@@ -242,14 +242,30 @@ def tune(
 
     names = tuple(name for name in only.split(",") if name)
     profile = load_board(board)
-    result = tune_model(
-        resolve_model(model),
-        profile,
-        _number(trials, int, "trials", 64),
-        only=names,
-        retune=retune,
-        console=Console(stderr=True),
-    )
+    where = f"{profile.name} (emulated)" if profile.emulated else profile.name
+    columns = (TextColumn("Measuring on {task.fields[where]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    progress = Progress(*columns, console=Console(stderr=True))
+    bar: TaskID | None = None
+
+    def on_measured(count: int, total: int) -> None:
+        """The bar appears when the search starts (not while the model is imported)."""
+        nonlocal bar
+        if bar is None:
+            progress.start()
+            bar = progress.add_task("tune", total=total, where=where)
+        progress.update(bar, completed=count)
+
+    try:
+        result = tune_model(
+            resolve_model(model),
+            profile,
+            _number(trials, int, "trials", 64),
+            only=names,
+            retune=retune,
+            on_measured=on_measured,
+        )
+    finally:
+        progress.stop()
     emulated = ", emulated: the records prove the loop, not the board's speed" if profile.emulated else ""
     print(
         f"tuned {len(result.tuned)} tasks with {result.trials} trials in {result.seconds:.0f} s on {profile.name}{emulated}"
