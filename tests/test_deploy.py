@@ -137,13 +137,17 @@ def test_deploy_once_reports_its_steps_uploads_and_runs_through_callbacks(
         on_run=lambda phase, index, count, ms: events.append(("run", phase)),
     )
     outcome = deploy_once("local", "tiny", runs=3, warmup=1, callbacks=callbacks, results_dir=tmp_path / "results")
-    steps = [kind for event, kind in (e for e in events if e[0] in ("start", "end"))]
-    assert steps == [kind for kind in ("build", "push", "probe", "run", "check") for _ in ("start", "end")]
-    assert [phase for event, phase in (e for e in events if e[0] == "run")] == ["first", "warmup", "run", "run", "run"]
-    uploaded = {name for event, name in (e for e in events if e[0] == "upload")}
-    assert uploaded == set(outcome.result.push.uploaded)
-    assert any(e[0] == "line" and e[1].startswith("conv/dense FLOPs tuned:") for e in events)
-    assert events.index(("end", "build")) < events.index(next(e for e in events if e[0] == "line"))
+
+    def of(kind: str) -> list[str]:
+        return [event[1] for event in events if event[0] == kind]
+
+    steps = [event for event in events if event[0] in ("start", "end")]
+    assert steps == [(edge, kind) for kind in ("build", "push", "probe", "run", "check") for edge in ("start", "end")]
+    assert of("run") == ["first", "warmup", "run", "run", "run"]
+    assert set(of("upload")) == set(outcome.result.push.uploaded)
+    assert any(line.startswith("conv/dense FLOPs tuned:") for line in of("line"))
+    first_line = next(event for event in events if event[0] == "line")
+    assert events.index(("end", "build")) < events.index(first_line) < events.index(("start", "push"))
 
 
 def test_a_deploy_without_any_record_runs_no_naive_conv_or_dense_task(
