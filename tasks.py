@@ -3,12 +3,27 @@
 import functools
 import sys
 import traceback
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from invoke import Context, Exit, task
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 
 from pipeline.errors import PipelineError, error_line, write_log
+
+if TYPE_CHECKING:  # the pipeline's modules load inside the tasks, so `invoke --list` stays quick
+    from pipeline.deploy.flow import DeployCallbacks, Step
 
 
 def _clean_errors(body: Callable[..., Any]) -> Callable[..., Any]:
@@ -54,6 +69,72 @@ def _fraction(value: str | None) -> float | None:
         raise PipelineError(f"--min-tuned-flops must be a fraction, got '{value}'", "pass e.g. 0.9") from None
 
 
+class ConsoleProgress:
+    """Draws a deploy's progress callbacks on a console: a spinner per step, bars for the uploads and runs."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._bars: Progress | None = None
+        self._bar_ids: dict[str, TaskID] = {}
+        self._step_text = ""
+
+    def callbacks(self) -> "DeployCallbacks":
+        from pipeline.deploy.flow import DeployCallbacks
+
+        return DeployCallbacks(
+            on_step=self.step,
+            on_line=self.line,
+            on_warning=self.warning,
+            on_upload=self.upload,
+            on_run=self.run,
+        )
+
+    @contextmanager
+    def step(self, step: "Step") -> Iterator[None]:
+        self._step_text = step.text
+        if step.kind == "push":
+            transfer = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+            with self._showing(Progress(*transfer, console=self.console)):
+                yield
+        elif step.kind == "run":
+            counted = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            with self._showing(Progress(*counted, console=self.console)) as bars:
+                self._bar_ids["run"] = bars.add_task(step.text, total=step.total)
+                yield
+        else:
+            with self.console.status(step.text):
+                yield
+
+    @contextmanager
+    def _showing(self, bars: Progress) -> Iterator[Progress]:
+        with bars:
+            self._bars, self._bar_ids = bars, {}
+            try:
+                yield bars
+            finally:
+                self._bars = None
+
+    def line(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def warning(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True, style="yellow")
+
+    def upload(self, name: str, sent: int, size: int) -> None:
+        if self._bars is None:
+            return
+        if name not in self._bar_ids:
+            self._bar_ids[name] = self._bars.add_task(f"{self._step_text} {name}", total=size)
+        self._bars.update(self._bar_ids[name], completed=sent)
+
+    def run(self, phase: str, index: int, count: int, ms: float) -> None:
+        if self._bars is not None:
+            description = f"{self._step_text}: {phase} {index}/{count}"
+            self._bars.update(self._bar_ids["run"], advance=1, description=description)
+
+
+PROFILE_RUNS = 3  # profiled inferences for invoke deploy --profile: averaged, after the timed ones
+
 _COVERAGE_HELP = {
     "coverage": "warn or refuse when too few conv/dense FLOPs run tuned schedules (default: the profile's)",
     "min-tuned-flops": "the share of conv/dense FLOPs that must run tuned schedules, 0 to 1 (default: 0.9)",
@@ -68,6 +149,7 @@ _COVERAGE_HELP = {
         "warmup": "warm-up runs (default: the profile's timing.warmup)",
         "timeout": "seconds before the run on the board is killed (default: the profile's timing.timeout_s)",
         "tolerance": "largest relative error against onnxruntime that still passes",
+        "profile": f"after the timed runs, time every kernel call over {PROFILE_RUNS} more runs and print the per-task table",
         **_COVERAGE_HELP,
     }
 )
@@ -82,12 +164,11 @@ def deploy(
     tolerance: float = 1e-3,
     coverage: str | None = None,
     min_tuned_flops: str | None = None,
+    profile: bool = False,
 ) -> None:
     """Build the model for the board, push it, run it there, check the output, and record the timings."""
-    from rich.console import Console
-
-    from pipeline.deploy import summary
     from pipeline.deploy.flow import deploy_once
+    from pipeline.deploy.summary import deploy_summary_lines, kernel_table_lines
 
     outcome = deploy_once(
         board,
@@ -98,10 +179,13 @@ def deploy(
         tolerance=tolerance,
         coverage=coverage,
         min_tuned_flops=_fraction(min_tuned_flops),
-        console=Console(stderr=True),
+        profile_runs=PROFILE_RUNS if profile else 0,
+        callbacks=ConsoleProgress(Console(stderr=True)).callbacks(),
     )
     result, path = outcome.result, outcome.path
-    print("\n".join(summary.summary_lines(result, path)))
+    if profile:
+        print("\n".join(kernel_table_lines(result)))
+    print("\n".join(deploy_summary_lines(result, path)))
     if not result.check.passed:
         raise Exit(
             f"error: the output on {result.board} does not match onnxruntime (relative error "
@@ -158,8 +242,6 @@ def tune(
 ) -> None:
     """Tune the model's conv/dense tasks with MetaSchedule, measuring on the board, and save the best
     schedules in records/."""
-    from rich.console import Console
-
     from pipeline.board.profile import load_board
     from pipeline.build.model_file import resolve_model
     from pipeline.records.store import shown
@@ -167,14 +249,30 @@ def tune(
 
     names = tuple(name for name in only.split(",") if name)
     profile = load_board(board)
-    result = tune_model(
-        resolve_model(model),
-        profile,
-        _number(trials, int, "trials", 64),
-        only=names,
-        retune=retune,
-        console=Console(stderr=True),
-    )
+    where = f"{profile.name} (emulated)" if profile.emulated else profile.name
+    columns = (TextColumn("Measuring on {task.fields[where]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    progress = Progress(*columns, console=Console(stderr=True))
+    bar: TaskID | None = None
+
+    def on_measured(count: int, total: int) -> None:
+        """The bar appears when the search starts (not while the model is imported)."""
+        nonlocal bar
+        if bar is None:
+            progress.start()
+            bar = progress.add_task("tune", total=total, where=where)
+        progress.update(bar, completed=count)
+
+    try:
+        result = tune_model(
+            resolve_model(model),
+            profile,
+            _number(trials, int, "trials", 64),
+            only=names,
+            retune=retune,
+            on_measured=on_measured,
+        )
+    finally:
+        progress.stop()
     emulated = ", emulated: the records prove the loop, not the board's speed" if profile.emulated else ""
     print(
         f"tuned {len(result.tuned)} tasks with {result.trials} trials in {result.seconds:.0f} s on {profile.name}{emulated}"
@@ -241,11 +339,10 @@ def nightly(
     """Deploy every point of the matrix, store and compare each result, write the report; exit 1 on a regression."""
     from pathlib import Path
 
-    from rich.console import Console
-
     from pipeline.nightly import loop as runner
-    from pipeline.nightly.history import History, Provenance, pipeline_commit
-    from pipeline.nightly.report import point_line, summary_lines, write_report
+    from pipeline.nightly.history import History
+    from pipeline.nightly.provenance import RunProvenance, pipeline_commit
+    from pipeline.nightly.report import nightly_summary_lines, point_line, write_report
     from pipeline.records.store import load_store
 
     matrix_path = Path(matrix)
@@ -263,11 +360,12 @@ def nightly(
     def show(outcome: runner.PointOutcome) -> None:
         console.print(point_line(outcome), markup=False, highlight=False, soft_wrap=True)
 
-    provenance = Provenance(pipeline_commit=pipeline_commit(), record_store_version=load_store().version)
+    provenance = RunProvenance(pipeline_commit=pipeline_commit(), record_store_version=load_store().version)
+    deploy = runner.real_deploy(ConsoleProgress(console).callbacks())
     with History(Path(history) if history else spec.history) as store:
-        outcome = runner.run_nightly(spec, runner.real_deploy(console), store, provenance, on_point=show)
+        outcome = runner.run_nightly(spec, deploy, store, provenance, on_point=show)
         page = write_report(store, outcome, Path(report) if report else spec.report)
-    print("\n".join(summary_lines(outcome)))
+    print("\n".join(nightly_summary_lines(outcome)))
     print(f"Report       {page}")
     if outcome.exit_code:
         raise Exit(code=outcome.exit_code)

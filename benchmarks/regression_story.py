@@ -49,7 +49,7 @@ def is_3x3_conv(record_file: Path) -> bool:
 def runs_per_result(history: Path, model: str) -> list[list[float]]:
     """Per-run latencies of every stored result of the point, oldest first."""
     with History(history) as store:
-        return [entry.runs_ms for entry in store.series("local", model)]
+        return [entry.result.timings.runs_ms for entry in store.series("local", model)]
 
 
 def main() -> int:

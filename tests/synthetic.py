@@ -1,15 +1,19 @@
-"""Result dicts shaped exactly like a deploy's (built from the real dataclasses), with chosen latencies,
-coverage and board state: the input the history, causes and nightly modules see from a real deploy."""
+"""Deploy results like a real deploy's, with chosen latencies, coverage and board state: the input the
+history, causes and nightly modules see from a real deploy."""
 
-from dataclasses import asdict, replace
-from typing import Any
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
 from pipeline.board.facts import BoardFacts
+from pipeline.board.sync import PushReport
+from pipeline.build.builder import BuildArtifact
 from pipeline.deploy.check import CheckResult
 from pipeline.deploy.results import DeployResult, Timings
 from pipeline.deploy.timing import summarize
+from pipeline.records.coverage import Coverage, CoverageEntry
 
 RK3399_TARGET = {
     "kind": "llvm",
@@ -35,7 +39,7 @@ def latencies(median_ms: float, runs: int, seed: int, spread: float = 0.02) -> l
     return list(np.random.default_rng(seed).lognormal(np.log(median_ms), spread, runs))
 
 
-def result_dict(
+def synthetic_result(
     runs_ms: list[float],
     *,
     board: str = "rk3399",
@@ -46,9 +50,10 @@ def result_dict(
     threads: int = 2,
     facts: BoardFacts = HEALTHY,
     passed: bool = True,
-    coverage: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    result = DeployResult(
+    coverage: list[CoverageEntry] | None = None,
+) -> DeployResult:
+    build_dir = Path("/nonexistent/builds") / f"{model}-aarch64"
+    return DeployResult(
         created=created,
         board=board,
         emulated=False,
@@ -57,8 +62,22 @@ def result_dict(
         tvm_version=tvm_version,
         target=target or RK3399_TARGET,
         threads=threads,
-        build={"key": "0" * 16, "cached": True, "compile_seconds": 1.0, "input_shape": [1, 3, 224, 224]},
-        push={"uploaded": [], "skipped": [], "bytes_sent": 0, "seconds": 0.1},
+        build=BuildArtifact(
+            key="0" * 16,
+            directory=build_dir,
+            library=build_dir / "model.so",
+            params=build_dir / "params.bin",
+            model=model,
+            input_name="data",
+            input_shape=(1, 3, 224, 224),
+            arch="aarch64",
+            target=target or RK3399_TARGET,
+            tvm_version=tvm_version,
+            cached=True,
+            compile_seconds=1.0,
+            coverage=Coverage(tasks=(), tuned_share=1.0, records_applicable=0, problems=()),
+        ),
+        push=PushReport(uploaded=[], skipped=[], bytes_sent=0, seconds=0.1),
         runtime_arch="aarch64",
         board_facts=facts,
         timings=Timings(load_ms=1.0, first_ms=runs_ms[0], warmup_ms=[], runs_ms=runs_ms, stats=summarize(runs_ms)),
@@ -67,12 +86,11 @@ def result_dict(
         coverage_tuned_share=_tuned_share(coverage or []),
         record_store_version="synthetic",
     )
-    return asdict(result)
 
 
-def _tuned_share(coverage: list[dict[str, Any]]) -> float:
-    total = sum(entry["flops"] for entry in coverage)
-    return sum(entry["flops"] for entry in coverage if entry["status"] == "tuned") / total if total else 1.0
+def _tuned_share(coverage: list[CoverageEntry]) -> float:
+    total = sum(entry.flops for entry in coverage)
+    return sum(entry.flops for entry in coverage if entry.status == "tuned") / total if total else 1.0
 
 
 def hot(facts: BoardFacts = HEALTHY, **changes: Any) -> BoardFacts:
@@ -92,26 +110,28 @@ VGG_CONV_SHAPES = [
 ]
 
 
-def vgg16_coverage(conv_status: str) -> list[dict[str, Any]]:
+Status = Literal["tuned", "fallback"]
+
+
+def coverage_entry(task: str, workload: str, flops: float, status: Status, operator: str = "") -> CoverageEntry:
+    """A conv/dense task as a result records it (its share of the model's FLOPs left at 0)."""
+    return CoverageEntry(task, workload, operator, heavy=True, flops=flops, share=0.0, status=status)
+
+
+def vgg16_coverage(conv_status: Status) -> list[CoverageEntry]:
     """The user's VGG-16 story: nine conv2d workloads (tuned or not) and three dense ones that never were."""
     conv = [
-        {
-            "task": "conv2d_nchw_spatial_pack.arm_cpu",
-            "operator": "conv2d",
-            "workload": f"conv2d(1x{cin}x{size}x{size}, {cout}x{cin}x3x3)",
-            "flops": 2.0 * size * size * cout * cin * 9,
-            "status": conv_status,
-        }
+        coverage_entry(
+            "conv2d_nchw_spatial_pack.arm_cpu",
+            f"conv2d(1x{cin}x{size}x{size}, {cout}x{cin}x3x3)",
+            2.0 * size * size * cout * cin * 9,
+            conv_status,
+            operator="conv2d",
+        )
         for cin, size, cout in VGG_CONV_SHAPES
     ]
     dense = [
-        {
-            "task": "dense_nopack.x86",
-            "operator": "dense",
-            "workload": f"dense(1x{k}, {n}x{k})",
-            "flops": 2.0 * k * n,
-            "status": "fallback",
-        }
+        coverage_entry("dense_nopack.x86", f"dense(1x{k}, {n}x{k})", 2.0 * k * n, "fallback", operator="dense")
         for k, n in ((25088, 4096), (4096, 4096), (4096, 1000))
     ]
     return conv + dense

@@ -58,17 +58,17 @@ def test_a_build_with_a_record_for_one_conv_reports_that_conv_tuned_and_the_othe
 
 
 def test_a_result_records_each_task_by_its_workload_key_and_status(tuned_build: BuildArtifact) -> None:
-    entries = {e["workload"]: e for e in tuned_build.coverage.result_entries()}
+    entries = {e.workload: e for e in tuned_build.coverage.result_entries()}
     stem = entries["conv2d NCHW 1x3x32x32 * 16x3x3x3 -> 1x16x32x32 s1,1 p1,1,1,1 d1,1 g1 float32 +add_relu"]
-    assert (stem["task"], stem["operator"], stem["status"]) == (TUNED_TASK, "conv2d", "tuned")
-    assert sorted(e["status"] for e in entries.values() if e["operator"] in ("conv2d", "group_conv2d", "matmul")) == [
+    assert (stem.task, stem.operator, stem.status) == (TUNED_TASK, "conv2d", "tuned")
+    assert sorted(e.status for e in entries.values() if e.operator in ("conv2d", "group_conv2d", "matmul")) == [
         "fallback",
         "fallback",
         "fallback",
         "fallback",
         "tuned",
     ]
-    fallbacks = [e["schedule"] for e in entries.values() if e["status"] == "fallback" and e["heavy"]]
+    fallbacks = [e.schedule for e in entries.values() if e.status == "fallback" and e.heavy]
     assert fallbacks and set(fallbacks) <= {"transferred", "default"}
 
 
@@ -251,5 +251,5 @@ def test_a_conv_without_any_schedule_is_shown_naive_loudly() -> None:
     assert "default  (rule ch16/sketch1)" in text
     assert "untuned conv/dense: 0 transferred, 1 default, 1 naive" in text
     assert [r.task for r in coverage.naive] == ["conv_a"]
-    assert [e["schedule"] for e in coverage.result_entries()] == ["naive", "default"]
-    assert {e["status"] for e in coverage.result_entries()} == {"fallback"}
+    assert [e.schedule for e in coverage.result_entries()] == ["naive", "default"]
+    assert {e.status for e in coverage.result_entries()} == {"fallback"}

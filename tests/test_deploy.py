@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import paramiko
@@ -18,6 +20,8 @@ from pipeline.board.profile import BOARDS_DIR
 from pipeline.board.remote import run
 from pipeline.board.sshd import SshEndpoint
 from pipeline.build.model_file import resolve_model
+from pipeline.deploy.flow import DeployCallbacks, Step, deploy_once
+from pipeline.deploy.results import load_result
 from pipeline.paths import ROOT
 
 pytestmark = pytest.mark.board  # sshd, qemu or TVM builds: the slow tier
@@ -113,6 +117,58 @@ def test_deploy_tiny_runs_checks_and_records(
     assert timings["stats"]["min_ms"] <= timings["stats"]["median_ms"] <= timings["stats"]["max_ms"]
     assert record["board_facts"]["online_cores"] >= 1
     assert record["tvm_version"].startswith("0.27")
+    assert load_result(path).to_json() == path.read_text()  # read back typed, written back unchanged
+
+
+def test_deploy_profile_prints_a_per_task_table_and_keeps_kernel_times_and_peak_memory(
+    embedded_endpoint: SshEndpoint, results: Path
+) -> None:
+    proc = deploy(results, "--board", "local", "--model", "tiny", "--runs", "2", "--warmup", "0", "--profile")
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout.split("Board ")[0].splitlines()
+    assert table[0].split() == ["task", "calls", "ms", "share"] and table[-1].startswith("total")
+    kernels = [line.split()[0] for line in table[1:-1]]
+    assert sum(name.startswith("fused_conv2d") for name in kernels) == 4  # tiny's four conv tasks
+    assert "(VM" in kernels  # the builtins, summed into one row
+    assert "Memory       peak " in proc.stdout
+
+    [path] = result_files(results)
+    result = load_result(path)
+    assert {entry.name for entry in result.kernel_times} >= {"max_pool2d", "fused_conv2d_add_relu"}
+    assert all(entry.calls >= 1 and entry.ms >= 0 for entry in result.kernel_times)
+    assert result.peak_rss_kb is not None and result.peak_rss_kb > 1024
+
+
+def test_deploy_once_reports_its_steps_uploads_and_runs_through_callbacks(
+    embedded_endpoint: SshEndpoint, tmp_path: Path
+) -> None:
+    """The library draws nothing itself: what `invoke deploy` shows comes through these callbacks."""
+    events: list[tuple[str, ...]] = []
+
+    @contextmanager
+    def on_step(step: Step) -> Iterator[None]:
+        events.append(("start", step.kind))
+        yield
+        events.append(("end", step.kind))
+
+    callbacks = DeployCallbacks(
+        on_step=on_step,
+        on_line=lambda line: events.append(("line", line)),
+        on_upload=lambda name, sent, size: events.append(("upload", name)),
+        on_run=lambda phase, index, count, ms: events.append(("run", phase)),
+    )
+    outcome = deploy_once("local", "tiny", runs=3, warmup=1, callbacks=callbacks, results_dir=tmp_path / "results")
+
+    def of(kind: str) -> list[str]:
+        return [event[1] for event in events if event[0] == kind]
+
+    steps = [event for event in events if event[0] in ("start", "end")]
+    assert steps == [(edge, kind) for kind in ("build", "push", "probe", "run", "check") for edge in ("start", "end")]
+    assert of("run") == ["first", "warmup", "run", "run", "run"]
+    assert set(of("upload")) == set(outcome.result.push.uploaded)
+    assert any(line.startswith("conv/dense FLOPs tuned:") for line in of("line"))
+    first_line = next(event for event in events if event[0] == "line")
+    assert events.index(("end", "build")) < events.index(first_line) < events.index(("start", "push"))
 
 
 def test_a_deploy_without_any_record_runs_no_naive_conv_or_dense_task(

@@ -10,18 +10,18 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import paramiko
 import pytest
 import yaml
-from synthetic import latencies, result_dict, vgg16_coverage
+from synthetic import latencies, synthetic_result, vgg16_coverage
 
 from pipeline.board.remote import run
 from pipeline.board.sshd import SshEndpoint
 from pipeline.build.model_file import resolve_model
+from pipeline.deploy.results import DeployResult
 from pipeline.errors import PipelineError
-from pipeline.nightly.history import History, Provenance
+from pipeline.nightly.history import History
 from pipeline.nightly.loop import (
     CRON_TAG,
     Matrix,
@@ -34,10 +34,11 @@ from pipeline.nightly.loop import (
     real_deploy,
     run_nightly,
 )
-from pipeline.nightly.report import REPORT_NAME, SUMMARY_NAME, summary_lines, write_report
+from pipeline.nightly.provenance import RunProvenance
+from pipeline.nightly.report import REPORT_NAME, SUMMARY_NAME, nightly_summary_lines, write_report
 from pipeline.paths import ROOT
 
-PROVENANCE = Provenance(pipeline_commit="abc", record_store_version=None)
+PROVENANCE = RunProvenance(pipeline_commit="abc", record_store_version=None)
 MATRIX = Matrix(matrix=[MatrixEntry(boards=["rk3399", "rk3399-b"], models=["vgg16", "resnet18"], runs=20)])
 
 
@@ -59,10 +60,10 @@ class Boards:
         self.median_ms, self.coverage, self.seed = median_ms, coverage, seed
         self.deployed: list[Point] = []
 
-    def __call__(self, point: Point) -> dict[str, Any]:
+    def __call__(self, point: Point) -> DeployResult:
         self.deployed.append(point)
         runs = latencies(self.median_ms, point.runs or 10, self.seed + len(self.deployed))
-        return result_dict(runs, board=point.board, model=point.model, coverage=vgg16_coverage(self.coverage))
+        return synthetic_result(runs, board=point.board, model=point.model, coverage=vgg16_coverage(self.coverage))
 
 
 def test_the_matrix_is_every_board_with_every_model() -> None:
@@ -133,7 +134,7 @@ def test_a_killed_run_leaves_no_stale_lock(other_run_on_rk3399: subprocess.Popen
 def test_an_interrupted_run_keeps_every_point_it_measured(history: History, locks: Path) -> None:
     boards = Boards()
 
-    def interrupted_on_third_point(point: Point) -> dict[str, Any]:
+    def interrupted_on_third_point(point: Point) -> DeployResult:
         if len(boards.deployed) == 2:
             raise KeyboardInterrupt
         return boards(point)
@@ -143,7 +144,7 @@ def test_an_interrupted_run_keeps_every_point_it_measured(history: History, lock
     assert [o.point.name for o in outcome.outcomes] == ["rk3399/vgg16", "rk3399/resnet18"]
     assert [p.name for p in outcome.not_measured] == ["rk3399-b/vgg16", "rk3399-b/resnet18"]
     assert history.points() == [("rk3399", "resnet18"), ("rk3399", "vgg16")]
-    assert summary_lines(outcome)[-1].startswith("INTERRUPTED: not measured: rk3399-b/vgg16, rk3399-b/resnet18")
+    assert nightly_summary_lines(outcome)[-1].startswith("INTERRUPTED: not measured: rk3399-b/vgg16, rk3399-b/resnet18")
     with board_locks(MATRIX.boards, locks):  # and the locks are free again
         pass
 
@@ -159,7 +160,7 @@ def test_a_regression_exits_1_and_names_its_cause(history: History, locks: Path,
     regression = slower.with_change("regression")[0]
     assert regression.verdict is not None and regression.verdict.ratio == pytest.approx(1.91, abs=0.05)
     assert regression.causes[0].detail.startswith("9 conv2d workloads lost their tuned schedule")
-    lines = summary_lines(slower)
+    lines = nightly_summary_lines(slower)
     assert lines[0].endswith("4 points measured, 4 regressions, 0 improvements, 0 failed")
     assert lines[1].startswith("REGRESSION   rk3399/vgg16: median 18")
     assert lines[2].startswith("    likely cause: 9 conv2d workloads lost their tuned schedule")
@@ -173,7 +174,7 @@ def test_a_regression_exits_1_and_names_its_cause(history: History, locks: Path,
 def test_a_failed_point_is_reported_and_the_others_still_run(history: History, locks: Path) -> None:
     boards = Boards()
 
-    def rk3399_b_unreachable(point: Point) -> dict[str, Any]:
+    def rk3399_b_unreachable(point: Point) -> DeployResult:
         if point.board == "rk3399-b":
             raise PipelineError("cannot reach rk3399-b at 10.0.0.7:22", "check the board")
         return boards(point)
@@ -182,7 +183,7 @@ def test_a_failed_point_is_reported_and_the_others_still_run(history: History, l
     assert outcome.exit_code == 2
     assert [o.point.name for o in outcome.failures] == ["rk3399-b/vgg16", "rk3399-b/resnet18"]
     assert history.count() == 2
-    assert any(line.startswith("FAILED       rk3399-b/vgg16: cannot reach") for line in summary_lines(outcome))
+    assert any(line.startswith("FAILED       rk3399-b/vgg16: cannot reach") for line in nightly_summary_lines(outcome))
 
 
 def test_the_real_deploy_of_local_tiny_goes_into_the_history(
@@ -196,8 +197,8 @@ def test_the_real_deploy_of_local_tiny_goes_into_the_history(
     verdict = second.outcomes[0].verdict
     assert verdict is not None and verdict.method == "mann-whitney" and verdict.current_runs == 8
     [older, newer] = history.series("local", "tiny")
-    assert len(newer.runs_ms) == 8 and newer.record["check"]["passed"]
-    assert newer.record["provenance"]["pipeline_commit"] == "abc"
+    assert len(newer.result.timings.runs_ms) == 8 and newer.result.check.passed
+    assert newer.provenance.pipeline_commit == "abc"
     assert len(list((tmp_path / "results").rglob("*.json"))) == 2
 
 
@@ -239,7 +240,7 @@ def test_without_crontab_the_error_gives_the_line_to_install() -> None:
     assert "30 2 * * * true" in error.value.fix
 
 
-def invoke_nightly(tmp_path: Path, matrix: list[dict[str, Any]], *args: str) -> subprocess.CompletedProcess[str]:
+def invoke_nightly(tmp_path: Path, matrix: list[dict[str, object]], *args: str) -> subprocess.CompletedProcess[str]:
     """`invoke nightly` as cron runs it, on a matrix file whose history and report live in tmp_path."""
     path = tmp_path / "nightly.yaml"
     path.write_text(yaml.safe_dump({"history": "history.sqlite", "report": "report", "matrix": matrix}))
@@ -260,7 +261,9 @@ def test_invoke_nightly_flags_a_slower_local_tiny_exits_1_and_names_the_tvm_upgr
     """The real deploy against a planted baseline that was several times faster with an older TVM
     (tiny runs in about 0.1-0.2 ms here with the default schedules)."""
     with History(tmp_path / "history.sqlite") as store:
-        store.add(result_dict(latencies(0.02, 8, 0), board="local", model="tiny", tvm_version="0.26.0"), PROVENANCE)
+        store.add(
+            synthetic_result(latencies(0.02, 8, 0), board="local", model="tiny", tvm_version="0.26.0"), PROVENANCE
+        )
     proc = invoke_nightly(tmp_path, [{"boards": ["local"], "models": ["tiny"], "runs": 8, "warmup": 1}])
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr

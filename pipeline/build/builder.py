@@ -194,11 +194,3 @@ def _artifact_from_info(directory: Path, info: dict[str, Any], store: RecordStor
         compile_seconds=info["compile_seconds"],
         coverage=replace(coverage, problems=store.problems + coverage.problems),
     )
-
-
-def artifact_summary(artifact: BuildArtifact) -> dict[str, Any]:
-    """The build as plain JSON data for the result file."""
-    data = asdict(artifact)
-    for name in ("directory", "library", "params"):
-        data[name] = str(data[name])
-    return data

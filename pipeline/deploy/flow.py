@@ -1,32 +1,63 @@
 """One deploy end to end (profile -> build -> push -> run -> check -> result), callable from any task:
-`invoke deploy` runs it once and prints the summary, `invoke nightly` runs it for every matrix point."""
+`invoke deploy` runs it once and prints the summary, `invoke nightly` runs it for every matrix point.
+It reports progress through a `DeployCallbacks`, so whoever calls it decides how (and whether) to show it."""
 
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
+from typing import Literal
 
 from pipeline.board import facts
 from pipeline.board.bundle import runtime_bundle
 from pipeline.board.profile import load_board
 from pipeline.board.session import open_board
+from pipeline.board.sync import Progress as UploadCallback
 from pipeline.build import builder
 from pipeline.build.model_file import resolve_model
 from pipeline.deploy import check, execute, inputs, results, timing
+from pipeline.deploy.execute import ProgressCallback as RunCallback
 from pipeline.deploy.layout import push_model
 from pipeline.paths import RESULTS_DIR
 from pipeline.records.coverage import check_policy, coverage_lines, resolve_policy
 from pipeline.records.store import load_store
+
+StepKind = Literal["build", "push", "probe", "run", "check"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """A step of the deploy: `text` says what it does ("Building tiny for ..."); `total` is the number
+    of progress events a `run` step will report (first run, warm-up and timed runs)."""
+
+    kind: StepKind
+    text: str
+    total: int | None = None
+
+
+def _no_step(step: Step) -> AbstractContextManager[None]:
+    return nullcontext()
+
+
+def _ignore(*args: object) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class DeployCallbacks:
+    """How deploy_once tells its caller what it is doing; every callback defaults to doing nothing.
+    `on_step` returns a context the step runs inside (its end is the context's exit, also on failure),
+    `on_upload` and `on_run` are called inside the push and run steps, `on_line` carries lines for a
+    person (the coverage table) and `on_warning` warnings (coverage below the policy, emulated timings)."""
+
+    on_step: Callable[[Step], AbstractContextManager[None]] = _no_step
+    on_line: Callable[[str], None] = _ignore
+    on_warning: Callable[[str], None] = _ignore
+    on_upload: UploadCallback = _ignore
+    on_run: RunCallback = _ignore
+
+
+SILENT = DeployCallbacks()
 
 
 @dataclass(frozen=True)
@@ -45,14 +76,15 @@ def deploy_once(
     tolerance: float = check.DEFAULT_TOLERANCE,
     coverage: str | None = None,
     min_tuned_flops: float | None = None,
-    console: Console | None = None,
+    profile_runs: int = 0,
+    callbacks: DeployCallbacks = SILENT,
     results_dir: Path = RESULTS_DIR,
 ) -> DeployOutcome:
     """Deploy and time `model` on `board`; None means the profile's default. The result is written even
-    when the output check fails, so the caller decides what a failed check means. Progress goes to
-    `console` (nothing is shown without one), with the coverage table; `coverage` and `min_tuned_flops`
-    override the profile's coverage policy, whose `refuse` stops the deploy before anything is pushed."""
-    console = console or Console(quiet=True)
+    when the output check fails, so the caller decides what a failed check means. Progress and the
+    coverage table go to `callbacks`; `coverage` and `min_tuned_flops` override the profile's coverage
+    policy, whose `refuse` stops the deploy before anything is pushed. `profile_runs` more inferences
+    after the timed ones time every kernel call (the result's `kernel_times`)."""
     profile = load_board(board)
     spec = resolve_model(model)
     warmup_runs = profile.timing.warmup if warmup is None else warmup
@@ -60,42 +92,30 @@ def deploy_once(
     timeout = profile.timing.timeout_s if timeout_s is None else timeout_s
     coverage_settings = resolve_policy(profile.coverage, coverage, min_tuned_flops)
 
-    with console.status(f"Building {spec.name} for {profile.target.mtriple} ({profile.target.mcpu})..."):
+    building = f"Building {spec.name} for {profile.target.mtriple} ({profile.target.mcpu})..."
+    with callbacks.on_step(Step("build", building)):
         artifact = builder.build(spec, profile)
     for line in coverage_lines(artifact.coverage):
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
+        callbacks.on_line(line)
     warning = check_policy(artifact.coverage, coverage_settings, profile.name, model)
     if warning:
-        console.print(warning, markup=False, highlight=False, soft_wrap=True, style="yellow")
+        callbacks.on_warning(warning)
     bundle = runtime_bundle(profile.arch)
     data, input_file = inputs.make_input(spec.input_shape)
 
     with open_board(profile) as session:
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console
-        ) as progress:
-            uploads: dict[str, TaskID] = {}
-
-            def on_upload(name: str, sent: int, size: int) -> None:
-                if name not in uploads:
-                    uploads[name] = progress.add_task(f"Pushing {name}", total=size)
-                progress.update(uploads[name], completed=sent)
-
-            deployment = push_model(session, bundle, artifact, input_file, on_progress=on_upload)
-        with console.status(f"Checking {profile.name} ({session.endpoint.host}:{session.endpoint.port})..."):
+        with callbacks.on_step(Step("push", "Pushing")):
+            deployment = push_model(session, bundle, artifact, input_file, on_progress=callbacks.on_upload)
+        where = f"{session.endpoint.host}:{session.endpoint.port}"
+        with callbacks.on_step(Step("probe", f"Checking {profile.name} ({where})...")):
             runtime = execute.probe_runtime(session, deployment)
             execute.check_architecture(artifact.arch, runtime, session)
             board_facts = facts.collect_facts(session)
         if profile.emulated:
-            console.print(f"[yellow]{profile.name} is emulated: each run is an emulation cost and can take minutes.")
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-        ) as progress:
-            bar = progress.add_task(f"Running on {profile.name}", total=1 + warmup_runs + timed_runs)
-
-            def on_progress(phase: str, index: int, count: int, ms: float) -> None:
-                progress.update(bar, advance=1, description=f"Running on {profile.name}: {phase} {index}/{count}")
-
+            callbacks.on_warning(f"{profile.name} is emulated: each run is an emulation cost and can take minutes.")
+        with callbacks.on_step(
+            Step("run", f"Running on {profile.name}", total=1 + warmup_runs + timed_runs + profile_runs)
+        ):
             outcome = execute.run_benchmark(
                 session,
                 deployment,
@@ -103,10 +123,11 @@ def deploy_once(
                 warmup=warmup_runs,
                 runs=timed_runs,
                 timeout_s=timeout,
-                on_progress=on_progress,
+                profile_runs=profile_runs,
+                on_progress=callbacks.on_run,
             )
 
-    with console.status("Checking the output against onnxruntime..."):
+    with callbacks.on_step(Step("check", "Checking the output against onnxruntime...")):
         verdict = check.compare(outcome.output, check.reference_output(spec.path, spec.input_name, data), tolerance)
     result = results.DeployResult(
         created=results.utc_now(),
@@ -117,8 +138,8 @@ def deploy_once(
         tvm_version=artifact.tvm_version,
         target=artifact.target,
         threads=profile.threads,
-        build=builder.artifact_summary(artifact),
-        push=asdict(deployment.report),
+        build=artifact,
+        push=deployment.report,
         runtime_arch=runtime.arch,
         board_facts=board_facts,
         timings=results.Timings(
@@ -132,5 +153,7 @@ def deploy_once(
         coverage=artifact.coverage.result_entries(),
         coverage_tuned_share=artifact.coverage.tuned_share,
         record_store_version=load_store().version,
+        peak_rss_kb=outcome.peak_rss_kb,
+        kernel_times=outcome.profile,
     )
     return DeployOutcome(result, results.write_result(result, results_dir))

@@ -2,9 +2,8 @@
 most likely cause first: tuned schedules lost, then TVM, target and thread changes, then the board's
 state (heat, frequency, governor), then the pipeline's own code.
 
-Results are plain dicts shaped like a DeployResult, optionally with `coverage` (a list of
-{"task", "workload", "flops", "status": "tuned" | "fallback"}, plus "operator" when known) and
-`provenance` ({"pipeline_commit", "record_store_version"}); anything absent is simply not compared.
+Results are DeployResults; what one of them does not know (an empty coverage table, a board fact
+the board cannot report, no provenance) is simply not compared.
 """
 
 from collections import Counter
@@ -12,19 +11,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pipeline.board.facts import BoardFacts
+from pipeline.deploy.results import DeployResult
+from pipeline.nightly.provenance import RunProvenance
+from pipeline.records.coverage import CoverageEntry
+
 HOT_C = 70.0  # the RK3399's first passive trip point: above it the kernel lowers the big cores' clock
 TEMPERATURE_RISE_C = 10.0
 FREQUENCY_DROP = 0.05
 FALLBACK_SHARE_RISE = 0.01
 LISTED_WORKLOADS = 5
-BUILD_FIELDS = (
-    ("tvm_version", "TVM version"),
-    ("target", "target"),
-    ("threads", "threads"),
-    ("timing_kind", "timing kind"),
-)
-
-Record = Mapping[str, Any]
+NO_PROVENANCE = RunProvenance(pipeline_commit=None, record_store_version=None)
 
 
 @dataclass(frozen=True)
@@ -37,31 +34,38 @@ class Cause:
 
 
 def likely_causes(
-    baseline: Record, current: Record, change: Literal["regression", "improvement"] = "regression"
+    baseline: DeployResult,
+    current: DeployResult,
+    change: Literal["regression", "improvement"] = "regression",
+    *,
+    before: RunProvenance = NO_PROVENANCE,
+    after: RunProvenance = NO_PROVENANCE,
 ) -> list[Cause]:
-    """Differences between the two results that can explain a change in that direction."""
+    """Differences between the two results (and the runs that produced them, `before` and `after`)
+    that can explain a change in that direction."""
     slower = change == "regression"
     return [
-        *_coverage(baseline.get("coverage"), current.get("coverage"), slower),
+        *_coverage(baseline.coverage, current.coverage, slower),
         *_changed(baseline, current),
-        *(_board_state(baseline.get("board_facts") or {}, current.get("board_facts") or {}) if slower else []),
-        *_pipeline(baseline.get("provenance") or {}, current.get("provenance") or {}),
+        *_record_store(before, after),
+        *(_board_state(baseline.board_facts, current.board_facts) if slower else []),
+        *_pipeline(before, after),
     ]
 
 
-def _coverage(before: Sequence[Record] | None, after: Sequence[Record] | None, slower: bool) -> list[Cause]:
+def _coverage(before: Sequence[CoverageEntry], after: Sequence[CoverageEntry], slower: bool) -> list[Cause]:
     """Workloads whose status flipped, matched by their semantic workload key (stable across TVM
     versions, unlike task names); else the rise of the FLOP share that runs untuned."""
     if not before or not after:
         return []
-    old_status = {entry["workload"]: entry["status"] for entry in before}
+    old_status = {entry.workload: entry.status for entry in before}
     lost_from, lost_to = ("tuned", "fallback") if slower else ("fallback", "tuned")
-    flipped = [e for e in after if e["status"] == lost_to and old_status.get(e["workload"]) == lost_from]
+    flipped = [e for e in after if e.status == lost_to and old_status.get(e.workload) == lost_from]
     share_before, share_after = _fallback_share(before), _fallback_share(after)
     if flipped:
-        share = sum(e["flops"] for e in flipped) / (sum(e["flops"] for e in after) or 1.0)
+        share = sum(e.flops for e in flipped) / (sum(e.flops for e in after) or 1.0)
         verb = "lost their tuned schedule" if slower else "gained a tuned schedule"
-        listed = ", ".join(e["workload"] for e in flipped[:LISTED_WORKLOADS])
+        listed = ", ".join(e.workload for e in flipped[:LISTED_WORKLOADS])
         more = f" and {len(flipped) - LISTED_WORKLOADS} more" if len(flipped) > LISTED_WORKLOADS else ""
         return [
             Cause(
@@ -80,30 +84,35 @@ def _coverage(before: Sequence[Record] | None, after: Sequence[Record] | None, s
     return []
 
 
-def _fallback_share(coverage: Sequence[Record]) -> float:
-    total = sum(entry["flops"] for entry in coverage)
-    return sum(entry["flops"] for entry in coverage if entry["status"] == "fallback") / total if total else 0.0
+def _fallback_share(coverage: Sequence[CoverageEntry]) -> float:
+    total = sum(entry.flops for entry in coverage)
+    return sum(entry.flops for entry in coverage if entry.status == "fallback") / total if total else 0.0
 
 
-def _count_by_operator(entries: Sequence[Record]) -> str:
+def _count_by_operator(entries: Sequence[CoverageEntry]) -> str:
     """ "9 conv2d and 3 dense workloads": the operator if the table names it, else the task's stem."""
-    counts = Counter(entry.get("operator") or entry["task"].split(".")[0].split("_")[0] for entry in entries)
+    counts = Counter(entry.operator or entry.task.split(".")[0].split("_")[0] for entry in entries)
     parts = [f"{count} {operator}" for operator, count in counts.most_common()]
     text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + f" and {parts[-1]}"
     return f"{text} workload{'s' if len(entries) > 1 else ''}"
 
 
-def _changed(baseline: Record, current: Record) -> list[Cause]:
-    causes = [
-        Cause(key, f"{label} changed: {_difference(baseline.get(key), current.get(key))}")
-        for key, label in BUILD_FIELDS
-        if baseline.get(key) != current.get(key)
+def _changed(baseline: DeployResult, current: DeployResult) -> list[Cause]:
+    """What the build and the run were made with: (kind, label, before, after)."""
+    fields: list[tuple[str, str, Any, Any]] = [
+        ("tvm_version", "TVM version", baseline.tvm_version, current.tvm_version),
+        ("target", "target", baseline.target, current.target),
+        ("threads", "threads", baseline.threads, current.threads),
+        ("timing_kind", "timing kind", baseline.timing_kind, current.timing_kind),
     ]
-    old_store = (baseline.get("provenance") or {}).get("record_store_version")
-    new_store = (current.get("provenance") or {}).get("record_store_version")
-    if old_store != new_store:
-        causes.append(Cause("record_store", f"tuning record store changed: {old_store} -> {new_store}"))
-    return causes
+    return [Cause(kind, f"{label} changed: {_difference(old, new)}") for kind, label, old, new in fields if old != new]
+
+
+def _record_store(before: RunProvenance, after: RunProvenance) -> list[Cause]:
+    old, new = before.record_store_version, after.record_store_version
+    if old != new:
+        return [Cause("record_store", f"tuning record store changed: {old} -> {new}")]
+    return []
 
 
 def _difference(old: Any, new: Any) -> str:
@@ -114,41 +123,46 @@ def _difference(old: Any, new: Any) -> str:
     return f"{old} -> {new}"
 
 
-def _board_state(before: Record, after: Record) -> list[Cause]:
+def _board_state(before: BoardFacts, after: BoardFacts) -> list[Cause]:
     """Throttling and board changes; facts a board cannot report (None) are skipped."""
     causes = []
-    old_temp, new_temp = before.get("temperature_c"), after.get("temperature_c")
+    old_temp, new_temp = before.temperature_c, after.temperature_c
     if new_temp is not None and (
         new_temp >= HOT_C or (old_temp is not None and new_temp - old_temp >= TEMPERATURE_RISE_C)
     ):
         was = f" (was {old_temp:.1f} °C)" if old_temp is not None else ""
         causes.append(Cause("throttling", f"board ran hot: {new_temp:.1f} °C{was}"))
     causes += _clocks(before, after)
-    governor = after.get("governor")
+    governor = after.governor
     if governor is not None and governor != "performance":
-        was = f" (was {before.get('governor')})" if before.get("governor") not in (None, governor) else ""
+        was = f" (was {before.governor})" if before.governor not in (None, governor) else ""
         causes.append(Cause("governor", f"CPU governor is {governor}{was}, not performance: the clock may vary"))
-    for key, label in (("kernel", "kernel"), ("online_cores", "online cores")):
-        if before.get(key) is not None and after.get(key) is not None and before[key] != after[key]:
-            causes.append(Cause("board", f"board {label} changed: {before[key]} -> {after[key]}"))
+    changed: list[tuple[str, Any, Any]] = [
+        ("kernel", before.kernel, after.kernel),
+        ("online cores", before.online_cores, after.online_cores),
+    ]
+    for label, old, new in changed:
+        if old is not None and new is not None and old != new:
+            causes.append(Cause("board", f"board {label} changed: {old} -> {new}"))
     return causes
 
 
-def _clocks(before: Record, after: Record) -> list[Cause]:
+def _clocks(before: BoardFacts, after: BoardFacts) -> list[Cause]:
     """Per-core clocks when the board reported them (cpu0 alone says little on big.LITTLE), else cpu0's."""
-    old_cores, new_cores = before.get("core_freq_khz") or {}, after.get("core_freq_khz") or {}
+    old_cores: Mapping[str, int | None] = before.core_freq_khz or {}
+    new_cores: Mapping[str, int | None] = after.core_freq_khz or {}
     if not new_cores:
-        old_cores, new_cores = {"cpu0": before.get("cur_freq_khz")}, {"cpu0": after.get("cur_freq_khz")}
-    maxima = after.get("core_max_freq_khz") or {}
+        old_cores, new_cores = {"cpu0": before.cur_freq_khz}, {"cpu0": after.cur_freq_khz}
+    maxima = after.core_max_freq_khz or {}
     causes = []
     lower = [
-        f"{core} {old_cores[core] / 1000:.0f} -> {khz / 1000:.0f} MHz"
+        f"{core} {old / 1000:.0f} -> {khz / 1000:.0f} MHz"
         for core, khz in sorted(new_cores.items(), key=_core_number)
-        if khz and old_cores.get(core) and khz < old_cores[core] * (1 - FREQUENCY_DROP)
+        if khz and (old := old_cores.get(core)) and khz < old * (1 - FREQUENCY_DROP)
     ]
     if lower:
         causes.append(Cause("throttling", f"CPU clock lower: {', '.join(lower)}"))
-    if after.get("governor") == "performance":
+    if after.governor == "performance":
         capped = [
             f"{core} {khz / 1000:.0f} of {maxima[core] / 1000:.0f} MHz"
             for core, khz in sorted(new_cores.items(), key=_core_number)
@@ -164,8 +178,8 @@ def _core_number(item: tuple[str, Any]) -> int:
     return int(item[0].removeprefix("cpu"))
 
 
-def _pipeline(before: Record, after: Record) -> list[Cause]:
-    old, new = before.get("pipeline_commit"), after.get("pipeline_commit")
+def _pipeline(before: RunProvenance, after: RunProvenance) -> list[Cause]:
+    old, new = before.pipeline_commit, after.pipeline_commit
     if old and new and old != new:
         return [Cause("pipeline", f"pipeline code changed: {old[:12]} -> {new[:12]}")]
     return []

@@ -3,25 +3,31 @@
 Each result (with its runs, coverage table and comparison verdict) is written in one transaction,
 so an interrupt or a crash never leaves half a record: a reader sees a result completely or not
 at all. Several nightly runs (one per board) may write to the same file; SQLite serialises them.
-The full result dict is kept as JSON besides the queryable columns, so nothing a deploy recorded
-is lost when the schema does not name it yet.
+The whole result is kept as JSON besides the queryable columns, so nothing a deploy recorded is
+lost when the tables do not name it, and it reads back as a typed DeployResult (older result
+schemas migrated on the way, see pipeline.deploy.results).
+
+Database versions (PRAGMA user_version): 1 kept the result JSON with the run's provenance merged
+in, in a column `record`; 2 keeps the result JSON as the deploy wrote it, in a column `result`, and
+the provenance only in its own columns. A version-1 database is migrated when it is opened.
 """
 
 import json
 import sqlite3
-import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.deploy.results import DeployResult
 from pipeline.errors import PipelineError
 from pipeline.nightly.causes import Cause
 from pipeline.nightly.compare import Verdict
-from pipeline.paths import RESULTS_DIR, ROOT
+from pipeline.nightly.provenance import RunProvenance
+from pipeline.paths import RESULTS_DIR
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_PATH = RESULTS_DIR / "history.sqlite"
 BUSY_TIMEOUT_S = 30.0
 
@@ -41,7 +47,7 @@ CREATE TABLE results (
     cur_freq_khz INTEGER,
     temperature_c REAL,
     check_passed INTEGER NOT NULL,
-    record TEXT NOT NULL
+    result TEXT NOT NULL
 );
 CREATE INDEX results_by_point ON results (board, model, created);
 CREATE TABLE runs (
@@ -71,14 +77,6 @@ CREATE TABLE comparisons (
 
 
 @dataclass(frozen=True)
-class Provenance:
-    """What produced a result besides the board: this pipeline's commit and the tuning record store's version."""
-
-    pipeline_commit: str | None
-    record_store_version: str | None
-
-
-@dataclass(frozen=True)
 class Comparison:
     """A result's verdict against the earlier result it was compared with."""
 
@@ -89,34 +87,18 @@ class Comparison:
 
 @dataclass(frozen=True)
 class Entry:
-    """One stored result. `record` is the result dict with `provenance` merged in, as causes.py reads it."""
+    """One stored result, what produced it, and its verdict against its baseline (`change` is None
+    when it was not compared)."""
 
     id: int
-    created: str
-    board: str
-    model: str
-    check_passed: bool
-    runs_ms: list[float]
-    record: dict[str, Any]
+    result: DeployResult
+    provenance: RunProvenance
     change: str | None
     causes: list[Cause]
 
 
-def pipeline_commit(root: Path = ROOT) -> str | None:
-    """HEAD of the pipeline's checkout, with '-dirty' when it has uncommitted changes; None outside git."""
-
-    def git(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=False)
-
-    head = git("rev-parse", "HEAD")
-    if head.returncode != 0:
-        return None
-    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
-    return head.stdout.strip() + ("-dirty" if dirty else "")
-
-
 class History:
-    """The history database at `path` (created with its schema on first use)."""
+    """The history database at `path` (created with its schema on first use, migrated when older)."""
 
     def __init__(self, path: Path = DEFAULT_PATH) -> None:
         self.path = path
@@ -148,55 +130,55 @@ class History:
     def _ensure_schema(self) -> None:
         with self._transaction() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == SCHEMA_VERSION:
+                return
             if version == 0:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
+            elif version == 1:
+                _migrate_from_version_1(db, self.path)
+            else:
                 raise PipelineError(
                     f"history database {self.path} has schema version {version}, this pipeline reads {SCHEMA_VERSION}",
                     "use the pipeline version that wrote it, or pass another history path",
                 )
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
-    def add(self, result: Mapping[str, Any], provenance: Provenance, comparison: Comparison | None = None) -> int:
+    def add(self, result: DeployResult, provenance: RunProvenance, comparison: Comparison | None = None) -> int:
         """Store one result with its runs, coverage and verdict; returns its id."""
-        record = {**result, "provenance": asdict(provenance)}
-        facts = record.get("board_facts") or {}
+        facts = result.board_facts
         with self._transaction() as db:
             inserted = db.execute(
                 "INSERT INTO results (created, board, model, timing_kind, tvm_version, target, threads, pipeline_commit,"
-                " record_store_version, governor, cur_freq_khz, temperature_c, check_passed, record)"
+                " record_store_version, governor, cur_freq_khz, temperature_c, check_passed, result)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    record["created"],
-                    record["board"],
-                    record["model"],
-                    record["timing_kind"],
-                    record["tvm_version"],
-                    json.dumps(record["target"], sort_keys=True),
-                    record["threads"],
+                    result.created,
+                    result.board,
+                    result.model,
+                    result.timing_kind,
+                    result.tvm_version,
+                    json.dumps(result.target, sort_keys=True),
+                    result.threads,
                     provenance.pipeline_commit,
                     provenance.record_store_version,
-                    facts.get("governor"),
-                    facts.get("cur_freq_khz"),
-                    facts.get("temperature_c"),
-                    bool(record["check"]["passed"]),
-                    json.dumps(record),
+                    facts.governor,
+                    facts.cur_freq_khz,
+                    facts.temperature_c,
+                    result.check.passed,
+                    result.to_json(indent=None),
                 ),
             ).lastrowid
             assert inserted is not None  # an INSERT always sets it
             result_id = inserted
             db.executemany(
                 "INSERT INTO runs (result_id, position, ms) VALUES (?, ?, ?)",
-                [(result_id, position, float(ms)) for position, ms in enumerate(record["timings"]["runs_ms"])],
+                [(result_id, position, float(ms)) for position, ms in enumerate(result.timings.runs_ms)],
             )
             db.executemany(
                 "INSERT INTO coverage (result_id, task, workload, flops, status) VALUES (?, ?, ?, ?, ?)",
-                [
-                    (result_id, entry["task"], entry["workload"], float(entry["flops"]), entry["status"])
-                    for entry in record.get("coverage") or []
-                ],
+                [(result_id, entry.task, entry.workload, entry.flops, entry.status) for entry in result.coverage],
             )
             if comparison is not None:
                 verdict = comparison.verdict
@@ -239,25 +221,33 @@ class History:
 
     def _select(self, where: str, params: Sequence[Any]) -> list[Entry]:
         rows = self._db.execute(
-            "SELECT r.id, r.created, r.board, r.model, r.check_passed, r.record, c.change, c.causes"
+            "SELECT r.id, r.result, r.pipeline_commit, r.record_store_version, c.change, c.causes"
             f" FROM results r LEFT JOIN comparisons c ON c.result_id = r.id {where}",
             params,
         ).fetchall()
         return [
             Entry(
                 id=row[0],
-                created=row[1],
-                board=row[2],
-                model=row[3],
-                check_passed=bool(row[4]),
-                runs_ms=self._runs(row[0]),
-                record=json.loads(row[5]),
-                change=row[6],
-                causes=[Cause(**cause) for cause in json.loads(row[7] or "[]")],
+                result=DeployResult.from_json(row[1], f"result {row[0]} in history database {self.path}"),
+                provenance=RunProvenance(pipeline_commit=row[2], record_store_version=row[3]),
+                change=row[4],
+                causes=[Cause(**cause) for cause in json.loads(row[5] or "[]")],
             )
             for row in rows
         ]
 
-    def _runs(self, result_id: int) -> list[float]:
-        rows = self._db.execute("SELECT ms FROM runs WHERE result_id = ? ORDER BY position", (result_id,))
-        return [row[0] for row in rows]
+
+def _migrate_from_version_1(db: sqlite3.Connection, path: Path) -> None:
+    """Version 1 -> 2: the `record` column becomes `result` and loses the merged-in provenance, which
+    its own columns already hold. Runs inside the caller's transaction: all of it or nothing."""
+    db.execute("ALTER TABLE results RENAME COLUMN record TO result")
+    for result_id, text in db.execute("SELECT id, result FROM results").fetchall():
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            raise PipelineError(
+                f"history database {path}: result {result_id} is not JSON, so the database cannot be migrated",
+                "restore the database from a backup, or pass another history path",
+            ) from None
+        data.pop("provenance", None)
+        db.execute("UPDATE results SET result = ? WHERE id = ?", (json.dumps(data), result_id))

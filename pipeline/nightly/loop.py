@@ -13,22 +13,25 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from rich.console import Console
 
-from pipeline.deploy.results import utc_now
+from pipeline.deploy.results import DeployResult, utc_now
 from pipeline.errors import PipelineError
 from pipeline.nightly.causes import Cause, likely_causes
 from pipeline.nightly.compare import DEFAULT_FACTOR, Verdict, compare_samples
-from pipeline.nightly.history import DEFAULT_PATH, Comparison, History, Provenance
+from pipeline.nightly.history import DEFAULT_PATH, Comparison, History
+from pipeline.nightly.provenance import RunProvenance
 from pipeline.paths import CACHE_DIR, RESULTS_DIR, ROOT
+
+if TYPE_CHECKING:  # the deploy (and with it the build) loads only when the real deploy runs
+    from pipeline.deploy.flow import DeployCallbacks
 
 DEFAULT_LOCK_DIR = CACHE_DIR / "locks"
 CRON_TAG = "# tvm-pipeline-nightly"
@@ -88,7 +91,7 @@ class Point:
         return f"{self.board}/{self.model}"
 
 
-DeployPoint = Callable[[Point], Mapping[str, Any]]
+DeployPoint = Callable[[Point], DeployResult]
 
 
 @dataclass(frozen=True)
@@ -172,7 +175,7 @@ def run_nightly(
     matrix: Matrix,
     deploy_point: DeployPoint,
     history: History,
-    provenance: Provenance,
+    provenance: RunProvenance,
     *,
     lock_dir: Path = DEFAULT_LOCK_DIR,
     on_point: Callable[[PointOutcome], None] | None = None,
@@ -195,46 +198,45 @@ def run_nightly(
 
 
 def _measure(
-    point: Point, factor: float, deploy_point: DeployPoint, history: History, provenance: Provenance
+    point: Point, factor: float, deploy_point: DeployPoint, history: History, provenance: RunProvenance
 ) -> PointOutcome:
     try:
-        result = dict(deploy_point(point))
+        result = deploy_point(point)
     except PipelineError as error:
         return PointOutcome(point, None, None, error=str(error))
-    runs_ms = result["timings"]["runs_ms"]
-    median_ms = result["timings"]["stats"]["median_ms"]
-    check = result["check"]
-    if not check["passed"]:
+    median_ms = result.timings.stats.median_ms
+    check = result.check
+    if not check.passed:
         result_id = history.add(result, provenance)
-        mismatch = f"output does not match {check['reference']} (relative error {check['relative_error']:.2e})"
+        mismatch = f"output does not match {check.reference} (relative error {check.relative_error:.2e})"
         return PointOutcome(point, result_id, median_ms, error=mismatch)
-    baseline = history.baseline(result["board"], result["model"], result["timing_kind"])
+    baseline = history.baseline(result.board, result.model, result.timing_kind)
     if baseline is None:
         return PointOutcome(point, history.add(result, provenance), median_ms)
-    verdict = compare_samples(baseline.runs_ms, runs_ms, factor)
+    verdict = compare_samples(baseline.result.timings.runs_ms, result.timings.runs_ms, factor)
     causes = []
     if verdict.change in ("regression", "improvement"):
-        current = {**result, "provenance": asdict(provenance)}
-        causes = likely_causes(baseline.record, current, verdict.change)
+        causes = likely_causes(baseline.result, result, verdict.change, before=baseline.provenance, after=provenance)
     result_id = history.add(result, provenance, Comparison(baseline.id, verdict, causes))
     return PointOutcome(point, result_id, median_ms, verdict, causes)
 
 
-def real_deploy(console: Console | None = None, results_dir: Path = RESULTS_DIR) -> DeployPoint:
-    """The deploy `invoke deploy` does, as the loop calls it (each result also goes to results/ as JSON)."""
-    from pipeline.deploy.flow import deploy_once
+def real_deploy(callbacks: "DeployCallbacks | None" = None, results_dir: Path = RESULTS_DIR) -> DeployPoint:
+    """The deploy `invoke deploy` does, as the loop calls it (each result also goes to results/ as JSON);
+    its progress goes to `callbacks` (none shown without)."""
+    from pipeline.deploy.flow import SILENT, deploy_once
 
-    def deploy_point(point: Point) -> dict[str, Any]:
+    def deploy_point(point: Point) -> DeployResult:
         outcome = deploy_once(
             point.board,
             point.model,
             runs=point.runs,
             warmup=point.warmup,
             timeout_s=point.timeout_s,
-            console=console,
+            callbacks=callbacks or SILENT,
             results_dir=results_dir,
         )
-        return asdict(outcome.result)
+        return outcome.result
 
     return deploy_point
 

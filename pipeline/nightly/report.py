@@ -22,7 +22,7 @@ SUMMARY_NAME = "summary.txt"
 MARKERS = {"regression": ("^", "tab:red"), "improvement": ("v", "tab:green")}
 
 
-def summary_lines(outcome: NightlyOutcome) -> list[str]:
+def nightly_summary_lines(outcome: NightlyOutcome) -> list[str]:
     """Flagged points first, each regression with its likely causes."""
     regressions, improvements = outcome.with_change("regression"), outcome.with_change("improvement")
     head = (
@@ -69,7 +69,7 @@ def point_line(outcome: PointOutcome) -> str:
 def write_report(history: History, outcome: NightlyOutcome, directory: Path) -> Path:
     """Write index.html and summary.txt into `directory`; returns the HTML file."""
     directory.mkdir(parents=True, exist_ok=True)
-    summary = summary_lines(outcome)
+    summary = nightly_summary_lines(outcome)
     (directory / SUMMARY_NAME).write_text("\n".join(summary) + "\n")
     points = sorted({(o.point.board, o.point.model) for o in outcome.outcomes if o.result_id is not None})
     sections = []
@@ -98,22 +98,23 @@ def write_report(history: History, outcome: NightlyOutcome, directory: Path) -> 
 def _plot(board: str, model: str, series: list[Entry]) -> bytes:
     """Every run as a faint dot, the median as a line, flagged points marked: noise, level and steps
     stay visible together."""
-    times = [datetime.fromisoformat(entry.created.replace("Z", "+00:00")) for entry in series]
+    times = [datetime.fromisoformat(entry.result.created.replace("Z", "+00:00")) for entry in series]
     figure, axes = plt.subplots(figsize=(9, 3.2), dpi=100)
     for when, entry in zip(times, series):
-        axes.scatter([date2num(when)] * len(entry.runs_ms), entry.runs_ms, s=6, color="0.6", alpha=0.5, linewidths=0)
-    medians = [entry.record["timings"]["stats"]["median_ms"] for entry in series]
+        runs_ms = entry.result.timings.runs_ms
+        axes.scatter([date2num(when)] * len(runs_ms), runs_ms, s=6, color="0.6", alpha=0.5, linewidths=0)
+    medians = [entry.result.timings.stats.median_ms for entry in series]
     axes.plot(date2num(times), medians, color="tab:blue", marker="o", markersize=3, linewidth=1, label="median")
     for change, (marker, color) in MARKERS.items():
         flagged = [(date2num(t), m) for t, m, e in zip(times, medians, series) if e.change == change]
         if flagged:
             xs, ys = zip(*flagged)
             axes.scatter(xs, ys, marker=marker, s=90, color=color, zorder=3, label=change)
-    failed = [(date2num(t), m) for t, m, e in zip(times, medians, series) if not e.check_passed]
+    failed = [(date2num(t), m) for t, m, e in zip(times, medians, series) if not e.result.check.passed]
     if failed:
         xs, ys = zip(*failed)
         axes.scatter(xs, ys, marker="x", s=70, color="black", zorder=3, label="output check failed")
-    kind = series[-1].record.get("timing_kind", "")
+    kind = series[-1].result.timing_kind
     axes.set_title(f"{model} on {board} ({kind})")
     axes.set_ylabel("latency per run (ms)")
     axes.grid(alpha=0.3)

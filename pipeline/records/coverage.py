@@ -3,7 +3,7 @@ others missed, so a record that silently stopped applying is seen before the mod
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast, get_args
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 from pipeline.board.profile import CoveragePolicy, CoverageSettings
 from pipeline.build.lowering import Task
@@ -36,6 +36,20 @@ class TaskCoverage:
 
 
 @dataclass(frozen=True)
+class CoverageEntry:
+    """One task as a deploy result records it, matched across runs by `workload`."""
+
+    task: str
+    workload: str
+    operator: str
+    heavy: bool
+    flops: float
+    share: float
+    status: Literal["tuned", "fallback"]
+    schedule: str = ""  # results written before builds had fallback schedules do not say
+
+
+@dataclass(frozen=True)
 class Coverage:
     tasks: tuple[TaskCoverage, ...]  # largest FLOPs first
     tuned_share: float  # share of conv/dense FLOPs that run tuned schedules (1.0 when there are none)
@@ -51,19 +65,19 @@ class Coverage:
         """conv/dense tasks that run TVM's naive loops: neither a record nor a fallback schedule."""
         return [t for t in self.tasks if t.schedule == "naive"]
 
-    def result_entries(self) -> list[dict[str, Any]]:
-        """The table as a result records it: one entry per task, matched across runs by `workload`."""
+    def result_entries(self) -> list[CoverageEntry]:
+        """The table as a result records it: one entry per task."""
         return [
-            {
-                "task": t.task,
-                "workload": t.workload,
-                "operator": t.operator,
-                "heavy": t.heavy,
-                "flops": t.flops,
-                "share": t.share,
-                "status": "tuned" if t.tuned else "fallback",
-                "schedule": t.schedule,
-            }
+            CoverageEntry(
+                task=t.task,
+                workload=t.workload,
+                operator=t.operator,
+                heavy=t.heavy,
+                flops=t.flops,
+                share=t.share,
+                status="tuned" if t.tuned else "fallback",
+                schedule=t.schedule,
+            )
             for t in self.tasks
         ]
 

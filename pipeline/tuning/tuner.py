@@ -18,9 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from pipeline.board.profile import BoardProfile
 from pipeline.board.session import open_board
 from pipeline.build import lowering
@@ -32,6 +29,9 @@ from pipeline.paths import CACHE_DIR, RECORDS_DIR
 from pipeline.records.store import load_store, record_from_tuning, save_record, target_slug, to_database
 from pipeline.tuning.board_python import board_python
 from pipeline.tuning.rpc import RpcBoard, board_rpc
+
+MeasuredCallback = Callable[[int, int], None]
+"""Called as (candidates measured so far, candidates planned) about once a second while the search runs."""
 
 
 @dataclass(frozen=True)
@@ -53,11 +53,11 @@ def tune(
     cache_dir: Path = CACHE_DIR,
     only: tuple[str, ...] = (),
     retune: bool = False,
-    console: Console | None = None,
+    on_measured: MeasuredCallback | None = None,
 ) -> TuneResult:
     """Search `trials` schedules in all, timed on the board over RPC; `only` limits the tasks by name,
     `retune` searches tasks the store already covers too (the store keeps whichever record is faster).
-    A progress bar goes to `console` (nothing is shown without one)."""
+    Progress goes to `on_measured`."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
@@ -88,7 +88,7 @@ def tune(
             [t.extracted for t in chosen], work_dir=str(work_dir), seed=0
         )
         # The defaults are measured first: one more measurement per task.
-        with _interruptible(), _on_board(board) as rpc_board, _progress(console, work_dir, trials + len(chosen), board):
+        with _interruptible(), _on_board(board) as rpc_board, _progress(on_measured, work_dir, trials + len(chosen)):
             builder = ms.builder.LocalBuilder(timeout_sec=120, f_export=_exporter(board.cross_compiler))
             runner = _runner(rpc_board, board)
             from_default = start_from_defaults(chosen, database, builder, runner, tvm_target)
@@ -182,34 +182,32 @@ def _exporter(cross_compiler: str) -> Callable[[Any], str]:
 
 
 @contextmanager
-def _progress(console: Console | None, work_dir: Path, trials: int, board: BoardProfile) -> Iterator[None]:
-    """A bar of measured candidates, read from the lines MetaSchedule appends to its work database
+def _progress(on_measured: MeasuredCallback | None, work_dir: Path, trials: int) -> Iterator[None]:
+    """Count the measured candidates from the lines MetaSchedule appends to its work database
     (reading the file, not the database object, leaves MetaSchedule's threads alone)."""
+    if on_measured is None:
+        yield
+        return
     records = work_dir / "records.json"
     before = _lines(records)
     stop = threading.Event()
-    where = f"{board.name} (emulated)" if board.emulated else board.name
-    with Progress(
-        TextColumn("Measuring on {task.fields[where]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console or Console(quiet=True),
-    ) as progress:
-        bar = progress.add_task("tune", total=trials, where=where)
 
-        def poll() -> None:
-            while not stop.wait(1.0):
-                progress.update(bar, completed=min(trials, _lines(records) - before))
+    def report() -> None:
+        on_measured(min(trials, _lines(records) - before), trials)
 
-        watcher = threading.Thread(target=poll, name="tuning progress", daemon=True)
-        watcher.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            watcher.join()
-            progress.update(bar, completed=min(trials, _lines(records) - before))
+    def poll() -> None:
+        while not stop.wait(1.0):
+            report()
+
+    report()
+    watcher = threading.Thread(target=poll, name="tuning progress", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+        report()
 
 
 def _lines(path: Path) -> int:
