@@ -46,16 +46,18 @@ def deploy_once(
     tolerance: float = check.DEFAULT_TOLERANCE,
     coverage: str | None = None,
     min_tuned_flops: float | None = None,
+    input_shape: tuple[int, ...] | None = None,
     console: Console | None = None,
     results_dir: Path = RESULTS_DIR,
 ) -> DeployOutcome:
     """Deploy and time `model` on `board`; None means the profile's default. The result is written even
     when the output check fails, so the caller decides what a failed check means. Progress goes to
     `console` (nothing is shown without one), with the coverage table; `coverage` and `min_tuned_flops`
-    override the profile's coverage policy, whose `refuse` stops the deploy before anything is pushed."""
+    override the profile's coverage policy, whose `refuse` stops the deploy before anything is pushed.
+    `input_shape` fixes the model input's symbolic dimensions."""
     console = console or Console(quiet=True)
     profile = load_board(board)
-    spec = resolve_model(model)
+    spec = resolve_model(model, input_shape)
     warmup_runs = profile.timing.warmup if warmup is None else warmup
     timed_runs = max(1, profile.timing.runs if runs is None else runs)
     timeout = profile.timing.timeout_s if timeout_s is None else timeout_s
