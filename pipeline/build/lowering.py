@@ -77,8 +77,9 @@ def import_error(exc: BaseException, model: ModelSpec, proto: Any) -> PipelineEr
     unsupported = _UNSUPPORTED_OPS.search(str(exc)) if isinstance(exc, tvm.error.OpNotImplemented) else None
     if unsupported:
         ops = unsupported.group(1).strip()
+        noun = "operators" if "," in ops else "operator"
         return PipelineError(
-            f"TVM's ONNX frontend does not support operator {ops} (opset {opset}) in {model.path.name}",
+            f"TVM's ONNX frontend does not support {noun} {ops} (opset {opset}) in {model.path.name}",
             "replace the operator when exporting, or deploy a model without it",
             log=log,
         )

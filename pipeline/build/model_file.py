@@ -229,7 +229,9 @@ def _static_shape(value: onnx.ValueInfoProto, path: Path, given: tuple[int, ...]
         raise PipelineError(
             f"{SHAPE_FLAG} {_shape_text(given)} sets dimension {i} to {given[i]}, but {where} fixes it to "
             f"{dims[i].dim_value}: {shown}",
-            f"change only the symbolic dimensions ({', '.join(_dim_text(dims[j]) for j in free) or 'none'})",
+            f"change only the symbolic dimensions ({', '.join(_dim_text(dims[j]) for j in free)})"
+            if free
+            else f"leave out {SHAPE_FLAG}: the model fixes every dimension",
         )
     return given
 
