@@ -46,6 +46,7 @@ BAD_VALUES = [
     (("tune", "--trials", "0"), "--trials must be at least 1, got '0'"),
     (("tune", "--trials", "many"), "--trials must be a whole number, got 'many'"),
     (("tune", "--input-shape", "0,3,32,32"), "--input-shape sizes must be positive, got 0 in '0,3,32,32'"),
+    (("tune", "--only", "fused_conv2d_add_relu,fused_typo"), "no conv/dense task of tiny is named fused_typo"),
 ]
 
 

@@ -184,3 +184,14 @@ def test_a_failing_tvm_step_keeps_its_long_message_in_the_log_only(tmp_path: Pat
     assert error.problem.startswith("TVM's ONNX frontend could not convert m.onnx (opset 17): (size == 2) is false")
     assert "R.Tensor" not in error.problem
     assert error.log is not None and dump in error.log.read_text()
+
+
+def test_a_failed_build_names_the_log_that_holds_tvms_traceback(tmp_path: Path) -> None:
+    board = load_board("rk3399-emu").model_copy(update={"cross_compiler": "no-such-compiler-g++"})
+    with pytest.raises(PipelineError) as err:
+        builder.build(resolve_model("tiny"), board, cache_dir=tmp_path)
+    error = err.value
+    assert error.problem.startswith("TVM could not build tiny for aarch64-linux-gnu: ")
+    assert len(error.line()) <= MAX_LINE
+    assert error.log is not None and error.log.name in error.line()
+    assert "Traceback" in error.log.read_text()

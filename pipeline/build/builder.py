@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -15,7 +16,7 @@ from pipeline.board.profile import Arch, BoardProfile
 from pipeline.build import lowering
 from pipeline.build.elf import elf_arch
 from pipeline.build.model_file import ModelSpec
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, write_log
 from pipeline.paths import CACHE_DIR, RECORDS_DIR
 from pipeline.records.coverage import Coverage, measure_coverage
 from pipeline.records.store import RecordStore, StoredRecord, load_store, shown, to_database
@@ -145,8 +146,9 @@ def _compile_into(
         executable.export_library(str(library), fcompile=_compiler_for(board))
     except Exception as exc:
         raise PipelineError(
-            f"TVM could not build {model.name} for {target['mtriple']}: {lowering.first_line(exc)}",
+            f"TVM could not build {model.name} for {target['mtriple']}: {lowering.tvm_reason(exc)}",
             f"check that '{board.cross_compiler}' is installed (scripts/install.sh) and the profile's target",
+            log=write_log("build", "".join(traceback.format_exception(exc))),
         ) from None
     tvm.runtime.save_param_dict_to_file(
         {f"p{i:05d}": tensor for i, tensor in enumerate(params.get("main", []))}, str(out_dir / PARAMS_NAME)
