@@ -1,11 +1,12 @@
 """invoke tasks: thin wiring of the pipeline's steps (profile -> build -> push -> run -> result) and printing."""
 
 import functools
+import math
 import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from invoke import Context, Exit, task
 from rich.console import Console
@@ -48,16 +49,38 @@ def _clean_errors(body: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _number(value: str | None, cast: Callable[[str], Any], flag: str, default: Any) -> Any:
-    """invoke passes flags without a typed default as strings: convert them, with a clear error."""
+@overload
+def _count(value: str | None, flag: str, default: int, least: int) -> int: ...
+@overload
+def _count(value: str | None, flag: str, default: None, least: int) -> int | None: ...
+def _count(value: str | None, flag: str, default: int | None, least: int) -> int | None:
+    """invoke passes flags without a typed default as strings: a whole number of at least `least`."""
+    if value is None:
+        return default
+    example = f"pass e.g. --{flag} {max(least, 10)}"
+    try:
+        number = int(value)
+    except ValueError:
+        raise PipelineError(f"--{flag} must be a whole number, got '{value}'", example) from None
+    if number < least:
+        raise PipelineError(f"--{flag} must be at least {least}, got '{value}'", example)
+    return number
+
+
+@overload
+def _positive(value: str | None, flag: str, default: float, example: str) -> float: ...
+@overload
+def _positive(value: str | None, flag: str, default: None, example: str) -> float | None: ...
+def _positive(value: str | None, flag: str, default: float | None, example: str) -> float | None:
+    """A finite number above zero (seconds, a tolerance); nan and inf are refused too."""
     if value is None:
         return default
     try:
-        number = cast(value)
+        number = float(value)
     except ValueError:
-        raise PipelineError(f"--{flag} must be a number, got '{value}'", f"pass e.g. --{flag} 10") from None
-    if number < 0:
-        raise PipelineError(f"--{flag} must not be negative, got '{value}'", f"pass e.g. --{flag} 10")
+        raise PipelineError(f"--{flag} must be a number, got '{value}'", f"pass e.g. --{flag} {example}") from None
+    if not math.isfinite(number) or number <= 0:
+        raise PipelineError(f"--{flag} must be a positive number, got '{value}'", f"pass e.g. --{flag} {example}")
     return number
 
 
@@ -135,6 +158,15 @@ class ConsoleProgress:
 
 PROFILE_RUNS = 3  # profiled inferences for invoke deploy --profile: averaged, after the timed ones
 
+
+def _shape(value: str | None) -> tuple[int, ...] | None:
+    """--input-shape 1,3,224,224; its rank and fixed sizes are checked against the model's input."""
+    from pipeline.build.model_file import parse_input_shape
+
+    return None if value is None else parse_input_shape(value)
+
+
+_SHAPE_HELP = "the input's shape, e.g. 1,3,224,224: fixes symbolic dimensions (dynamic batch, free image size)"
 _COVERAGE_HELP = {
     "coverage": "warn or refuse when too few conv/dense FLOPs run tuned schedules (default: the profile's)",
     "min-tuned-flops": "the share of conv/dense FLOPs that must run tuned schedules, 0 to 1 (default: 0.9)",
@@ -148,7 +180,8 @@ _COVERAGE_HELP = {
         "runs": "timed runs (default: the profile's timing.runs)",
         "warmup": "warm-up runs (default: the profile's timing.warmup)",
         "timeout": "seconds before the run on the board is killed (default: the profile's timing.timeout_s)",
-        "tolerance": "largest relative error against onnxruntime that still passes",
+        "tolerance": "largest relative error against onnxruntime that still passes (default: 1e-3)",
+        "input-shape": _SHAPE_HELP,
         "profile": f"after the timed runs, time every kernel call over {PROFILE_RUNS} more runs and print the per-task table",
         **_COVERAGE_HELP,
     }
@@ -161,24 +194,28 @@ def deploy(
     runs: str | None = None,
     warmup: str | None = None,
     timeout: str | None = None,
-    tolerance: float = 1e-3,
+    tolerance: str | None = None,
     coverage: str | None = None,
     min_tuned_flops: str | None = None,
+    input_shape: str | None = None,
     profile: bool = False,
 ) -> None:
     """Build the model for the board, push it, run it there, check the output, and record the timings."""
+    from pipeline.deploy.check import DEFAULT_TOLERANCE
     from pipeline.deploy.flow import deploy_once
     from pipeline.deploy.summary import deploy_summary_lines, kernel_table_lines
 
+    limit = _positive(tolerance, "tolerance", DEFAULT_TOLERANCE, "1e-3")
     outcome = deploy_once(
         board,
         model,
-        runs=_number(runs, int, "runs", None),
-        warmup=_number(warmup, int, "warmup", None),
-        timeout_s=_number(timeout, float, "timeout", None),
-        tolerance=tolerance,
+        runs=_count(runs, "runs", None, least=1),
+        warmup=_count(warmup, "warmup", None, least=0),
+        timeout_s=_positive(timeout, "timeout", None, "600"),
+        tolerance=limit,
         coverage=coverage,
         min_tuned_flops=_fraction(min_tuned_flops),
+        input_shape=_shape(input_shape),
         profile_runs=PROFILE_RUNS if profile else 0,
         callbacks=ConsoleProgress(Console(stderr=True)).callbacks(),
     )
@@ -189,12 +226,19 @@ def deploy(
     if not result.check.passed:
         raise Exit(
             f"error: the output on {result.board} does not match onnxruntime (relative error "
-            f"{result.check.relative_error:.2e} > {tolerance:.0e}) — fix: inspect the build; the result is kept at {path}",
+            f"{result.check.relative_error:.2e} > {limit:.0e}) — fix: inspect the build; the result is kept at {path}",
             code=1,
         )
 
 
-@task(help={"board": "board profile name or path", "model": "builtin model name or .onnx path", **_COVERAGE_HELP})
+@task(
+    help={
+        "board": "board profile name or path",
+        "model": "builtin model name or .onnx path",
+        "input-shape": _SHAPE_HELP,
+        **_COVERAGE_HELP,
+    }
+)
 @_clean_errors
 def build(
     c: Context,
@@ -202,6 +246,7 @@ def build(
     model: str = "tiny",
     coverage: str | None = None,
     min_tuned_flops: str | None = None,
+    input_shape: str | None = None,
 ) -> None:
     """Cross-compile a model for a board without deploying it (cached by content), applying the records
     in records/ for the board's target, and say which tasks run tuned schedules."""
@@ -210,9 +255,10 @@ def build(
     from pipeline.build.model_file import resolve_model
     from pipeline.records.coverage import check_policy, coverage_lines, resolve_policy
 
+    shape = _shape(input_shape)
     profile = load_board(board)
     settings = resolve_policy(profile.coverage, coverage, _fraction(min_tuned_flops))
-    artifact = builder.build(resolve_model(model), profile)
+    artifact = builder.build(resolve_model(model, shape), profile)
     state = "cached" if artifact.cached else f"compiled in {artifact.compile_seconds:.1f} s"
     print(f"{artifact.model} for {artifact.target['mtriple']} ({artifact.arch}): {state}")
     print(f"library {artifact.library}")
@@ -229,6 +275,7 @@ def build(
         "trials": "schedules to measure in all; the largest conv/dense tasks get them first (default 64)",
         "only": "comma-separated task names (see invoke build's table) to tune instead of all",
         "retune": "search tasks that already have records too; a record is replaced only by a faster one",
+        "input-shape": _SHAPE_HELP,
     }
 )
 @_clean_errors
@@ -239,6 +286,7 @@ def tune(
     trials: str | None = None,
     only: str = "",
     retune: bool = False,
+    input_shape: str | None = None,
 ) -> None:
     """Tune the model's conv/dense tasks with MetaSchedule, measuring on the board, and save the best
     schedules in records/."""
@@ -248,6 +296,8 @@ def tune(
     from pipeline.tuning.tuner import tune as tune_model
 
     names = tuple(name for name in only.split(",") if name)
+    budget = _count(trials, "trials", 64, least=1)
+    shape = _shape(input_shape)
     profile = load_board(board)
     where = f"{profile.name} (emulated)" if profile.emulated else profile.name
     columns = (TextColumn("Measuring on {task.fields[where]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -264,9 +314,9 @@ def tune(
 
     try:
         result = tune_model(
-            resolve_model(model),
+            resolve_model(model, shape),
             profile,
-            _number(trials, int, "trials", 64),
+            budget,
             only=names,
             retune=retune,
             on_measured=on_measured,

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 
 from models import tiny
 from pipeline import paths
-from pipeline.build.model_file import BUILTIN_MODELS, SOURCE_DIGEST_KEY, ModelSpec, resolve_model
+from pipeline.build.model_file import BUILTIN_MODELS, SOURCE_DIGEST_KEY, ModelSpec, parse_input_shape, resolve_model
 from pipeline.errors import PipelineError
 
 OUTPUT_CLASSES = {"vgg16": 1000, "resnet18": 1000, "mobilenet_v2": 1000, "tiny": 10}
@@ -246,7 +246,7 @@ def no_input_model() -> onnx.ModelProto:
     [
         (two_input_model, "has 2 inputs (a, b); the pipeline needs exactly one"),
         (no_input_model, "has 0 inputs (none)"),
-        (dynamic_batch_model, "input 'x' of bad.onnx has no fixed shape: [batch, 3, 8, 8]"),
+        (dynamic_batch_model, "input 'x' of bad.onnx has symbolic dimensions batch: [batch, 3, 8, 8]"),
         (int64_input_model, "input 'ids' of bad.onnx is int64, not float32"),
     ],
 )
@@ -291,3 +291,82 @@ def test_model_whose_weights_file_is_missing_is_refused(tmp_path: Path) -> None:
     (tmp_path / "split.data").unlink()
     with pytest.raises(PipelineError, match=r"^invalid ONNX model .*split\.onnx: "):
         resolve_model(str(path))
+
+
+def test_model_with_weights_in_an_external_file_names_that_file(tmp_path: Path) -> None:
+    path = tmp_path / "split.onnx"
+    onnx.save(tiny.build(), path, save_as_external_data=True, location="split.data", size_threshold=0)
+    spec = resolve_model(str(path))
+    assert spec.external_data == (tmp_path / "split.data",)
+    assert spec.files == (path, tmp_path / "split.data")
+
+
+# Symbolic input dimensions and --input-shape
+
+
+def free_size_model() -> onnx.ModelProto:
+    """A dynamic batch and a free image size, as exporters write them with dynamic axes."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "height", "width"])
+    return graph_model([x], helper.make_node("Relu", ["x"], ["y"]), ["batch", 3, "height", "width"])
+
+
+def test_symbolic_dimensions_are_named_with_the_flag_that_fixes_them(tmp_path: Path) -> None:
+    with pytest.raises(PipelineError) as err:
+        resolve_model(save(free_size_model(), tmp_path / "free.onnx"))
+    assert err.value.problem == "input 'x' of free.onnx has symbolic dimensions batch, height, width: " + (
+        "[batch, 3, height, width]"
+    )
+    assert err.value.fix == "set them with --input-shape, e.g. --input-shape 1,3,224,224"
+
+
+def test_input_shape_fixes_the_symbolic_dimensions(tmp_path: Path) -> None:
+    spec = resolve_model(save(free_size_model(), tmp_path / "free.onnx"), (2, 3, 64, 48))
+    assert (spec.input_name, spec.input_shape) == ("x", (2, 3, 64, 48))
+
+
+def test_input_shape_may_repeat_a_fully_fixed_shape() -> None:
+    assert resolve_model("tiny", (1, 3, 32, 32)).input_shape == (1, 3, 32, 32)
+
+
+@pytest.mark.parametrize(
+    ("shape", "problem"),
+    [
+        ((1, 3, 224), "--input-shape 1,3,224 has 3 dimensions, but input 'x' of free.onnx has 4"),
+        ((1, 4, 8, 8), "--input-shape 1,4,8,8 sets dimension 1 to 4, but input 'x' of free.onnx fixes it to 3"),
+        ((1, 3, 0, 8), "--input-shape 1,3,0,8 has a size below 1"),
+    ],
+    ids=["wrong-rank", "clashes-with-a-fixed-size", "zero"],
+)
+def test_input_shape_that_does_not_fit_the_model_is_refused(
+    tmp_path: Path, shape: tuple[int, ...], problem: str
+) -> None:
+    with pytest.raises(PipelineError) as err:
+        resolve_model(save(free_size_model(), tmp_path / "free.onnx"), shape)
+    assert err.value.problem.startswith(problem)
+    assert err.value.fix
+
+
+@pytest.mark.parametrize(
+    ("text", "shape"),
+    [("1,3,224,224", (1, 3, 224, 224)), (" 1, 3,8 ,8 ", (1, 3, 8, 8)), ("[2,3]", (2, 3)), ("7", (7,))],
+)
+def test_input_shape_text_is_sizes_separated_by_commas(text: str, shape: tuple[int, ...]) -> None:
+    assert parse_input_shape(text) == shape
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("1,x,3", "--input-shape must be whole numbers separated by commas, got '1,x,3'"),
+        ("1,,3", "--input-shape must be whole numbers separated by commas, got '1,,3'"),
+        ("", "--input-shape must be whole numbers separated by commas, got ''"),
+        ("1.5,3", "--input-shape must be whole numbers separated by commas, got '1.5,3'"),
+        ("1,-3,8,8", "--input-shape sizes must be positive, got -3 in '1,-3,8,8'"),
+        ("0,3", "--input-shape sizes must be positive, got 0 in '0,3'"),
+    ],
+)
+def test_input_shape_text_that_is_not_a_shape_is_refused(text: str, problem: str) -> None:
+    with pytest.raises(PipelineError) as err:
+        parse_input_shape(text)
+    assert err.value.problem == problem
+    assert err.value.fix == "pass e.g. --input-shape 1,3,224,224"

@@ -61,14 +61,15 @@ def resolved_target(board: BoardProfile) -> dict[str, Any]:
 
 
 def build_key(model: ModelSpec, board: BoardProfile, records: Sequence[StoredRecord] = ()) -> str:
-    """Content hash of everything that changes the built library: the model bytes, the target,
+    """Content hash of everything that changes the built library: the model's bytes, the target,
     the cross compiler, the TVM version, the records that may apply and this build recipe itself."""
     import tvm
 
     digest = hashlib.sha256()
-    with model.path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
+    for path in model.files:  # the ONNX file and the external data files holding its weights
+        with path.open("rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
     recipe = {
         "target": resolved_target(board),
         "cross_compiler": board.cross_compiler,

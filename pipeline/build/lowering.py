@@ -5,11 +5,14 @@ once, tasks are extracted from that fused module (for coverage and for tuning), 
 applied to it, and the rest of TVM's CPU pipeline lowers it. `tvm.compile` alone applies no records.
 """
 
+import re
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline.build.model_file import ModelSpec
-from pipeline.build.tvm_errors import tvm_errors
+from pipeline.build.tvm_errors import reason, tvm_errors
+from pipeline.errors import PipelineError, write_log
 from pipeline.records.store import structural_hash
 from pipeline.records.workloads import WorkloadKey, workload_key
 
@@ -33,12 +36,68 @@ def import_model(model: ModelSpec) -> tuple[Any, dict[str, list[Any]]]:
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
-    with tvm_errors(f"TVM cannot import {model.path.name}", "check the ONNX model's operators and opset"):
-        mod = from_onnx(
-            onnx.load(model.path), shape_dict={model.input_name: list(model.input_shape)}, keep_params_in_input=True
-        )
+    proto = weights_not_inputs(onnx.load(model.path))
+    try:
+        mod = from_onnx(proto, shape_dict={model.input_name: list(model.input_shape)}, keep_params_in_input=True)
+    except Exception as exc:  # TVM raises many types for graphs it cannot convert
+        raise import_error(exc, model, proto) from None
+    with tvm_errors(
+        f"TVM imported {model.path.name} but could not precompute its weights",
+        "report the model with the log file; TVM's ONNX support may be incomplete for it",
+    ):
         mod, params = relax.frontend.detach_params(mod)
         return lift_weight_transforms(relax.transform.DecomposeOpsForInference()(mod), params)
+
+
+def weights_not_inputs(proto: Any) -> Any:
+    """Initializers that a graph also lists as inputs are weights, not inputs.
+
+    ONNX IR version 3 required every weight to be a graph input (PyTorch writes the same with
+    `keep_initializers_as_inputs=True`). TVM's frontend, keeping weights as parameters, would then take
+    each weight twice. From IR version 4 on, the list of inputs may leave weights out, so the copy
+    handed to TVM says version 4 at least; the operators and their opsets are unchanged."""
+    graph = proto.graph
+    weights = {tensor.name for tensor in graph.initializer}
+    if any(value.name in weights for value in graph.input):
+        inputs = [value for value in graph.input if value.name not in weights]
+        del graph.input[:]
+        graph.input.extend(inputs)
+        proto.ir_version = max(proto.ir_version, 4)
+    return proto
+
+
+def import_error(exc: BaseException, model: ModelSpec, proto: Any) -> PipelineError:
+    """The reason in words on the line, TVM's whole message and traceback in the log it names."""
+    import tvm
+
+    log = write_log("import", "".join(traceback.format_exception(exc)))
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+    unsupported = _UNSUPPORTED_OPS.search(str(exc)) if isinstance(exc, tvm.error.OpNotImplemented) else None
+    if unsupported:
+        ops = unsupported.group(1).strip()
+        noun = "operators" if "," in ops else "operator"
+        return PipelineError(
+            f"TVM's ONNX frontend does not support {noun} {ops} (opset {opset}) in {model.path.name}",
+            "replace the operator when exporting, or deploy a model without it",
+            log=log,
+        )
+    missing = _MISSING_OPSET.search(str(exc))
+    if missing:
+        return PipelineError(
+            f"TVM's ONNX frontend has no converter for {missing.group(2)} at opset {missing.group(1)} "
+            f"in {model.path.name}",
+            "re-export the model at another opset (onnx.version_converter can convert it)",
+            log=log,
+        )
+    return PipelineError(
+        f"TVM's ONNX frontend could not convert {model.path.name} (opset {opset}): {reason(exc)}",
+        "check the model's operators against TVM's ONNX frontend",
+        log=log,
+    )
+
+
+_UNSUPPORTED_OPS = re.compile(r"not supported for frontend ONNX: ([^\n]+)")
+_MISSING_OPSET = re.compile(r"opset version (\d+) of (\w+) not implemented")
 
 
 def lift_weight_transforms(mod: Any, params: dict[str, list[Any]]) -> tuple[Any, dict[str, list[Any]]]:

@@ -6,11 +6,13 @@ Built-in models are generated from code (models/) into the cache on first use: n
 import hashlib
 import importlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
+from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from pipeline import paths
 from pipeline.atomic import write_atomically
@@ -24,6 +26,8 @@ SOURCE_DIGEST_KEY = "pipeline.zoo_source_sha256"
 
 _NAME_OR_PATH_FIX = f"give a path to an .onnx file or one of: {', '.join(BUILTIN_MODELS)}"
 
+SHAPE_FLAG = "--input-shape"
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -35,22 +39,44 @@ class ModelSpec:
     input_shape: tuple[int, ...]
     input_dtype: str  # "float32"
     builtin: bool
+    external_data: tuple[Path, ...] = ()  # files holding weights outside the ONNX file, part of the model
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """Every file whose bytes define the model: what a build's cache key must hash."""
+        return (self.path, *self.external_data)
 
 
-def resolve_model(name_or_path: str) -> ModelSpec:
-    """A built-in name gives its cached (generated on demand) file; anything else must be an ONNX file."""
+def resolve_model(name_or_path: str, input_shape: tuple[int, ...] | None = None) -> ModelSpec:
+    """A built-in name gives its cached (generated on demand) file; anything else must be an ONNX file.
+    `input_shape` fixes the input's symbolic dimensions (a dynamic batch, a free image size); the
+    dimensions the model fixes itself must agree with it."""
     if name_or_path in BUILTIN_MODELS:
-        return _resolve_builtin(name_or_path)
-    return _resolve_file(name_or_path)
+        return _resolve_builtin(name_or_path, input_shape)
+    return _resolve_file(name_or_path, input_shape)
 
 
-def _resolve_builtin(name: str) -> ModelSpec:
+def parse_input_shape(text: str, flag: str = SHAPE_FLAG) -> tuple[int, ...]:
+    """`1,3,224,224` as a shape of positive sizes (the form `tvmc --input-shapes` took for one input)."""
+    parts = [part.strip() for part in text.strip().strip("[]()").split(",")]
+    example = f"pass e.g. {flag} 1,3,224,224"
+    try:
+        shape = tuple(int(part) for part in parts)
+    except ValueError:
+        raise PipelineError(f"{flag} must be whole numbers separated by commas, got '{text}'", example) from None
+    bad = [size for size in shape if size <= 0]
+    if bad:
+        raise PipelineError(f"{flag} sizes must be positive, got {bad[0]} in '{text}'", example)
+    return shape
+
+
+def _resolve_builtin(name: str, input_shape: tuple[int, ...] | None) -> ModelSpec:
     path = paths.CACHE_DIR / "models" / f"{name}.onnx"  # read at call time, so tests can redirect it
     digest = _source_digest(name)
     model = _load_cached(path, digest)
     if model is None:
         model = _generate(name, path, digest)
-    return _spec(model, path, name, builtin=True)
+    return _spec(model, path, name, True, input_shape)
 
 
 def _source_digest(name: str) -> str:
@@ -86,12 +112,31 @@ def _generate(name: str, path: Path, digest: str) -> onnx.ModelProto:
     return model
 
 
-def _resolve_file(given: str) -> ModelSpec:
+def _resolve_file(given: str, input_shape: tuple[int, ...] | None) -> ModelSpec:
     path = Path(given).expanduser().resolve()
     if not path.is_file():
         raise PipelineError(_not_found_problem(given, path), _NAME_OR_PATH_FIX)
     model = _load_user_model(given, path)
-    return _spec(model, path, path.stem, builtin=False)
+    return _spec(model, path, path.stem, False, input_shape, _external_data_files(model, path))
+
+
+def _external_data_files(model: onnx.ModelProto, path: Path) -> tuple[Path, ...]:
+    """The files the model's weights live in when it was saved with external data (the checker has
+    already made sure they exist inside the model's folder)."""
+    locations = {ExternalDataInfo(tensor).location for tensor in _tensors(model.graph) if uses_external_data(tensor)}
+    return tuple(sorted((path.parent / location).resolve() for location in locations))
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Initializers and tensor attributes, subgraphs included: everywhere ONNX may store weights."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            for subgraph in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+                yield from _tensors(subgraph)
 
 
 def _not_found_problem(given: str, path: Path) -> str:
@@ -120,7 +165,14 @@ def _load_user_model(given: str, path: Path) -> onnx.ModelProto:
     return model
 
 
-def _spec(model: onnx.ModelProto, path: Path, name: str, builtin: bool) -> ModelSpec:
+def _spec(
+    model: onnx.ModelProto,
+    path: Path,
+    name: str,
+    builtin: bool,
+    input_shape: tuple[int, ...] | None,
+    external_data: tuple[Path, ...] = (),
+) -> ModelSpec:
     """Requires exactly one real input; initializers that old exporters list as inputs do not count."""
     weights = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in weights]
@@ -131,11 +183,12 @@ def _spec(model: onnx.ModelProto, path: Path, name: str, builtin: bool) -> Model
             "export the model with a single image input",
         )
     (value,) = inputs
-    return ModelSpec(name, path, value.name, _static_float32_shape(value, path), "float32", builtin)
+    _require_float32(value, path)
+    shape = _static_shape(value, path, input_shape)
+    return ModelSpec(name, path, value.name, shape, "float32", builtin, external_data)
 
 
-def _static_float32_shape(value: onnx.ValueInfoProto, path: Path) -> tuple[int, ...]:
-    """The input's shape, which must be fully fixed: TVM compiles for one shape."""
+def _require_float32(value: onnx.ValueInfoProto, path: Path) -> None:
     kind = value.type.WhichOneof("value")
     tensor = value.type.tensor_type
     if kind != "tensor_type" or tensor.elem_type != onnx.TensorProto.FLOAT:
@@ -144,13 +197,47 @@ def _static_float32_shape(value: onnx.ValueInfoProto, path: Path) -> tuple[int, 
             f"input '{value.name}' of {path.name} is {found}, not float32",
             "export the model with a float32 input",
         )
-    dims = tensor.shape.dim  # the checker has made sure the shape field is there
-    if any(d.dim_value <= 0 for d in dims):
+
+
+def _static_shape(value: onnx.ValueInfoProto, path: Path, given: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The input's one shape: TVM compiles for one. `given` fixes what the model leaves symbolic."""
+    where = f"input '{value.name}' of {path.name}"
+    dims = list(value.type.tensor_type.shape.dim)  # the checker has made sure the shape field is there
+    shown = f"[{', '.join(_dim_text(d) for d in dims)}]"
+    free = [i for i, d in enumerate(dims) if d.dim_value <= 0]
+    if given is None:
+        if free:
+            names = ", ".join(_dim_text(dims[i]) for i in free)
+            example = ",".join(
+                str(d.dim_value) if d.dim_value > 0 else "1" if i == 0 else "224" for i, d in enumerate(dims)
+            )
+            raise PipelineError(
+                f"{where} has symbolic dimensions {names}: {shown}",
+                f"set them with {SHAPE_FLAG}, e.g. {SHAPE_FLAG} {example}",
+            )
+        return tuple(d.dim_value for d in dims)
+    if len(given) != len(dims):
         raise PipelineError(
-            f"input '{value.name}' of {path.name} has no fixed shape: [{', '.join(_dim_text(d) for d in dims)}]",
-            "fix every dimension (batch 1), e.g. python -m onnxruntime.tools.make_dynamic_shape_fixed",
+            f"{SHAPE_FLAG} {_shape_text(given)} has {len(given)} dimensions, but {where} has {len(dims)}: {shown}",
+            f"give {len(dims)} sizes, one for each dimension",
         )
-    return tuple(d.dim_value for d in dims)
+    if any(size <= 0 for size in given):
+        raise PipelineError(f"{SHAPE_FLAG} {_shape_text(given)} has a size below 1", "give positive sizes")
+    clashes = [i for i, d in enumerate(dims) if d.dim_value > 0 and d.dim_value != given[i]]
+    if clashes:
+        i = clashes[0]
+        raise PipelineError(
+            f"{SHAPE_FLAG} {_shape_text(given)} sets dimension {i} to {given[i]}, but {where} fixes it to "
+            f"{dims[i].dim_value}: {shown}",
+            f"change only the symbolic dimensions ({', '.join(_dim_text(dims[j]) for j in free)})"
+            if free
+            else f"leave out {SHAPE_FLAG}: the model fixes every dimension",
+        )
+    return given
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return ",".join(map(str, shape))
 
 
 def _dim_text(dim: onnx.TensorShapeProto.Dimension) -> str:

@@ -4,6 +4,7 @@ TVM's FFI raises builtin exception types (ValueError, TypeError, RuntimeError, .
 TVMError, so the type cannot tell a TVM failure from a bug of ours: the scope does. Only TVM calls go
 inside `tvm_errors`; the pipeline's own code stays outside, so its bugs surface as bugs."""
 
+import re
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,11 +20,17 @@ def tvm_errors(doing: str, fix: str) -> Iterator[None]:
         yield
     except Exception as exc:
         log = write_log("tvm", f"{doing}\n\n{traceback.format_exc()}")
-        raise PipelineError(f"{doing}: {first_line(exc)}", fix, log=log) from None
+        raise PipelineError(f"{doing}: {reason(exc)}", fix, log=log) from None
 
 
-def first_line(exc: BaseException) -> str:
-    """TVM's messages start with a C++ backtrace or end with the reason: the line that says why."""
+_TYPE_DUMP = re.compile(r"(R\.|T\.)\w+\(.*")  # TVM prints whole struct infos: thousands of characters
+
+
+def reason(exc: BaseException) -> str:
+    """TVM's message cut to its reason: the line that says why (a TVM traceback ends with it), without
+    the check's boilerplate or printed IR types."""
     text = str(exc).strip() or type(exc).__name__
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if "Traceback" in text else lines[0]
+    line = lines[-1] if "Traceback" in text else lines[0]
+    line = _TYPE_DUMP.sub("…", line.split("Check failed: ", 1)[-1])
+    return line if len(line) <= 150 else line[:149] + "…"

@@ -76,6 +76,7 @@ def deploy_once(
     tolerance: float = check.DEFAULT_TOLERANCE,
     coverage: str | None = None,
     min_tuned_flops: float | None = None,
+    input_shape: tuple[int, ...] | None = None,
     profile_runs: int = 0,
     callbacks: DeployCallbacks = SILENT,
     results_dir: Path = RESULTS_DIR,
@@ -84,9 +85,10 @@ def deploy_once(
     when the output check fails, so the caller decides what a failed check means. Progress and the
     coverage table go to `callbacks`; `coverage` and `min_tuned_flops` override the profile's coverage
     policy, whose `refuse` stops the deploy before anything is pushed. `profile_runs` more inferences
-    after the timed ones time every kernel call (the result's `kernel_times`)."""
+    after the timed ones time every kernel call (the result's `kernel_times`). `input_shape` fixes the
+    model input's symbolic dimensions."""
     profile = load_board(board)
-    spec = resolve_model(model)
+    spec = resolve_model(model, input_shape)
     warmup_runs = profile.timing.warmup if warmup is None else warmup
     timed_runs = max(1, profile.timing.runs if runs is None else runs)
     timeout = profile.timing.timeout_s if timeout_s is None else timeout_s

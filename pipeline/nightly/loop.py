@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from pipeline.deploy.results import DeployResult, utc_now
 from pipeline.errors import PipelineError
@@ -54,6 +54,8 @@ class MatrixEntry(_Strict):
     runs: int | None = Field(None, ge=1)
     warmup: int | None = Field(None, ge=0)
     timeout_s: float | None = Field(None, gt=0)
+    # Fixes the models' symbolic input dimensions, like `invoke deploy --input-shape`.
+    input_shape: tuple[PositiveInt, ...] | None = Field(None, min_length=1)
 
 
 class Matrix(_Strict):
@@ -67,7 +69,7 @@ class Matrix(_Strict):
 
     def points(self) -> list["Point"]:
         return [
-            Point(board, model, entry.runs, entry.warmup, entry.timeout_s)
+            Point(board, model, entry.runs, entry.warmup, entry.timeout_s, entry.input_shape)
             for entry in self.matrix
             for board in entry.boards
             for model in entry.models
@@ -85,6 +87,7 @@ class Point:
     runs: int | None = None
     warmup: int | None = None
     timeout_s: float | None = None
+    input_shape: tuple[int, ...] | None = None
 
     @property
     def name(self) -> str:
@@ -233,6 +236,7 @@ def real_deploy(callbacks: "DeployCallbacks | None" = None, results_dir: Path = 
             runs=point.runs,
             warmup=point.warmup,
             timeout_s=point.timeout_s,
+            input_shape=point.input_shape,
             callbacks=callbacks or SILENT,
             results_dir=results_dir,
         )

@@ -68,9 +68,10 @@ def tune(
     tvm_target = tvm.target.Target(target)
     fused = lowering.fuse(lowering.import_model(model)[0], tvm_target)
     tasks = [t for t in lowering.extract_tasks(fused, tvm_target) if t.key.heavy and (not only or t.name in only)]
-    if only and not tasks:
+    unknown = sorted(set(only) - {t.name for t in tasks})  # a misspelt name must not be skipped silently
+    if unknown:
         raise PipelineError(
-            f"no conv/dense task of {model.name} is named {', '.join(only)}", "see invoke build's table"
+            f"no conv/dense task of {model.name} is named {', '.join(unknown)}", "see invoke build's table"
         )
     work_dir = cache_dir / "tuning" / target_slug(target) / model.name
     work_dir.mkdir(parents=True, exist_ok=True)

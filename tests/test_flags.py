@@ -1,0 +1,88 @@
+"""Every flag's value is checked before anything is built: a bad one ends in one error line (at most 300
+characters, naming the flag and a value that works), exit code 1 and no traceback, whatever the flag's
+type. invoke hands flag values over as strings; these go through the real command line."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import MAX_LINE, PipelineError
+from pipeline.nightly.loop import Point, load_matrix
+from pipeline.paths import ROOT
+
+
+def invoke(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PIPELINE_RESULTS": os.devnull}
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+BAD_VALUES = [
+    (("deploy", "--tolerance", "abc"), "--tolerance must be a number, got 'abc'"),
+    (("deploy", "--tolerance", "0"), "--tolerance must be a positive number, got '0'"),
+    (("deploy", "--runs", "0"), "--runs must be at least 1, got '0'"),
+    (("deploy", "--runs", "1.5"), "--runs must be a whole number, got '1.5'"),
+    (("deploy", "--warmup", "-1"), "--warmup must be at least 0, got '-1'"),
+    (("deploy", "--timeout", "nan"), "--timeout must be a positive number, got 'nan'"),
+    (("deploy", "--timeout", "-5"), "--timeout must be a positive number, got '-5'"),
+    (("deploy", "--coverage", "maybe"), "unknown coverage policy 'maybe'"),
+    (("deploy", "--min-tuned-flops", "lots"), "--min-tuned-flops must be a fraction, got 'lots'"),
+    (("deploy", "--min-tuned-flops", "2"), "--min-tuned-flops 2.0 is not a fraction"),
+    (("deploy", "--input-shape", "1,x,3"), "--input-shape must be whole numbers separated by commas, got '1,x,3'"),
+    (("deploy", "--input-shape", "1,-3,32,32"), "--input-shape sizes must be positive, got -3 in '1,-3,32,32'"),
+    (
+        ("deploy", "--input-shape", "1,3,32"),
+        "--input-shape 1,3,32 has 3 dimensions, but input 'data' of tiny.onnx has 4",
+    ),
+    (
+        ("build", "--input-shape", "1,3,64,32"),
+        "--input-shape 1,3,64,32 sets dimension 2 to 64, but input 'data' of tiny.onnx fixes it to 32",
+    ),
+    (("build", "--min-tuned-flops", "x"), "--min-tuned-flops must be a fraction, got 'x'"),
+    (("tune", "--trials", "0"), "--trials must be at least 1, got '0'"),
+    (("tune", "--trials", "many"), "--trials must be a whole number, got 'many'"),
+    (("tune", "--input-shape", "0,3,32,32"), "--input-shape sizes must be positive, got 0 in '0,3,32,32'"),
+    (("tune", "--only", "fused_conv2d_add_relu,fused_typo"), "no conv/dense task of tiny is named fused_typo"),
+]
+
+
+@pytest.mark.parametrize(("args", "problem"), BAD_VALUES, ids=[" ".join(a) for a, _ in BAD_VALUES])
+def test_bad_flag_value_is_one_clear_line(args: tuple[str, ...], problem: str) -> None:
+    command, *flags = args
+    proc = invoke(command, "--board", "local", "--model", "tiny", *flags)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"error: {problem}")
+    assert " — fix: " in lines[0]
+    assert len(lines[0]) <= MAX_LINE
+
+
+def matrix_file(tmp_path: Path, entry: str) -> Path:
+    path = tmp_path / "matrix.yaml"
+    path.write_text(f"matrix:\n  - boards: [local]\n    models: [tiny, net.onnx]\n{entry}")
+    return path
+
+
+def test_nightly_matrix_entry_fixes_the_input_shape_of_its_points(tmp_path: Path) -> None:
+    matrix = load_matrix(matrix_file(tmp_path, "    input_shape: [1, 3, 32, 32]\n"))
+    assert matrix.points() == [
+        Point("local", "tiny", input_shape=(1, 3, 32, 32)),
+        Point("local", "net.onnx", input_shape=(1, 3, 32, 32)),
+    ]
+
+
+def test_nightly_matrix_entry_without_input_shape_leaves_it_to_the_model(tmp_path: Path) -> None:
+    assert all(point.input_shape is None for point in load_matrix(matrix_file(tmp_path, "")).points())
+
+
+@pytest.mark.parametrize("shape", ["[1, -3, 32, 32]", "[]", "'1,3,32,32'", "[1, 3.5]"])
+def test_nightly_matrix_entry_with_a_bad_input_shape_is_refused(tmp_path: Path, shape: str) -> None:
+    with pytest.raises(PipelineError) as err:
+        load_matrix(matrix_file(tmp_path, f"    input_shape: {shape}\n"))
+    assert "field 'matrix.0.input_shape" in err.value.problem
