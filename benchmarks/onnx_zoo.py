@@ -50,7 +50,7 @@ def main() -> int:
                 deploy_once("local", str(path), runs=args.runs, warmup=args.warmup, results_dir=Path(scratch))
                 for path in (shipped, random_path)
             ]
-            build = [o.result.build["compile_seconds"] for o in outcomes]
+            build = [o.result.build.compile_seconds for o in outcomes]
             median = [o.result.timings.stats.median_ms for o in outcomes]
             error = [o.result.check.relative_error for o in outcomes]
             top1 = "same" if outcomes[1].result.check.same_top1 else "DIFFERS"

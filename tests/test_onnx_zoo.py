@@ -35,7 +35,7 @@ def assert_matches_onnxruntime(outcome: DeployOutcome) -> None:
     check = outcome.result.check
     assert check.passed, check
     assert check.same_top1
-    assert tuple(outcome.result.build["input_shape"]) == (1, 3, 224, 224)
+    assert tuple(outcome.result.build.input_shape) == (1, 3, 224, 224)
 
 
 def test_the_wheel_ships_the_nine_models_in_ir_version_3_form() -> None:
@@ -63,7 +63,7 @@ def test_zoo_model_with_random_weights_deploys_and_matches_onnxruntime(
     assert_matches_onnxruntime(outcome)
     # The same input the deploy made: its reference must be spread out, or agreement proves little.
     data, _ = make_input((1, 3, 224, 224))
-    reference = reference_output(path, outcome.result.build["input_name"], data)
+    reference = reference_output(path, outcome.result.build.input_name, data)
     assert np.ptp(reference) > 0.1 * np.max(np.abs(reference))
 
 
