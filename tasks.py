@@ -6,6 +6,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
 from invoke import Context, Exit, task
@@ -164,6 +165,22 @@ def _shape(value: str | None) -> tuple[int, ...] | None:
     from pipeline.build.model_file import parse_input_shape
 
     return None if value is None else parse_input_shape(value)
+
+
+def _output_path(value: str | None, flag: str, folder: bool) -> Path | None:
+    """A path the task writes to, its folder created now: a bad one fails before a long run, not after it."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if not folder and path.is_dir():
+        raise PipelineError(f"--{flag} {value} is a folder", f"pass a file path, e.g. --{flag} results/history.sqlite")
+    try:
+        (path if folder else path.parent).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PipelineError(
+            f"--{flag} {value}: cannot create its folder ({err.strerror})", "pass a path in a writable folder"
+        ) from None
+    return path
 
 
 _SHAPE_HELP = "the input's shape, e.g. 1,3,224,224: fixes symbolic dimensions (dynamic batch, free image size)"
@@ -387,7 +404,6 @@ def nightly(
     print_cron: bool = False,
 ) -> None:
     """Deploy every point of the matrix, store and compare each result, write the report; exit 1 on a regression."""
-    from pathlib import Path
 
     from pipeline.nightly import loop as runner
     from pipeline.nightly.history import History
@@ -405,6 +421,8 @@ def nightly(
         else:
             print(line)
         return
+    history_path = _output_path(history, "history", folder=False) or spec.history
+    report_path = _output_path(report, "report", folder=True) or spec.report
     console = Console(stderr=True)
 
     def show(outcome: runner.PointOutcome) -> None:
@@ -412,9 +430,9 @@ def nightly(
 
     provenance = RunProvenance(pipeline_commit=pipeline_commit(), record_store_version=load_store().version)
     deploy = runner.real_deploy(ConsoleProgress(console).callbacks())
-    with History(Path(history) if history else spec.history) as store:
+    with History(history_path) as store:
         outcome = runner.run_nightly(spec, deploy, store, provenance, on_point=show)
-        page = write_report(store, outcome, Path(report) if report else spec.report)
+        page = write_report(store, outcome, report_path)
     print("\n".join(nightly_summary_lines(outcome)))
     print(f"Report       {page}")
     if outcome.exit_code:

@@ -86,3 +86,28 @@ def test_nightly_matrix_entry_with_a_bad_input_shape_is_refused(tmp_path: Path, 
     with pytest.raises(PipelineError) as err:
         load_matrix(matrix_file(tmp_path, f"    input_shape: {shape}\n"))
     assert "field 'matrix.0.input_shape" in err.value.problem
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "problem"),
+    [
+        ("--history", "/proc/no-such-folder/history.sqlite", "cannot create its folder (No such file or directory)"),
+        ("--history", "{tmp}", "is a folder"),
+        ("--report", "{tmp}/a-file", "cannot create its folder (File exists)"),
+    ],
+    ids=["history-in-an-impossible-folder", "history-is-a-folder", "report-is-a-file"],
+)
+def test_bad_nightly_output_path_is_refused_before_anything_runs(
+    tmp_path: Path, flag: str, value: str, problem: str
+) -> None:
+    """Checked before the matrix runs: a nightly run takes hours. (Its one point would fail fast anyway.)"""
+    (tmp_path / "a-file").write_text("")
+    matrix = tmp_path / "matrix.yaml"
+    matrix.write_text("matrix:\n  - boards: [no-such-board]\n    models: [tiny]\n")
+    path = value.format(tmp=tmp_path)
+    proc = invoke("nightly", "--matrix", str(matrix), flag, path)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line]
+    assert lines == [lines[0]] and lines[0].startswith(f"error: {flag} {path}")
+    assert problem in lines[0]
+    assert not (tmp_path / "history.sqlite").exists()
