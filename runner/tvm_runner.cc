@@ -12,6 +12,7 @@
 // Every error prints one message on stderr and exits with code 2.
 
 #include <tvm/ffi/any.h>
+#include <tvm/ffi/c_api.h>
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/map.h>
 #include <tvm/ffi/container/tensor.h>
@@ -183,11 +184,29 @@ ffi::Tensor ReadInput(const std::string& path, const std::vector<int64_t>& shape
   return tensor;
 }
 
+// Every call into TVM goes through tvm-ffi's C ABI (TVMFFIFunctionCall): an error comes back as a
+// code and is raised here as the runner's own ffi::Error. ffi::Function's call operator would take
+// the C++ fast path (FunctionObj::cpp_call) and let TVM's exceptions unwind into the runner, which
+// is built with LLVM's libc++ (see pipeline/board/bundle.py) while TVM uses libstdc++.
+void CallSafely(const ffi::Function& func, const std::vector<ffi::AnyView>& args, ffi::Any* result) {
+  auto* handle = static_cast<TVMFFIObjectHandle>(const_cast<ffi::FunctionObj*>(func.get()));
+  auto* packed = reinterpret_cast<TVMFFIAny*>(const_cast<ffi::AnyView*>(args.data()));
+  TVM_FFI_CHECK_SAFE_CALL(TVMFFIFunctionCall(handle, packed, static_cast<int32_t>(args.size()),
+                                             reinterpret_cast<TVMFFIAny*>(result)));
+}
+
+template <typename... Args>
+ffi::Any Call(const ffi::Function& func, const Args&... args) {
+  ffi::Any result;
+  CallSafely(func, {ffi::AnyView(args)...}, &result);
+  return result;
+}
+
 // Parameters arrive as one save_param_dict file keyed p00000, p00001, ... in argument order.
 std::vector<ffi::Tensor> LoadParams(const std::string& path) {
   RequireFile("parameters file", path);
   ffi::Function load = ffi::Function::GetGlobalRequired("runtime.LoadParamsFromFile");
-  auto params = load(ffi::String(path)).cast<ffi::Map<ffi::String, ffi::Tensor>>();
+  auto params = Call(load, ffi::String(path)).cast<ffi::Map<ffi::String, ffi::Tensor>>();
   std::vector<ffi::Tensor> ordered;
   for (size_t i = 0; i < params.size(); ++i) {
     char key[32];
@@ -245,8 +264,16 @@ std::string JsonList(const ffi::ShapeView& shape) {
   return text.str();
 }
 
+// Modules are loaded and queried through tvm-ffi's registered global functions, not through the C++
+// methods libtvm_ffi.so exports, so that these calls too cross into TVM over the C ABI.
+ffi::Module LoadModule(const std::string& path) {
+  ffi::Function load = ffi::Function::GetGlobalRequired("ffi.ModuleLoadFromFile");
+  return Call(load, ffi::String(path)).cast<ffi::Module>();
+}
+
 ffi::Function RequireFunction(const ffi::Module& module, const char* name, const std::string& lib) {
-  ffi::Optional<ffi::Function> func = module->GetFunction(name);
+  ffi::Function get = ffi::Function::GetGlobalRequired("ffi.ModuleGetFunction");
+  auto func = Call(get, module, ffi::String(name), true).cast<ffi::Optional<ffi::Function>>();
   if (!func) throw UsageError(lib + " is not an exported Relax executable with '" + name + "'");
   return *func;
 }
@@ -261,10 +288,10 @@ int Run(const Options& opts) {
   Clock::time_point load_start = Clock::now();
   RequireFile("model library", opts.lib);
   // dlopen searches the library path for a name without a slash, so pass an absolute path.
-  ffi::Module lib = ffi::Module::LoadFromFile(std::filesystem::absolute(opts.lib).string());
-  ffi::Module vm = RequireFunction(lib, "vm_load_executable", opts.lib)().cast<ffi::Module>();
-  RequireFunction(vm, "vm_initialization", opts.lib)(static_cast<int>(kDLCPU), 0,
-                                                     kPooledAllocator);
+  ffi::Module lib = LoadModule(std::filesystem::absolute(opts.lib).string());
+  ffi::Module vm = Call(RequireFunction(lib, "vm_load_executable", opts.lib)).cast<ffi::Module>();
+  Call(RequireFunction(vm, "vm_initialization", opts.lib), static_cast<int>(kDLCPU), 0,
+       kPooledAllocator);
   ffi::Function main_fn = RequireFunction(vm, "main", opts.lib);
   std::vector<ffi::Tensor> params = LoadParams(opts.params);
   ffi::Tensor input = ReadInput(opts.input, opts.input_shape);
@@ -276,8 +303,9 @@ int Run(const Options& opts) {
 
   ffi::Any result;
   auto infer = [&](const char* phase, int i, int n) {
+    result = ffi::Any();
     Clock::time_point start = Clock::now();
-    main_fn.CallPacked(args.data(), static_cast<int32_t>(args.size()), &result);
+    CallSafely(main_fn, args, &result);
     double ms = MillisSince(start);
     std::cerr << "progress " << phase << " " << i << " " << n << " " << FormatMs(ms) << std::endl;
     return ms;
