@@ -16,7 +16,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from pipeline.board import facts
+from pipeline.board import doctor, facts
 from pipeline.board.bundle import runtime_bundle
 from pipeline.board.profile import load_board
 from pipeline.board.session import open_board
@@ -71,6 +71,7 @@ def deploy_once(
     data, input_file = inputs.make_input(spec.input_shape)
 
     with open_board(profile) as session:
+        doctor.require_ready(session, {**bundle.files, "model": artifact.library, "params": artifact.params})
         with Progress(
             TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console
         ) as progress:
