@@ -3,20 +3,21 @@ floor), read from the ELF symbol versions the files reference, as the loader on 
 
 The files are the real ones a deploy pushes: the runner and TVM's two runtime libraries from the
 runtime bundle, and a model library compiled for the board's target. The pushed board Python (for
-tuning only) is Debian 12's and cannot meet the floor; its needs are asserted so that `invoke doctor`
-has to check them on the board (see test_doctor.py)."""
+tuning only) is Debian 12's and cannot meet the floor: it carries its own C library instead."""
 
+import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from pipeline.board.abi import archive_needs, needed_versions, parse_version, version_text
+from pipeline.board.abi import archive_versions, needed_versions, parse_version, version_text
 from pipeline.board.bundle import GLIBC_FLOOR, RUNNER, RUNTIME_LIB, RuntimeBundle, runtime_bundle
 from pipeline.board.profile import Arch, load_board
 from pipeline.build import builder
 from pipeline.build.model_file import resolve_model
+from pipeline.paths import CACHE_DIR
 from pipeline.tuning.board_python import environment_archive
 
 FLOOR = parse_version(GLIBC_FLOOR)
@@ -62,8 +63,20 @@ def test_runner_exports_no_symbol_tvm_could_bind_to(pushed: dict[str, Path]) -> 
 
 
 def _run_on_board(bundle: RuntimeBundle, args: list[str]) -> subprocess.CompletedProcess[str]:
-    prefix = ["qemu-aarch64", "-cpu", "cortex-a72", "-L", "/usr/aarch64-linux-gnu"] if bundle.arch == "aarch64" else []
+    """Run the runner as the board profile does: under rk3399-emu's qemu, on its Debian 11 userland."""
+    prefix = shlex.split(load_board(BOARDS[bundle.arch]).command_prefix)
     return subprocess.run([*prefix, str(bundle.files[RUNNER]), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_the_emulated_rk3399_runs_a_debian_11_userland() -> None:
+    """rk3399-emu's qemu -L names the bullseye sysroot from install.sh, under this checkout's cache."""
+    prefix = shlex.split(load_board("rk3399-emu").command_prefix)
+    sysroot = Path(prefix[prefix.index("-L") + 1])
+    assert sysroot == CACHE_DIR.resolve() / "sysroot" / "bullseye-arm64"
+    banner = subprocess.run([*prefix, str(sysroot / "lib/aarch64-linux-gnu/libc.so.6")], capture_output=True, text=True)
+    assert "release version 2.31" in banner.stdout
+    info = _run_on_board(runtime_bundle("aarch64"), ["--info"])
+    assert info.returncode == 0 and '"arch": "aarch64"' in info.stdout
 
 
 @pytest.mark.parametrize("arch", ["aarch64", "x86_64"])
@@ -80,9 +93,13 @@ def test_an_error_raised_inside_tvm_reaches_the_runner_as_a_message(arch: Arch, 
     assert "Failed to load dynamic shared library" in result.stderr
 
 
-def test_pushed_board_python_needs_newer_glibc_than_the_floor() -> None:
+def test_pushed_board_python_brings_the_c_library_it_needs() -> None:
     """Excluded from the floor: the pushed Python is Debian 12's CPython (python3.11 itself needs
-    GLIBC_2.35, libexpat 2.36). It only serves tuning; a board with an older glibc needs tuning.python,
-    which `invoke doctor` says."""
-    needs = archive_needs(environment_archive())
-    assert needs.glibc is not None and needs.glibc > FLOOR
+    GLIBC_2.35, libexpat 2.36) and only serves tuning. It carries Debian 12's libc and loader and starts
+    through them, so an older board needs only a libstdc++ for TVM (test_tune_on_board runs it on the
+    emulated Debian 11 board)."""
+    versions = archive_versions(environment_archive())
+    assert versions.needs.glibc is not None and versions.needs.glibc > FLOOR
+    assert versions.own_libc is not None and versions.own_libc.glibc is not None
+    assert versions.own_libc.glibc >= versions.needs.glibc
+    assert versions.needs.glibcxx is not None and versions.needs.glibcxx <= OLDEST_LIBSTDCXX

@@ -82,6 +82,13 @@ def test_emulator_cpu_model_must_match_the_target(tmp_path: Path) -> None:
     assert not checks["cpu"].ok and "-cpu cortex-a72" in checks["cpu"].fix
 
 
+def test_a_missing_emulated_userland_asks_for_the_install_script(tmp_path: Path) -> None:
+    prefix = f"qemu-aarch64 -cpu cortex-a72 -L {tmp_path / 'no-sysroot'}"
+    checks = checks_on(load_board(str(profile_copy(tmp_path, "rk3399-emu", command_prefix=prefix))))
+    assert not checks["glibc"].ok and "scripts/install.sh" in checks["glibc"].fix
+    assert not checks["libstdc++"].ok
+
+
 def test_a_deploy_runs_the_cheap_checks_before_pushing(tmp_path: Path) -> None:
     remote_dir = tmp_path / "board-folder"
     profile = profile_copy(tmp_path, "local", cpu_affinity=[64], remote_dir=str(remote_dir))

@@ -110,13 +110,24 @@ def files_needs(paths: list[Path]) -> LibraryVersions:
     return total
 
 
-def archive_needs(archive: Path) -> LibraryVersions:
-    """What the ELF files inside a tar archive (the pushed board Python) need together."""
-    total = LibraryVersions()
+@dataclass(frozen=True)
+class ArchiveVersions:
+    """What the ELF files inside an archive need together, and what its own C library (if it carries one)
+    defines: the pushed board Python brings Debian 12's libc, so only its other needs fall on the board."""
+
+    needs: LibraryVersions
+    own_libc: LibraryVersions | None
+
+
+def archive_versions(archive: Path) -> ArchiveVersions:
+    needs, own_libc = LibraryVersions(), None
     with tarfile.open(archive) as tar:
         for member in tar:
             stream = tar.extractfile(member) if member.isfile() else None
             if stream is None or stream.read(4) != ELF_MAGIC:
                 continue
-            total = total.newest(_needed(ELF_MAGIC + stream.read(), f"{archive.name}:{member.name}"))
-    return total
+            data, label = ELF_MAGIC + stream.read(), f"{archive.name}:{member.name}"
+            needs = needs.newest(_needed(data, label))
+            if Path(member.name).name == "libc.so.6":
+                own_libc = provided_versions(data, label)
+    return ArchiveVersions(needs, own_libc)

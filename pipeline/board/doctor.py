@@ -17,7 +17,7 @@ from pipeline.board import facts
 from pipeline.board.abi import (
     LibraryVersions,
     Version,
-    archive_needs,
+    archive_versions,
     files_needs,
     provided_versions,
     version_text,
@@ -86,8 +86,16 @@ class BoardState:
     taskset: bool
 
 
-def emulator_of(profile: BoardProfile) -> tuple[str, str | None, str | None] | None:
-    """(program, -cpu model, -L sysroot) when the command prefix runs the runtime under qemu-user."""
+@dataclass(frozen=True)
+class Emulator:
+    """qemu-user as the command prefix names it: the program, its -cpu model and its -L sysroot."""
+
+    program: str
+    cpu: str | None
+    sysroot: str | None
+
+
+def emulator_of(profile: BoardProfile) -> Emulator | None:
     words = shlex.split(profile.command_prefix)
     if not words or not Path(words[0]).name.startswith("qemu-"):
         return None
@@ -95,12 +103,12 @@ def emulator_of(profile: BoardProfile) -> tuple[str, str | None, str | None] | N
     def option(flag: str) -> str | None:
         return words[words.index(flag) + 1] if flag in words[:-1] else None
 
-    return words[0], option("-cpu"), option("-L")
+    return Emulator(words[0], option("-cpu"), option("-L"))
 
 
 def _library_dirs(profile: BoardProfile) -> list[str]:
     emulated = emulator_of(profile)
-    root = (emulated[2] or "") if emulated else ""
+    root = (emulated.sysroot or "") if emulated else ""
     triple = f"{profile.arch}-linux-gnu"
     return [
         f"{root}/{folder}" for folder in (f"lib/{triple}", f"usr/lib/{triple}", "lib64", "usr/lib64", "lib", "usr/lib")
@@ -126,7 +134,7 @@ def probe(board: Board) -> BoardState:
         "command -v taskset >/dev/null && echo taskset=yes",
     ]
     if emulated:
-        steps.append(f"echo emulator=$(command -v {shlex.quote(emulated[0])})")
+        steps.append(f"echo emulator=$(command -v {shlex.quote(emulated.program)})")
     result = board.run(f"sh -c {shlex.quote('; '.join(steps))}", timeout_s=PROBE_TIMEOUT_S)
     pairs = (line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
     values = {name: value.strip() for name, value in pairs if value.strip()}
@@ -157,7 +165,7 @@ def _core_list(text: str) -> Iterable[int]:
 def check_architecture(profile: BoardProfile, state: BoardState) -> Check:
     emulated = emulator_of(profile)
     if emulated:
-        program = Path(emulated[0]).name
+        program = Path(emulated.program).name
         if state.emulator is None:
             return Check("architecture", False, f"{program} is not installed", "install qemu-user (scripts/install.sh)")
         if program != f"qemu-{profile.arch}":
@@ -184,7 +192,7 @@ def check_cpu(profile: BoardProfile, state: BoardState) -> Check:
     wanted = [attr.removeprefix("+") for attr in target.mattr if attr.startswith("+")]
     emulated = emulator_of(profile)
     if emulated:
-        model = emulated[1]
+        model = emulated.cpu
         if model != target.mcpu:
             return Check(
                 "cpu",
@@ -226,13 +234,15 @@ def _library_check(
     if path is None:
         return Check(name, False, "not found in the board's library folders", fix_old)
     provided = getattr(provided_versions(board.read_file(path), path), provided_of)
-    detail = f"{path} defines up to {version_text(provided)}, the push needs {version_text(needed)}"
+    family = provided_of.upper() + "_"
+    detail = f"{path} defines up to {family}{version_text(provided)}, the push needs {family}{version_text(needed)}"
     return Check(name, provided is not None and provided >= needed, detail, fix_old)
 
 
 def check_libraries(board: Board, state: BoardState, needs: PushNeeds) -> list[Check]:
     profile = board.profile
-    sysroot = (emulator_of(profile) or ("", None, None))[2]
+    emulated = emulator_of(profile)
+    sysroot = emulated.sysroot if emulated else None
     where = f"the sysroot {sysroot}: run scripts/install.sh" if sysroot else "a board image"
     return [
         _library_check(
@@ -327,16 +337,26 @@ def check_tuning_python(board: Board, state: BoardState) -> Check:
     if profile.arch != "aarch64":
         return Check("tuning python", False, "no tuning.python and no pushed Python for this architecture", fix)
     try:
-        needed = archive_needs(environment_archive()).glibc
+        versions = archive_versions(environment_archive())
     except PipelineError as error:
         return Check("tuning python", False, f"the pushed Python is not assembled: {error.problem}", error.fix)
-    provided = provided_versions(board.read_file(state.libc), state.libc).glibc if state.libc else None
-    ok = needed is None or (provided is not None and provided >= needed)
+    needs, own = versions.needs, versions.own_libc
+    if own is None or own.glibc is None or (needs.glibc is not None and own.glibc < needs.glibc):
+        return Check("tuning python", False, "the pushed Python carries no C library that meets its needs", fix)
+    board_cxx = provided_versions(board.read_file(state.libstdcxx), state.libstdcxx) if state.libstdcxx else None
+    provided = board_cxx.glibcxx if board_cxx else None
+    ok = needs.glibcxx is None or (provided is not None and provided >= needs.glibcxx)
     detail = (
-        f"the pushed Debian 12 Python needs glibc {version_text(needed)}, the board defines up to "
-        f"{version_text(provided)}"
+        f"the pushed Debian 12 Python runs on its own glibc {version_text(own.glibc)} (needs "
+        f"{version_text(needs.glibc)}); TVM in it needs GLIBCXX {version_text(needs.glibcxx)}, the board's "
+        f"libstdc++ defines up to {version_text(provided)}"
     )
-    return Check("tuning python", ok, detail, fix)
+    return Check(
+        "tuning python",
+        ok,
+        detail,
+        f"install libstdc++6 from gcc 7 or newer on the board, or {fix[0].lower()}{fix[1:]}",
+    )
 
 
 def cheap_checks(board: Board, needs: PushNeeds, state: BoardState | None = None) -> list[Check]:
