@@ -342,7 +342,8 @@ def check_tuning_python(board: Board, state: BoardState) -> Check:
         return Check("tuning python", False, f"the pushed Python is not assembled: {error.problem}", error.fix)
     needs, own = versions.needs, versions.own_libc
     if own is None or own.glibc is None or (needs.glibc is not None and own.glibc < needs.glibc):
-        return Check("tuning python", False, "the pushed Python carries no C library that meets its needs", fix)
+        problem = "the pushed Python carries no C library that meets its needs"
+        return Check("tuning python", False, problem, "run scripts/install.sh (the board Python includes libc6)")
     board_cxx = provided_versions(board.read_file(state.libstdcxx), state.libstdcxx) if state.libstdcxx else None
     provided = board_cxx.glibcxx if board_cxx else None
     ok = needs.glibcxx is None or (provided is not None and provided >= needs.glibcxx)
@@ -351,12 +352,7 @@ def check_tuning_python(board: Board, state: BoardState) -> Check:
         f"{version_text(needs.glibc)}); TVM in it needs GLIBCXX {version_text(needs.glibcxx)}, the board's "
         f"libstdc++ defines up to {version_text(provided)}"
     )
-    return Check(
-        "tuning python",
-        ok,
-        detail,
-        f"install libstdc++6 from gcc 7 or newer on the board, or {fix[0].lower()}{fix[1:]}",
-    )
+    return Check("tuning python", ok, detail, f"install libstdc++6 from gcc 7 or newer on the board, or {fix}")
 
 
 def cheap_checks(board: Board, needs: PushNeeds, state: BoardState | None = None) -> list[Check]:
