@@ -287,6 +287,36 @@ def build(
 
 @task(
     help={
+        "board": "board profile name (boards/<name>.yaml) or path to a profile",
+        "model": "also count this model's build in the disk check (builtin name or .onnx path)",
+    }
+)
+@_clean_errors
+def doctor(c: Context, board: str = "rk3399-emu", model: str | None = None) -> None:
+    """Connect to the board and check what a deploy and a tune need: one line per check, exit 1 on a problem."""
+    from pipeline.board import doctor as preflight
+    from pipeline.board.bundle import runtime_bundle
+    from pipeline.board.profile import load_board
+    from pipeline.board.session import open_board
+    from pipeline.build import builder
+    from pipeline.build.model_file import resolve_model
+
+    profile = load_board(board)
+    files = dict(runtime_bundle(profile.arch).files)
+    if model is not None:
+        artifact = builder.build(resolve_model(model), profile)
+        files.update({"model": artifact.library, "params": artifact.params})
+    with open_board(profile) as session:
+        print(f"doctor: {profile.name} at {session.endpoint.host}:{session.endpoint.port}")
+        checks = preflight.all_checks(session, preflight.push_needs(files))
+    print("\n".join(check.line() for check in checks))
+    problems = sum(not check.ok for check in checks)
+    if problems:
+        raise Exit(f"doctor: {problems} problem(s) on {profile.name}", code=1)
+
+
+@task(
+    help={
         "board": "board profile name or path: candidates are timed on that board over TVM RPC",
         "model": "builtin model name or .onnx path",
         "trials": "schedules to measure in all; the largest conv/dense tasks get them first (default 64)",

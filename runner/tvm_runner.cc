@@ -16,6 +16,7 @@
 // Every error prints one message on stderr and exits with code 2.
 
 #include <tvm/ffi/any.h>
+#include <tvm/ffi/c_api.h>
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/map.h>
 #include <tvm/ffi/container/tensor.h>
@@ -191,11 +192,29 @@ ffi::Tensor ReadInput(const std::string& path, const std::vector<int64_t>& shape
   return tensor;
 }
 
+// Every call into TVM goes through tvm-ffi's C ABI (TVMFFIFunctionCall): an error comes back as a
+// code and is raised here as the runner's own ffi::Error. ffi::Function's call operator would take
+// the C++ fast path (FunctionObj::cpp_call) and let TVM's exceptions unwind into the runner, which
+// is built with LLVM's libc++ (see pipeline/board/bundle.py) while TVM uses libstdc++.
+void CallSafely(const ffi::Function& func, const std::vector<ffi::AnyView>& args, ffi::Any* result) {
+  auto* handle = static_cast<TVMFFIObjectHandle>(const_cast<ffi::FunctionObj*>(func.get()));
+  auto* packed = reinterpret_cast<TVMFFIAny*>(const_cast<ffi::AnyView*>(args.data()));
+  TVM_FFI_CHECK_SAFE_CALL(TVMFFIFunctionCall(handle, packed, static_cast<int32_t>(args.size()),
+                                             reinterpret_cast<TVMFFIAny*>(result)));
+}
+
+template <typename... Args>
+ffi::Any Call(const ffi::Function& func, const Args&... args) {
+  ffi::Any result;
+  CallSafely(func, {ffi::AnyView(args)...}, &result);
+  return result;
+}
+
 // Parameters arrive as one save_param_dict file keyed p00000, p00001, ... in argument order.
 std::vector<ffi::Tensor> LoadParams(const std::string& path) {
   RequireFile("parameters file", path);
   ffi::Function load = ffi::Function::GetGlobalRequired("runtime.LoadParamsFromFile");
-  auto params = load(ffi::String(path)).cast<ffi::Map<ffi::String, ffi::Tensor>>();
+  auto params = Call(load, ffi::String(path)).cast<ffi::Map<ffi::String, ffi::Tensor>>();
   std::vector<ffi::Tensor> ordered;
   for (size_t i = 0; i < params.size(); ++i) {
     char key[32];
@@ -265,24 +284,45 @@ struct CallTimes {
   std::map<std::string, std::pair<int64_t, double>> calls_and_ms;
 };
 
-// The VM calls its instrument before and after every Call instruction (kernels and builtins alike):
-// a stack of start times keeps nested calls apart.
-ffi::Function TimingInstrument(CallTimes* times, std::vector<Clock::time_point>* started) {
-  return ffi::Function::FromPacked([times, started](ffi::PackedArgs args, ffi::Any* rv) {
-    bool before = args[2].cast<bool>();
-    if (before) {
-      started->push_back(Clock::now());
-    } else if (!started->empty()) {
-      double ms = MillisSince(started->back());
-      started->pop_back();
-      std::string name = args[1].cast<ffi::String>();
-      auto [entry, inserted] = times->calls_and_ms.try_emplace(name, 0, 0.0);
-      if (inserted) times->order.push_back(name);
+struct Instrument {
+  CallTimes times;
+  std::vector<Clock::time_point> started;  // a stack: nested calls stay apart
+};
+
+// The VM calls its instrument before and after every Call instruction (kernels and builtins alike),
+// as (func, func_symbol, before_run, ret_value, args...). It is handed to TVM as a C function
+// (TVMFFIFunctionCreate), called over the C ABI, and never throws: nothing unwinds across the
+// runner's libc++ and TVM's libstdc++.
+int InstrumentCall(void* self, const TVMFFIAny* args, int32_t num_args, TVMFFIAny* result) noexcept {
+  result->type_index = kTVMFFIInt;
+  result->zero_padding = 0;
+  result->v_int64 = 0;  // VMInstrumentReturnKind::kNoOp: run the call as usual
+  if (num_args < 3) return 0;
+  auto* state = static_cast<Instrument*>(self);
+  const auto* views = reinterpret_cast<const ffi::AnyView*>(args);
+  try {
+    if (views[2].cast<bool>()) {
+      state->started.push_back(Clock::now());
+    } else if (!state->started.empty()) {
+      double ms = MillisSince(state->started.back());
+      state->started.pop_back();
+      std::string name = views[1].cast<ffi::String>();
+      auto [entry, inserted] = state->times.calls_and_ms.try_emplace(name, 0, 0.0);
+      if (inserted) state->times.order.push_back(name);
       entry->second.first += 1;
       entry->second.second += ms;
     }
-    *rv = 0;  // VMInstrumentReturnKind::kNoOp: run the call as usual
-  });
+  } catch (...) {
+    // A call the profile cannot name is left out of it rather than stopping the model.
+  }
+  return 0;
+}
+
+ffi::Function InstrumentFunction(Instrument* state) {
+  TVMFFIObjectHandle handle = nullptr;
+  TVM_FFI_CHECK_SAFE_CALL(TVMFFIFunctionCreate(state, InstrumentCall, nullptr, &handle));
+  return ffi::details::ObjectUnsafe::ObjectRefFromObjectPtr<ffi::Function>(
+      ffi::details::ObjectUnsafe::ObjectPtrFromOwned<ffi::Object>(static_cast<TVMFFIObject*>(handle)));
 }
 
 std::string JsonString(const std::string& text) {
@@ -308,8 +348,16 @@ std::string JsonProfile(const CallTimes& times, int runs) {
   return text.str();
 }
 
+// Modules are loaded and queried through tvm-ffi's registered global functions, not through the C++
+// methods libtvm_ffi.so exports, so that these calls too cross into TVM over the C ABI.
+ffi::Module LoadModule(const std::string& path) {
+  ffi::Function load = ffi::Function::GetGlobalRequired("ffi.ModuleLoadFromFile");
+  return Call(load, ffi::String(path)).cast<ffi::Module>();
+}
+
 ffi::Function RequireFunction(const ffi::Module& module, const char* name, const std::string& lib) {
-  ffi::Optional<ffi::Function> func = module->GetFunction(name);
+  ffi::Function get = ffi::Function::GetGlobalRequired("ffi.ModuleGetFunction");
+  auto func = Call(get, module, ffi::String(name), true).cast<ffi::Optional<ffi::Function>>();
   if (!func) throw UsageError(lib + " is not an exported Relax executable with '" + name + "'");
   return *func;
 }
@@ -324,10 +372,10 @@ int Run(const Options& opts) {
   Clock::time_point load_start = Clock::now();
   RequireFile("model library", opts.lib);
   // dlopen searches the library path for a name without a slash, so pass an absolute path.
-  ffi::Module lib = ffi::Module::LoadFromFile(std::filesystem::absolute(opts.lib).string());
-  ffi::Module vm = RequireFunction(lib, "vm_load_executable", opts.lib)().cast<ffi::Module>();
-  RequireFunction(vm, "vm_initialization", opts.lib)(static_cast<int>(kDLCPU), 0,
-                                                     kPooledAllocator);
+  ffi::Module lib = LoadModule(std::filesystem::absolute(opts.lib).string());
+  ffi::Module vm = Call(RequireFunction(lib, "vm_load_executable", opts.lib)).cast<ffi::Module>();
+  Call(RequireFunction(vm, "vm_initialization", opts.lib), static_cast<int>(kDLCPU), 0,
+       kPooledAllocator);
   ffi::Function main_fn = RequireFunction(vm, "main", opts.lib);
   std::vector<ffi::Tensor> params = LoadParams(opts.params);
   ffi::Tensor input = ReadInput(opts.input, opts.input_shape);
@@ -339,8 +387,9 @@ int Run(const Options& opts) {
 
   ffi::Any result;
   auto infer = [&](const char* phase, int i, int n) {
+    result = ffi::Any();
     Clock::time_point start = Clock::now();
-    main_fn.CallPacked(args.data(), static_cast<int32_t>(args.size()), &result);
+    CallSafely(main_fn, args, &result);
     double ms = MillisSince(start);
     std::cerr << "progress " << phase << " " << i << " " << n << " " << FormatMs(ms) << std::endl;
     return ms;
@@ -353,11 +402,11 @@ int Run(const Options& opts) {
 
   std::string profile;
   if (opts.profile > 0) {
-    CallTimes times;
-    std::vector<Clock::time_point> started;
-    RequireFunction(vm, "set_instrument", opts.lib)(TimingInstrument(&times, &started));
+    Instrument instrument;
+    Call(RequireFunction(vm, "set_instrument", opts.lib), InstrumentFunction(&instrument));
     for (int i = 1; i <= opts.profile; ++i) infer("profile", i, opts.profile);
-    profile = ", \"profile\": " + JsonProfile(times, opts.profile);
+    Call(RequireFunction(vm, "set_instrument", opts.lib), ffi::Any());  // before `instrument` goes away
+    profile = ", \"profile\": " + JsonProfile(instrument.times, opts.profile);
   }
 
   std::vector<ffi::Tensor> outputs = Outputs(result);

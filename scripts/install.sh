@@ -13,7 +13,7 @@ TVM_FFI_VERSION=0.1.14.post1
 # What TVM's RPC server imports on a board besides TVM (the host's versions, see requirements.txt).
 BOARD_WHEELS=(numpy==2.4.6 ml_dtypes==0.6.0 typing_extensions==4.16.0 cloudpickle==3.1.3 psutil==7.2.2)
 BOARD_DEBS=(python3.11-minimal libpython3.11-minimal libpython3.11-stdlib libexpat1 zlib1g libffi8
-            libbz2-1.0 liblzma5)
+            libbz2-1.0 liblzma5 libc6)
 PYTHON=${PYTHON:-python3}
 DEBIAN_PACKAGES=(python3 python3-venv g++ gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user
                  openssh-server openssh-client)
@@ -43,6 +43,7 @@ install_python() {
     --platform manylinux_2_28_aarch64 -d .cache/wheels/aarch64 \
     "apache-tvm==$TVM_VERSION" "apache-tvm-ffi==$TVM_FFI_VERSION" "${BOARD_WHEELS[@]}"
   download_board_debs
+  download_bullseye_userland
   echo "install: Python environment ready in .venv"
 }
 
@@ -76,6 +77,35 @@ download_board_debs() {
   APT_CONFIG="$apt/apt.conf" apt-get update -qq
   (cd "$debs" && rm -f ./*.deb && APT_CONFIG="$apt/apt.conf" apt-get download -qq "${BOARD_DEBS[@]}")
   echo "install: arm64 Python packages for the board in $debs"
+}
+
+# The emulated rk3399's userland (boards/rk3399-emu.yaml runs qemu-aarch64 -L on it): Debian 11's arm64
+# C and C++ libraries (glibc 2.31, gcc 10's libstdc++), an older board OS than this host's cross libraries,
+# from the same Debian archive as this machine's apt (suite bullseye), unpacked under .cache.
+BULLSEYE_DEBS=(libc6 libstdc++6 libgcc-s1)
+BULLSEYE_ROOT=.cache/sysroot/bullseye-arm64
+
+download_bullseye_userland() {
+  local apt=$PWD/.cache/apt-arm64-bullseye site staging deb
+  read -r site _ <<< "$(debian_archive)"
+  mkdir -p "$apt/lists/partial" "$apt/archives/partial" "$apt/etc/apt.conf.d" "$apt/etc/preferences.d" \
+    "$apt/etc/sources.list.d" "$apt/debs"
+  touch "$apt/status"
+  echo "deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $site bullseye main" \
+    > "$apt/etc/sources.list"
+  printf '%s\n' 'APT::Architecture "arm64";' 'APT::Architectures { "arm64"; };' \
+    "APT::Sandbox::User \"$(id -un)\";" "Dir::Etc \"$apt/etc\";" 'Dir::Etc::TrustedParts "/etc/apt/trusted.gpg.d";' 'Dir::Etc::Parts "/etc/apt/apt.conf.d";' \
+    "Dir::State::Lists \"$apt/lists\";" "Dir::State::status \"$apt/status\";" "Dir::Cache \"$apt/cache\";" \
+    "Dir::Cache::archives \"$apt/archives\";" > "$apt/apt.conf"
+  APT_CONFIG="$apt/apt.conf" apt-get update -qq
+  (cd "$apt/debs" && rm -f ./*.deb && APT_CONFIG="$apt/apt.conf" apt-get download -qq "${BULLSEYE_DEBS[@]}")
+  # Unpacked into a fresh folder and renamed into place: an interrupted install leaves no half a userland.
+  mkdir -p "$(dirname "$BULLSEYE_ROOT")"
+  staging=$(mktemp -d "$BULLSEYE_ROOT.XXXXXX")
+  for deb in "$apt"/debs/*.deb; do dpkg-deb -x "$deb" "$staging"; done
+  chmod 755 "$staging"
+  rm -rf "$BULLSEYE_ROOT" && mv "$staging" "$BULLSEYE_ROOT"
+  echo "install: Debian 11 arm64 userland for rk3399-emu in $BULLSEYE_ROOT"
 }
 
 install_bundle() {

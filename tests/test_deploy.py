@@ -163,7 +163,8 @@ def test_deploy_once_reports_its_steps_uploads_and_runs_through_callbacks(
         return [event[1] for event in events if event[0] == kind]
 
     steps = [event for event in events if event[0] in ("start", "end")]
-    assert steps == [(edge, kind) for kind in ("build", "push", "probe", "run", "check") for edge in ("start", "end")]
+    kinds = ("build", "probe", "push", "probe", "run", "check")  # the board is checked before the push, probed after
+    assert steps == [(edge, kind) for kind in kinds for edge in ("start", "end")]
     assert of("run") == ["first", "warmup", "run", "run", "run"]
     assert set(of("upload")) == set(outcome.result.push.uploaded)
     assert any(line.startswith("conv/dense FLOPs tuned:") for line in of("line"))

@@ -24,6 +24,7 @@ from pipeline.board.session import Board
 from pipeline.board.sshd import SshEndpoint, board_endpoint, endpoint_for
 from pipeline.board.sync import push
 from pipeline.errors import PipelineError
+from pipeline.paths import CACHE_DIR
 
 pytestmark = pytest.mark.board  # sshd, qemu or TVM builds: the slow tier
 
@@ -311,8 +312,9 @@ def test_every_board_command_runs_on_the_profiles_cores_and_under_its_prefix() -
     profile = load_board("rk3399-emu").model_copy(update={"cpu_affinity": [4, 5]})
     board = Board(profile, endpoint=None, client=None)  # type: ignore[arg-type]  # builds text only
 
+    sysroot = CACHE_DIR.resolve() / "sysroot" / "bullseye-arm64"
     assert board.runtime_command("./runtime/tvm_runner", ["--info"]) == (
-        "taskset -c 4,5 qemu-aarch64 -cpu cortex-a72 -L /usr/aarch64-linux-gnu ./runtime/tvm_runner --info"
+        f"taskset -c 4,5 qemu-aarch64 -cpu cortex-a72 -L {sysroot} ./runtime/tvm_runner --info"
     )
     assert board.runtime_command("launcher", ["-m", "x y"], prefix=False) == "taskset -c 4,5 launcher -m 'x y'"
     assert board.runtime_env() == {"TVM_NUM_THREADS": "2"}

@@ -28,9 +28,11 @@ def emulated_rk3399() -> BoardProfile:
     return load_board("rk3399-emu")
 
 
-def servers_on_board(client: paramiko.SSHClient, key: str) -> str:
-    """Command lines of the RPC servers registered under `key` (the bracket keeps pgrep from matching itself)."""
-    return run(client, f"pgrep -af '[r]pc_server .*--key {key}' || true", timeout_s=10).stdout.strip()
+def servers_on_board(client: paramiko.SSHClient, key: str, folder: str = "") -> str:
+    """Command lines of the RPC servers registered under `key` (the bracket keeps pgrep from matching itself),
+    started from `folder`: other checkouts on this machine tune their own emulated boards at the same time."""
+    found = run(client, f"pgrep -af '[r]pc_server .*--key {key}' || true", timeout_s=10).stdout
+    return "\n".join(line for line in found.splitlines() if folder in line)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +77,7 @@ def test_the_next_build_for_the_emulated_board_applies_the_record_and_says_it_wa
 def test_no_rpc_server_is_left_on_the_board_after_tuning(
     emulated_tuning: TuneResult, ssh_client: paramiko.SSHClient
 ) -> None:
-    assert servers_on_board(ssh_client, "rk3399-emu") == ""
+    assert servers_on_board(ssh_client, "rk3399-emu", emulated_rk3399().remote_dir) == ""
     python_dir = f"{emulated_rk3399().remote_dir}/python"
     leftovers = run(ssh_client, f"ls -A {python_dir}", timeout_s=10).stdout.split()
     assert [name for name in leftovers if ".part" in name or name.endswith(".tar.gz")] == []

@@ -30,10 +30,18 @@ FFI_LIB = "lib/libtvm_ffi.so"
 STAMP = "bundle.json"
 INSTALL_FIX = "run scripts/install.sh"
 
-COMPILERS: dict[Arch, str] = {"aarch64": "aarch64-linux-gnu-g++", "x86_64": "g++"}
+# The runner must run wherever TVM's runtime does: libtvm_runtime.so needs glibc 2.27 (Ubuntu 18.04),
+# so the runner is built by zig's C++ driver (the ziglang package) against glibc 2.27's symbols, with
+# LLVM's libc++ linked statically. TVM's libraries use libstdc++, which is safe because the runner
+# reaches TVM only through tvm-ffi's C ABI (runner/tvm_runner.cc says how).
+GLIBC_FLOOR = "2.27"
+COMPILER = ["-m", "ziglang", "c++"]
 # --no-as-needed keeps libtvm_runtime.so linked although the runner calls none of its symbols
 # directly: loading it is what registers the Relax VM and runtime.LoadParamsFromFile.
-COMPILE_FLAGS = ["-O2", "-std=c++17"]
+# The runner must not export tvm-ffi's C++ classes (ffi::Error's vtable and type_info): TVM's libraries
+# would bind to those libc++ versions instead of their own. Without TVM_FFI_DLL's default visibility,
+# -fvisibility=hidden keeps them inside the runner; the C functions it imports are unaffected.
+COMPILE_FLAGS = ["-O2", "-std=c++17", "-s", "-fvisibility=hidden", "-DTVM_FFI_DLL=", "-DTVM_FFI_DLL_EXPORT="]
 LINK_FLAGS = ["-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_ffi", "-Wl,-rpath,$ORIGIN/lib"]
 # Where the two libraries sit inside the aarch64 wheels (and inside the installed packages).
 WHEEL_MEMBERS = {
@@ -75,7 +83,7 @@ def runtime_bundle(arch: Arch) -> RuntimeBundle:
 def _versions() -> dict[str, str]:
     """Versions of the installed TVM packages; the aarch64 wheels must match them."""
     try:
-        return {dist: importlib.metadata.version(dist) for dist in ("apache-tvm", "apache-tvm-ffi")}
+        return {dist: importlib.metadata.version(dist) for dist in ("apache-tvm", "apache-tvm-ffi", "ziglang")}
     except importlib.metadata.PackageNotFoundError as exc:
         raise PipelineError(f"Python package {exc.name} is not installed", INSTALL_FIX) from None
 
@@ -95,7 +103,7 @@ def _cache_key(arch: Arch, versions: dict[str, str]) -> dict[str, object]:
         "arch": arch,
         "source_sha256": hashlib.sha256(RUNNER_SOURCE.read_bytes()).hexdigest(),
         "versions": versions,
-        "command": [COMPILERS[arch], *COMPILE_FLAGS, *LINK_FLAGS],
+        "command": [*COMPILER, *_target_flags(arch), *COMPILE_FLAGS, *LINK_FLAGS],
     }
 
 
@@ -137,17 +145,16 @@ def _copy_libraries(arch: Arch, versions: dict[str, str], dest: Path) -> None:
         target.chmod(0o755)
 
 
-def _find_compiler(arch: Arch) -> str:
-    compiler = shutil.which(COMPILERS[arch])
-    if compiler is None:
-        raise PipelineError(f"C++ compiler {COMPILERS[arch]} not found", INSTALL_FIX)
-    return compiler
+def _target_flags(arch: Arch) -> list[str]:
+    return ["-target", f"{arch}-linux-gnu.{GLIBC_FLOOR}"]
 
 
-def _compile_runner(compiler: str, arch: Arch, dest: Path) -> None:
+def _compile_runner(arch: Arch, dest: Path) -> None:
     include = _package_dir("tvm_ffi") / "include"
     command = [
-        compiler,
+        sys.executable,
+        *COMPILER,
+        *_target_flags(arch),
         *COMPILE_FLAGS,
         "-I",
         str(include),
@@ -166,14 +173,13 @@ def _compile_runner(compiler: str, arch: Arch, dest: Path) -> None:
 
 
 def _build(bundle: RuntimeBundle, versions: dict[str, str], key: dict[str, object]) -> None:
-    compiler = _find_compiler(bundle.arch)
     base = bundle.root.parent
     staging = Path(tempfile.mkdtemp(prefix=f".{bundle.arch}-build-", dir=base))
     try:
         staging.chmod(0o755)
         (staging / "lib").mkdir()
         _copy_libraries(bundle.arch, versions, staging)
-        _compile_runner(compiler, bundle.arch, staging)
+        _compile_runner(bundle.arch, staging)
         (staging / STAMP).write_text(json.dumps(key, indent=2) + "\n")
         if bundle.root.exists():
             stale = Path(tempfile.mkdtemp(prefix=f".{bundle.arch}-stale-", dir=base))

@@ -1,5 +1,6 @@
 """Board profiles: one validated YAML file per board under boards/."""
 
+import shlex
 from pathlib import Path
 from typing import Any, Literal
 
@@ -7,9 +8,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import PipelineError
-from pipeline.paths import BOARDS_DIR
+from pipeline.paths import BOARDS_DIR, CACHE_DIR
 
 PLACEHOLDER = "CHANGE-ME"
+# In command_prefix: this checkout's cache folder, where scripts/install.sh unpacks the emulated board's userland.
+CACHE_VARIABLE = "{cache}"
 
 Arch = Literal["aarch64", "x86_64"]
 CoveragePolicy = Literal["warn", "refuse"]
@@ -111,6 +114,19 @@ class BoardProfile(_Strict):
     @property
     def arch(self) -> Arch:
         return self.target.arch
+
+    @field_validator("command_prefix")
+    @classmethod
+    def _cache_folder_in_prefix(cls, value: str) -> str:
+        """`{cache}` becomes the absolute cache folder, so a profile that names a sysroot under the cache
+        (qemu's -L) works in any clone, wherever it is checked out."""
+        return value.replace(CACHE_VARIABLE, shlex.quote(str(CACHE_DIR.resolve())))
+
+    @field_validator("remote_dir")
+    @classmethod
+    def _cache_folder_in_remote_dir(cls, value: str) -> str:
+        """An embedded board's folder under the cache: checkouts on one machine never share it."""
+        return value.replace(CACHE_VARIABLE, str(CACHE_DIR.resolve()))
 
 
 def available_boards(boards_dir: Path = BOARDS_DIR) -> list[str]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pipeline.board import facts
+from pipeline.board import doctor, facts
 from pipeline.board.bundle import runtime_bundle
 from pipeline.board.profile import load_board
 from pipeline.board.session import open_board
@@ -106,9 +106,11 @@ def deploy_once(
     data, input_file = inputs.make_input(spec.input_shape)
 
     with open_board(profile) as session:
+        where = f"{session.endpoint.host}:{session.endpoint.port}"
+        with callbacks.on_step(Step("probe", f"Checking what {profile.name} ({where}) needs for this deploy...")):
+            doctor.require_ready(session, {**bundle.files, "model": artifact.library, "params": artifact.params})
         with callbacks.on_step(Step("push", "Pushing")):
             deployment = push_model(session, bundle, artifact, input_file, on_progress=callbacks.on_upload)
-        where = f"{session.endpoint.host}:{session.endpoint.port}"
         with callbacks.on_step(Step("probe", f"Checking {profile.name} ({where})...")):
             runtime = execute.probe_runtime(session, deployment)
             execute.check_architecture(artifact.arch, runtime, session)

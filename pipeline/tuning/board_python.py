@@ -35,6 +35,9 @@ SITE_PACKAGES = "usr/lib/python3/dist-packages"  # on Debian's sys.path for a Py
 # Replaces Debian's own (a link to /etc/python3.11/sitecustomize.py), which would shadow one in SITE_PACKAGES.
 SITECUSTOMIZE_PATH = "usr/lib/python3.11/sitecustomize.py"
 LIBRARY_DIRS = ("lib/aarch64-linux-gnu", "usr/lib/aarch64-linux-gnu")
+# The environment's own Debian 12 dynamic loader and C library start the Python, so it runs on a board
+# with an older glibc (Debian 11, Ubuntu 18.04); the board's own programs never see that C library.
+LOADER = "lib/aarch64-linux-gnu/ld-linux-aarch64.so.1"
 # Debian arm64 packages (install.sh downloads them) and wheels the RPC server needs besides TVM's own.
 DEBIAN_PACKAGES = (
     "python3.11-minimal",
@@ -45,6 +48,7 @@ DEBIAN_PACKAGES = (
     "libffi8",
     "libbz2-1.0",
     "liblzma5",
+    "libc6",
 )
 WHEELS = ("apache_tvm", "apache_tvm_ffi", "numpy", "ml_dtypes", "typing_extensions", "cloudpickle", "psutil")
 # Parts of the wheels a runtime-only TVM never opens: the compiler, CUDA, headers and sources.
@@ -202,7 +206,8 @@ def _unpack_script(remote_dir: str, name: str) -> str:
 @contextmanager
 def _launcher_file(board: Board, name: str) -> Iterator[Path]:
     """The launcher script for this board, as a local file to push."""
-    python = f'"$env/{PYTHON}"'
+    library_path = ":".join(f"$env/{folder}" for folder in LIBRARY_DIRS)
+    python = f'"$env/{LOADER}" --library-path "{library_path}" "$env/{PYTHON}"'
     text = "\n".join(
         [
             "#!/bin/sh",
@@ -210,7 +215,6 @@ def _launcher_file(board: Board, name: str) -> Iterator[Path]:
             'self=$(readlink -f "$0")',
             f'env=$(dirname "$self")/{name}',
             f'export {LAUNCHER_VARIABLE}="$self"',
-            "export LD_LIBRARY_PATH=" + ":".join(f'"$env/{d}"' for d in LIBRARY_DIRS),
             f'exec {board.prefixed(python)} "$@"',
             "",
         ]
