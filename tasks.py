@@ -54,6 +54,38 @@ def _fraction(value: str | None) -> float | None:
         raise PipelineError(f"--min-tuned-flops must be a fraction, got '{value}'", "pass e.g. 0.9") from None
 
 
+_TVM_HELP = {"tvm": "TVM release to run the step under, e.g. 0.26 (default: 0.27, this environment's)"}
+
+
+def _under_release(tvm: str | None) -> bool:
+    """Run this command again in the environment of TVM release `tvm` when that is not the running one
+    (created on first use, with progress); True when it ran there. The same checkout's code runs."""
+    if tvm is None:
+        return False
+    import subprocess
+
+    from pipeline.paths import ROOT
+    from pipeline.releases.catalog import get_release, running_release
+    from pipeline.releases.environment import release_python
+
+    release = get_release(tvm)
+    if release == running_release():
+        return False
+    python = release_python(release, on_progress=lambda line: print(line, file=sys.stderr, flush=True))
+    args, skip = [], False
+    for word in sys.argv[1:]:
+        if skip or word.startswith("--tvm="):
+            skip = False
+            continue
+        skip = word == "--tvm"
+        if not skip:
+            args.append(word)
+    code = subprocess.run([str(python), "-m", "invoke", *args], cwd=ROOT).returncode
+    if code:
+        raise Exit(code=code)
+    return True
+
+
 _COVERAGE_HELP = {
     "coverage": "warn or refuse when too few conv/dense FLOPs run tuned schedules (default: the profile's)",
     "min-tuned-flops": "the share of conv/dense FLOPs that must run tuned schedules, 0 to 1 (default: 0.9)",
@@ -69,6 +101,7 @@ _COVERAGE_HELP = {
         "timeout": "seconds before the run on the board is killed (default: the profile's timing.timeout_s)",
         "tolerance": "largest relative error against onnxruntime that still passes",
         **_COVERAGE_HELP,
+        **_TVM_HELP,
     }
 )
 @_clean_errors
@@ -82,8 +115,11 @@ def deploy(
     tolerance: float = 1e-3,
     coverage: str | None = None,
     min_tuned_flops: str | None = None,
+    tvm: str | None = None,
 ) -> None:
     """Build the model for the board, push it, run it there, check the output, and record the timings."""
+    if _under_release(tvm):
+        return
     from rich.console import Console
 
     from pipeline.deploy import summary
@@ -110,7 +146,16 @@ def deploy(
         )
 
 
-@task(help={"board": "board profile name or path", "model": "builtin model name or .onnx path", **_COVERAGE_HELP})
+@task(
+    help={
+        "board": "board profile name or path",
+        "model": "builtin model name or .onnx path",
+        "migrate": "apply older TVM releases' records of the same workloads when they replay and compute the same "
+        "(--no-migrate: only this release's records, as TVM's own lookup)",
+        **_COVERAGE_HELP,
+        **_TVM_HELP,
+    }
+)
 @_clean_errors
 def build(
     c: Context,
@@ -118,9 +163,13 @@ def build(
     model: str = "tiny",
     coverage: str | None = None,
     min_tuned_flops: str | None = None,
+    tvm: str | None = None,
+    migrate: bool = True,
 ) -> None:
     """Cross-compile a model for a board without deploying it (cached by content), applying the records
     in records/ for the board's target, and say which tasks run tuned schedules."""
+    if _under_release(tvm):
+        return
     from pipeline.board.profile import load_board
     from pipeline.build import builder
     from pipeline.build.model_file import resolve_model
@@ -128,9 +177,11 @@ def build(
 
     profile = load_board(board)
     settings = resolve_policy(profile.coverage, coverage, _fraction(min_tuned_flops))
-    artifact = builder.build(resolve_model(model), profile)
+    artifact = builder.build(resolve_model(model), profile, migrate=migrate)
     state = "cached" if artifact.cached else f"compiled in {artifact.compile_seconds:.1f} s"
-    print(f"{artifact.model} for {artifact.target['mtriple']} ({artifact.arch}): {state}")
+    print(
+        f"{artifact.model} for {artifact.target['mtriple']} ({artifact.arch}) with TVM {artifact.tvm_version}: {state}"
+    )
     print(f"library {artifact.library}")
     print("\n".join(coverage_lines(artifact.coverage)))
     warning = check_policy(artifact.coverage, settings, profile.name, model)
@@ -145,6 +196,7 @@ def build(
         "trials": "schedules to measure in all; the largest conv/dense tasks get them first (default 64)",
         "only": "comma-separated task names (see invoke build's table) to tune instead of all",
         "retune": "search tasks that already have records too; a record is replaced only by a faster one",
+        **_TVM_HELP,
     }
 )
 @_clean_errors
@@ -155,9 +207,12 @@ def tune(
     trials: str | None = None,
     only: str = "",
     retune: bool = False,
+    tvm: str | None = None,
 ) -> None:
     """Tune the model's conv/dense tasks with MetaSchedule, measuring on the board, and save the best
     schedules in records/."""
+    if _under_release(tvm):
+        return
     from rich.console import Console
 
     from pipeline.board.profile import load_board
@@ -187,6 +242,40 @@ def tune(
         print(f"{len(result.already_covered)} tasks already had records for this target")
     if result.left_for_later:
         print(f"{len(result.left_for_later)} smaller tasks left for a later run: {', '.join(result.left_for_later)}")
+
+
+@task(
+    help={
+        "board": "board profile name or path: each migrated schedule is timed there against the default one",
+        "model": "builtin model name or .onnx path",
+    }
+)
+@_clean_errors
+def migrate(c: Context, board: str = "local", model: str = "tiny") -> None:
+    """Measure the schedules migrated from older TVM releases' records on the board and keep, as records of
+    this release, those that are not slower than the default schedule."""
+    from rich.console import Console
+
+    from pipeline.board.profile import load_board
+    from pipeline.build.model_file import resolve_model
+    from pipeline.records.store import shown
+    from pipeline.releases.migrate import migrate_model
+
+    profile = load_board(board)
+    result = migrate_model(resolve_model(model), profile, console=Console(stderr=True))
+    for line in result.rejected:
+        print(f"rejected: {line}")
+    if not result.measured:
+        print(f"no migrated schedule to measure for {model} on {profile.name} under TVM {result.release}")
+        return
+    print(f"{'task':44} {'migrated':>10} {'default':>10}  outcome")
+    for row in result.measured:
+        outcome = f"kept as {shown(row.saved)}" if row.saved else f"not kept: {row.reason}"
+        print(f"{row.task[:44]:44} {row.migrated_us:>8.1f}µs {row.default_us:>8.1f}µs  {outcome}")
+        print(f"{'':44}   from {row.source}")
+    kept = sum(1 for row in result.measured if row.kept)
+    emulated = " (measured under emulation)" if profile.emulated else ""
+    print(f"kept {kept} of {len(result.measured)} migrated schedules as TVM {result.release} records{emulated}")
 
 
 @task

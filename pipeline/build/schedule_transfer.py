@@ -189,17 +189,22 @@ class ScheduleChoice:
     """How one PrimFunc of the build gets its schedule (a row of pipeline.records.coverage's table)."""
 
     task: str
-    kind: str  # "tuned", "transferred", "default", "naive" (no rule applied), or "unscheduled"
+    kind: str  # "tuned", "migrated", "transferred", "default", "naive" (no rule applied), or "unscheduled"
     # (nothing to tile: elementwise, reshape, pooling; TVM's own lowering)
     source: str  # the donor record of a transfer, the rule of a default, why a task stays naive
 
 
 def fallback_database(
-    mod: IRModule, target: Target, tuned: ms.database.Database, names: Mapping[str, str] | None = None
+    mod: IRModule,
+    target: Target,
+    tuned: ms.database.Database,
+    names: Mapping[str, str] | None = None,
+    migrated: Mapping[str, TaskSchedule] | None = None,
 ) -> tuple[ms.database.Database, list[ScheduleChoice]]:
     """A database for MetaScheduleApplyDatabase on the fused module `mod` (lowering.fuse): the tuned
-    records first, then a transferred or default schedule for every tiled task that has none. The
-    defaults live in a separate in-memory database, so they never end up in the tuned record store.
+    records first, then for every tiled task that has none its `migrated` schedule (an older release's
+    record replayed and checked, pipeline/build/migration.py), else a transferred or default one. These
+    live in a separate in-memory database, so they never end up in the tuned record store.
     `names` maps a tuned record's structural hash to where it is kept (shown for a transfer)."""
     fallbacks = ms.database.MemoryDatabase()
     usable = donors(tuned.get_all_tuning_records(), target, names)
@@ -210,6 +215,10 @@ def fallback_database(
         name = gv.name_hint
         if tuned.query_tuning_record(normalize(func), target, name) is not None:
             choices.append(ScheduleChoice(name, "tuned", ""))
+            continue
+        if migrated and name in migrated:
+            commit_schedules(fallbacks, {name: migrated[name]}, target)
+            choices.append(ScheduleChoice(name, "migrated", migrated[name].rule))
             continue
         try:
             schedule = best_schedule(func, target, usable, name)

@@ -16,7 +16,8 @@ def _tuned_count(result: DeployResult) -> str:
     if tuned == len(heavy) or not all("schedule" in entry for entry in heavy):  # results before fallbacks
         return text
     count = {
-        kind: sum(1 for entry in heavy if entry["schedule"] == kind) for kind in ("transferred", "default", "naive")
+        kind: sum(1 for entry in heavy if entry["schedule"] == kind)
+        for kind in ("migrated", "transferred", "default", "naive")
     }
     return text + ", the others " + ", ".join(f"{n} {kind}" for kind, n in count.items())
 
