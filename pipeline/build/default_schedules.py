@@ -25,7 +25,7 @@ from tvm.target import Target
 from tvm.tirx import PrimFunc, SeqStmt
 
 from pipeline.build.tensor_intrinsics import register_cpu_intrinsics
-from pipeline.releases.compat import SBlock, SBlockRealize, detect_linear_equation, region_buffer
+from pipeline.releases.compat import TVM_ERRORS, SBlock, SBlockRealize, detect_linear_equation, region_buffer
 
 # run_secs of a committed default record. A record needs a run time to count as valid; a real
 # measurement is far smaller, so a tuned record of the same workload always ranks first.
@@ -121,7 +121,7 @@ def default_schedule(func: PrimFunc | IRModule, target: Target, task: str = "mai
         for index, sketch in ranked(sketches):
             try:
                 sch = replay(workload, sketch, lambda sch, rule=rule: _decider(sch, rule, traits), postprocs(context))
-            except (tvm.TVMError, RuntimeError, ValueError) as exc:
+            except TVM_ERRORS as exc:
                 failures.append(f"{rule.name}/sketch{index}: {_last_line(exc)}")
                 continue
             return TaskSchedule("default", task, workload, sch.mod, sch.trace, f"{rule.name}/sketch{index}")

@@ -24,6 +24,7 @@ from pipeline.build.default_schedules import TaskSchedule, default_schedule, nor
 from pipeline.build.lowering import Task
 from pipeline.records.store import RecordStore, StoredRecord, release_key, shown
 from pipeline.releases.catalog import release_name
+from pipeline.releases.compat import TVM_ERRORS
 from pipeline.releases.migration_table import NoTableEntry, translate_trace
 
 _CHECK_ATOL = 1e-4  # relative to the largest output magnitude, as for a transferred schedule
@@ -80,7 +81,7 @@ def migrate(func: IRModule, target: Target, task: str, stored: StoredRecord, tvm
     sch = Schedule(workload)
     try:
         Trace.apply_json_to_schedule(trace, sch)
-    except (tvm.TVMError, RuntimeError, ValueError, TypeError, IndexError) as exc:
+    except TVM_ERRORS as exc:
         return Migration(task, stored, None, f"its trace does not replay on this task: {_last_line(exc)}")
     try:
         reference = default_schedule(func, target, task)
@@ -89,7 +90,7 @@ def migrate(func: IRModule, target: Target, task: str, stored: StoredRecord, tvm
     expected_mod = reference.mod if reference is not None else workload
     try:
         differs = output_difference(sch.mod, expected_mod, target)
-    except (tvm.TVMError, RuntimeError, ValueError) as exc:
+    except TVM_ERRORS as exc:
         return Migration(task, stored, None, f"its schedule does not compile: {_last_line(exc)}")
     if differs:
         return Migration(task, stored, None, f"it replays but computes other numbers ({differs})")

@@ -37,6 +37,7 @@ from pipeline.build.default_schedules import (
     replay,
 )
 from pipeline.records.store import structural_hash
+from pipeline.releases.compat import TVM_ERRORS
 
 MAX_DONORS = 3  # nearest records tried per task
 _TIMING_RUNS = 5
@@ -152,7 +153,7 @@ def transferred_schedules(
             sketch = next(t for _, t in ranked(sketches))
         try:
             sch = replay(workload, sketch, lambda sch, d=decided: _carrying(sch, d), postprocs(context))
-        except (tvm.TVMError, RuntimeError, ValueError):
+        except TVM_ERRORS:
             continue
         source = f"record {decided.anchor} {'x'.join(map(str, decided.extents))} ({seconds * 1e3:.3g} ms)"
         if donor.name:

@@ -17,7 +17,12 @@ try:  # 0.27
 except ImportError:  # 0.26
     from tvm.arith import detect_linear_equation  # type: ignore[no-redef]
 
-__all__ = ["SBlock", "SBlockRealize", "detect_linear_equation", "region_buffer"]
+__all__ = ["TVM_ERRORS", "SBlock", "SBlockRealize", "detect_linear_equation", "region_buffer"]
+
+# What a failing TVM call raises in both releases: tvm-ffi maps TVM's error kinds onto Python's built-in
+# exceptions (a schedule primitive that cannot apply raises ValueError or RuntimeError); there is no
+# `tvm.TVMError` any more.
+TVM_ERRORS: tuple[type[Exception], ...] = (RuntimeError, ValueError, TypeError, IndexError, KeyError)
 
 
 def region_buffer(region: Any) -> Any:
