@@ -278,6 +278,81 @@ def migrate(c: Context, board: str = "local", model: str = "tiny") -> None:
     print(f"kept {kept} of {len(result.measured)} migrated schedules as TVM {result.release} records{emulated}")
 
 
+@task(
+    help={
+        "board": "board profile name or path",
+        "model": "builtin model name or .onnx path",
+        "to": "the TVM release to upgrade to, e.g. 0.27",
+        "from": "the TVM release in use now (default: this environment's)",
+        "rounds": "interleaved rounds, one timed run of each release per round (default: the profile's timing.runs)",
+        "migrate": "let the new release migrate the old release's records (--no-migrate: TVM's own lookup)",
+    }
+)
+@_clean_errors
+def upgrade_check(
+    c: Context,
+    board: str = "local",
+    model: str = "tiny",
+    to: str = "",
+    from_: str | None = None,
+    rounds: str | None = None,
+    migrate: bool = True,
+) -> None:
+    """Build the model under two TVM releases, run both interleaved on the board, and say whether the upgrade
+    keeps latency and coverage (exit 0) or not (exit 1, with the reason); the comparison goes to results/."""
+    from pipeline.errors import shown
+    from pipeline.releases.upgrade_check import KINDS
+    from pipeline.releases.upgrade_check import upgrade_check as check_upgrade
+
+    if not to:
+        raise PipelineError("--to is missing", "name the release to upgrade to, e.g. --to 0.27")
+    report, path = check_upgrade(
+        board,
+        model,
+        to,
+        from_,
+        _number(rounds, int, "rounds", None),
+        migrate,
+        on_progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    old, new = report.old, report.new
+    rows = [
+        ("TVM", old.tvm_version, new.tvm_version),
+        ("median", f"{old.stats.median_ms:.3f} ms", f"{new.stats.median_ms:.3f} ms"),
+        ("p90", f"{old.stats.p90_ms:.3f} ms", f"{new.stats.p90_ms:.3f} ms"),
+        ("runs", str(old.stats.count), str(new.stats.count)),
+        *(
+            (
+                kind,
+                f"{old.coverage.counts[kind]} ({old.coverage.flop_shares[kind]:.0%} FLOPs)",
+                f"{new.coverage.counts[kind]} ({new.coverage.flop_shares[kind]:.0%} FLOPs)",
+            )
+            for kind in KINDS
+        ),
+        ("output", f"{old.check.relative_error:.1e} rel. error", f"{new.check.relative_error:.1e} rel. error"),
+    ]
+    timing_kind = "emulated, " if report.emulated else ""
+    print(f"{report.model} on {report.board} ({timing_kind}{report.rounds} interleaved rounds)")
+    print(f"{'':12} {'TVM ' + old.release:>24} {'TVM ' + new.release:>24}")
+    for name, before, after in rows:
+        print(f"{name:12} {before:>24} {after:>24}")
+    verdict = report.verdict
+    p_value = f", p={verdict.p_value:.2g}" if verdict.p_value is not None else ""
+    print(
+        f"latency      {new.release}/{old.release} median ratio {verdict.ratio:.3f}: {verdict.change} ({verdict.method}{p_value}; {verdict.reason})"
+    )
+    if report.changes:
+        print(f"{len(report.changes)} conv/dense tasks changed their schedule:")
+        for change in report.changes:
+            print(f"  {change.task}: {change.before} -> {change.after}")
+    else:
+        print("no conv/dense task changed its schedule kind")
+    print(f"Result       {shown(path)}")
+    if not report.passed:
+        raise Exit(f"upgrade-check: not safe: {report.reason}", code=1)
+    print(f"upgrade-check: ok: {report.reason}")
+
+
 @task
 @_clean_errors
 def boards(c: Context) -> None:

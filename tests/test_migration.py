@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from tuned_records import TUNED_TASK, local, tiny
+from tuned_records import TUNED_TASK, local, tiny, tuned_under_026
 
 from pipeline.build import lowering
 from pipeline.build.builder import BuildArtifact, build, resolved_target
@@ -35,15 +35,7 @@ def invoke(*args: str, records: Path, timeout: float = 1200) -> subprocess.Compl
 @pytest.fixture(scope="module")
 def store_026(tmp_path_factory: pytest.TempPathFactory, embedded_endpoint: object) -> Path:
     """A store holding one record of tiny's stem conv, tuned by the pipeline under TVM 0.26 on `local`."""
-    store = tmp_path_factory.mktemp("records-0.26")
-    proc = invoke(
-        "tune", "--tvm", "0.26", "--board", "local", "--model", "tiny", "--trials", "2", "--only", TUNED_TASK,
-        records=store,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    [record] = load_store(store).records
-    assert record.record.provenance.tvm_version.startswith("0.26")
-    return store
+    return tuned_under_026(tmp_path_factory)
 
 
 def record_file(store: Path) -> Path:

@@ -205,6 +205,15 @@ def _compile_into(
     return info
 
 
+def load_build(directory: Path, records_dir: Path = RECORDS_DIR) -> BuildArtifact:
+    """A finished build read back from its build.json, without TVM: a build made under another TVM
+    release (in that release's environment) is pushed and run by this process."""
+    info_path = directory / BUILD_INFO_NAME
+    if not info_path.is_file():
+        raise PipelineError(f"no finished build in {directory}", "build it again (invoke build)")
+    return _artifact_from_info(directory, json.loads(info_path.read_text()), load_store(records_dir), cached=True)
+
+
 def _compiler_for(board: BoardProfile) -> Any:
     """A fresh cross-compile function each time: TVM's helper mutates its option list between calls."""
     from tvm.support import cc
