@@ -103,3 +103,12 @@ def test_a_board_without_space_for_another_runtime_is_refused_before_anything_is
         layout.push_model(ssh_client, remote_dir, runtime_bundle("x86_64"), artifact, input_file)
     assert "free space on the board" in error.value.line()
     assert not any(Path(remote_dir).rglob("*.so"))
+
+
+def test_a_missing_board_wheel_of_a_release_is_one_error_naming_it_and_the_fix() -> None:
+    from pipeline.board import bundle
+
+    with pytest.raises(PipelineError) as error:
+        bundle._aarch64_wheel("apache_tvm", "0.26.99")
+    line = error.value.line()
+    assert "no aarch64 wheel of apache-tvm==0.26.99" in line and "fix: run scripts/install.sh" in line
