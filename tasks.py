@@ -262,7 +262,13 @@ def migrate(c: Context, board: str = "local", model: str = "tiny") -> None:
     from pipeline.releases.migrate import migrate_model
 
     profile = load_board(board)
-    result = migrate_model(resolve_model(model), profile, console=Console(stderr=True))
+    console = Console(stderr=True)
+    result = migrate_model(
+        resolve_model(model),
+        profile,
+        console=console,
+        on_task=lambda row: console.print(f"measured {row.task}: {'kept' if row.kept else 'not kept'}", markup=False),
+    )
     for line in result.rejected:
         print(f"rejected: {line}")
     if not result.measured:

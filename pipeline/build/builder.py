@@ -23,7 +23,9 @@ from pipeline.releases.catalog import release_name
 
 # The build's output depends on its recipe as well as on its inputs: every source of the build and
 # records packages is hashed, so editing any of them rebuilds (no hand-kept list to forget).
-RECIPE_PACKAGES = tuple(Path(__file__).parent.parent / name for name in ("build", "records", "releases"))
+RECIPE_PACKAGES = tuple(Path(__file__).parent.parent / name for name in ("build", "records"))
+# Of the releases package, what changes a build: the release shims and the migration table.
+RECIPE_MODULES = tuple(Path(__file__).parent.parent / "releases" / name for name in ("compat.py", "migration_table.py"))
 
 LIBRARY_NAME = "model.so"
 PARAMS_NAME = "params.bin"
@@ -91,7 +93,8 @@ def build_key(model: ModelSpec, board: BoardProfile, records: Sequence[StoredRec
 def recipe_digest() -> str:
     """One hash over the recipe packages' sources, by path relative to the package root."""
     digest = hashlib.sha256()
-    for source in sorted(path for package in RECIPE_PACKAGES for path in package.rglob("*.py")):
+    sources = [path for package in RECIPE_PACKAGES for path in package.rglob("*.py")] + list(RECIPE_MODULES)
+    for source in sorted(sources):
         digest.update(str(source.relative_to(source.parents[2])).encode())
         digest.update(source.read_bytes())
     return digest.hexdigest()

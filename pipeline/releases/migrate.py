@@ -8,6 +8,7 @@ whose provenance names the record it came from (`migrated_from`). The next build
 tuned. Traces that do not replay, or compute other numbers, are reported and never measured."""
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,9 +50,14 @@ class MigrateResult:
 
 
 def migrate_model(
-    model: ModelSpec, board: BoardProfile, records_dir: Path = RECORDS_DIR, console: Console | None = None
+    model: ModelSpec,
+    board: BoardProfile,
+    records_dir: Path = RECORDS_DIR,
+    console: Console | None = None,
+    on_task: Callable[[MigratedTask], None] | None = None,
 ) -> MigrateResult:
-    """Measure and keep the migrated schedules of `model`'s tasks for `board` (see the module docstring)."""
+    """Measure and keep the migrated schedules of `model`'s tasks for `board` (see the module docstring);
+    `on_task` hears of each task as soon as it is measured (a large model takes minutes)."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
@@ -116,6 +122,8 @@ def migrate_model(
             measured.append(
                 MigratedTask(migration.task, migration.source, mine_s * 1e6, theirs_s * 1e6, kept, saved, reason)
             )
+            if on_task is not None:
+                on_task(measured[-1])
     return MigrateResult(tuple(measured), rejected, release)
 
 
