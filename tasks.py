@@ -184,6 +184,40 @@ def _output_path(value: str | None, flag: str, folder: bool) -> Path | None:
 
 
 _SHAPE_HELP = "the input's shape, e.g. 1,3,224,224: fixes symbolic dimensions (dynamic batch, free image size)"
+
+
+_TVM_HELP = {"tvm": "TVM release to run the step under, e.g. 0.26 (default: 0.27, this environment's)"}
+
+
+def _under_release(tvm: str | None) -> bool:
+    """Run this command again in the environment of TVM release `tvm` when that is not the running one
+    (created on first use, with progress); True when it ran there. The same checkout's code runs."""
+    if tvm is None:
+        return False
+    import subprocess
+
+    from pipeline.paths import ROOT
+    from pipeline.releases.catalog import get_release, running_release
+    from pipeline.releases.environment import release_python
+
+    release = get_release(tvm)
+    if release == running_release():
+        return False
+    python = release_python(release, on_progress=lambda line: print(line, file=sys.stderr, flush=True))
+    args, skip = [], False
+    for word in sys.argv[1:]:
+        if skip or word.startswith("--tvm="):
+            skip = False
+            continue
+        skip = word == "--tvm"
+        if not skip:
+            args.append(word)
+    code = subprocess.run([str(python), "-m", "invoke", *args], cwd=ROOT).returncode
+    if code:
+        raise Exit(code=code)
+    return True
+
+
 _COVERAGE_HELP = {
     "coverage": "warn or refuse when too few conv/dense FLOPs run tuned schedules (default: the profile's)",
     "min-tuned-flops": "the share of conv/dense FLOPs that must run tuned schedules, 0 to 1 (default: 0.9)",
@@ -201,6 +235,7 @@ _COVERAGE_HELP = {
         "input-shape": _SHAPE_HELP,
         "profile": f"after the timed runs, time every kernel call over {PROFILE_RUNS} more runs and print the per-task table",
         **_COVERAGE_HELP,
+        **_TVM_HELP,
     }
 )
 @_clean_errors
@@ -216,8 +251,11 @@ def deploy(
     min_tuned_flops: str | None = None,
     input_shape: str | None = None,
     profile: bool = False,
+    tvm: str | None = None,
 ) -> None:
     """Build the model for the board, push it, run it there, check the output, and record the timings."""
+    if _under_release(tvm):
+        return
     from pipeline.deploy.check import DEFAULT_TOLERANCE
     from pipeline.deploy.flow import deploy_once
     from pipeline.deploy.summary import deploy_summary_lines, kernel_table_lines
@@ -253,7 +291,10 @@ def deploy(
         "board": "board profile name or path",
         "model": "builtin model name or .onnx path",
         "input-shape": _SHAPE_HELP,
+        "migrate": "apply older TVM releases' records of the same workloads when they replay and compute the same "
+        "(--no-migrate: only this release's records, as TVM's own lookup)",
         **_COVERAGE_HELP,
+        **_TVM_HELP,
     }
 )
 @_clean_errors
@@ -264,9 +305,13 @@ def build(
     coverage: str | None = None,
     min_tuned_flops: str | None = None,
     input_shape: str | None = None,
+    tvm: str | None = None,
+    migrate: bool = True,
 ) -> None:
     """Cross-compile a model for a board without deploying it (cached by content), applying the records
     in records/ for the board's target, and say which tasks run tuned schedules."""
+    if _under_release(tvm):
+        return
     from pipeline.board.profile import load_board
     from pipeline.build import builder
     from pipeline.build.model_file import resolve_model
@@ -275,9 +320,11 @@ def build(
     shape = _shape(input_shape)
     profile = load_board(board)
     settings = resolve_policy(profile.coverage, coverage, _fraction(min_tuned_flops))
-    artifact = builder.build(resolve_model(model, shape), profile)
+    artifact = builder.build(resolve_model(model, shape), profile, migrate=migrate)
     state = "cached" if artifact.cached else f"compiled in {artifact.compile_seconds:.1f} s"
-    print(f"{artifact.model} for {artifact.target['mtriple']} ({artifact.arch}): {state}")
+    print(
+        f"{artifact.model} for {artifact.target['mtriple']} ({artifact.arch}) with TVM {artifact.tvm_version}: {state}"
+    )
     print(f"library {artifact.library}")
     print("\n".join(coverage_lines(artifact.coverage)))
     warning = check_policy(artifact.coverage, settings, profile.name, model)
@@ -323,6 +370,7 @@ def doctor(c: Context, board: str = "rk3399-emu", model: str | None = None) -> N
         "only": "comma-separated task names (see invoke build's table) to tune instead of all",
         "retune": "search tasks that already have records too; a record is replaced only by a faster one",
         "input-shape": _SHAPE_HELP,
+        **_TVM_HELP,
     }
 )
 @_clean_errors
@@ -334,9 +382,12 @@ def tune(
     only: str = "",
     retune: bool = False,
     input_shape: str | None = None,
+    tvm: str | None = None,
 ) -> None:
     """Tune the model's conv/dense tasks with MetaSchedule, measuring on the board, and save the best
     schedules in records/."""
+    if _under_release(tvm):
+        return
     from pipeline.board.profile import load_board
     from pipeline.build.model_file import resolve_model
     from pipeline.records.store import shown
@@ -382,6 +433,119 @@ def tune(
         print(f"{len(result.already_covered)} tasks already had records for this target")
     if result.left_for_later:
         print(f"{len(result.left_for_later)} smaller tasks left for a later run: {', '.join(result.left_for_later)}")
+
+
+@task(
+    help={
+        "board": "board profile name or path: each migrated schedule is timed there against the default one",
+        "model": "builtin model name or .onnx path",
+    }
+)
+@_clean_errors
+def migrate(c: Context, board: str = "local", model: str = "tiny") -> None:
+    """Measure the schedules migrated from older TVM releases' records on the board and keep, as records of
+    this release, those that are not slower than the default schedule."""
+    from pipeline.board.profile import load_board
+    from pipeline.build.model_file import resolve_model
+    from pipeline.records.store import shown
+    from pipeline.releases.migrate import migrate_model
+
+    profile = load_board(board)
+    console = Console(stderr=True)
+    result = migrate_model(
+        resolve_model(model),
+        profile,
+        on_step=lambda text: console.print(text, markup=False),
+        on_task=lambda row: console.print(f"measured {row.task}: {'kept' if row.kept else 'not kept'}", markup=False),
+    )
+    for line in result.rejected:
+        print(f"rejected: {line}")
+    if not result.measured:
+        print(f"no migrated schedule to measure for {model} on {profile.name} under TVM {result.release}")
+        return
+    print(f"{'task':44} {'migrated':>10} {'default':>10}  outcome")
+    for row in result.measured:
+        outcome = f"kept as {shown(row.saved)}" if row.saved else f"not kept: {row.reason}"
+        print(f"{row.task[:44]:44} {row.migrated_us:>8.1f}µs {row.default_us:>8.1f}µs  {outcome}")
+        print(f"{'':44}   from {row.source}")
+    kept = sum(1 for row in result.measured if row.kept)
+    emulated = " (measured under emulation)" if profile.emulated else ""
+    print(f"kept {kept} of {len(result.measured)} migrated schedules as TVM {result.release} records{emulated}")
+
+
+@task(
+    help={
+        "board": "board profile name or path",
+        "model": "builtin model name or .onnx path",
+        "to": "the TVM release to upgrade to, e.g. 0.27",
+        "from": "the TVM release in use now (default: this environment's)",
+        "rounds": "interleaved rounds, one timed run of each release per round (default: the profile's timing.runs)",
+        "migrate": "let the new release migrate the old release's records (--no-migrate: TVM's own lookup)",
+    }
+)
+@_clean_errors
+def upgrade_check(
+    c: Context,
+    board: str = "local",
+    model: str = "tiny",
+    to: str = "",
+    from_: str | None = None,
+    rounds: str | None = None,
+    migrate: bool = True,
+) -> None:
+    """Build the model under two TVM releases, run both interleaved on the board, and say whether the upgrade
+    keeps latency and coverage (exit 0) or not (exit 1, with the reason); the comparison goes to results/."""
+    from pipeline.errors import shown
+    from pipeline.releases.upgrade_check import KINDS
+    from pipeline.releases.upgrade_check import upgrade_check as check_upgrade
+
+    if not to:
+        raise PipelineError("--to is missing", "name the release to upgrade to, e.g. --to 0.27")
+    report, path = check_upgrade(
+        board,
+        model,
+        to,
+        from_,
+        _count(rounds, "rounds", None, least=1),
+        migrate,
+        on_progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    old, new = report.old, report.new
+    rows = [
+        ("TVM", old.tvm_version, new.tvm_version),
+        ("median", f"{old.stats.median_ms:.3f} ms", f"{new.stats.median_ms:.3f} ms"),
+        ("p90", f"{old.stats.p90_ms:.3f} ms", f"{new.stats.p90_ms:.3f} ms"),
+        ("runs", str(old.stats.count), str(new.stats.count)),
+        *(
+            (
+                kind,
+                f"{old.coverage.counts[kind]} ({old.coverage.flop_shares[kind]:.0%} FLOPs)",
+                f"{new.coverage.counts[kind]} ({new.coverage.flop_shares[kind]:.0%} FLOPs)",
+            )
+            for kind in KINDS
+        ),
+        ("output", f"{old.check.relative_error:.1e} rel. error", f"{new.check.relative_error:.1e} rel. error"),
+    ]
+    timing_kind = "emulated, " if report.emulated else ""
+    print(f"{report.model} on {report.board} ({timing_kind}{report.rounds} interleaved rounds)")
+    print(f"{'':12} {'TVM ' + old.release:>24} {'TVM ' + new.release:>24}")
+    for name, before, after in rows:
+        print(f"{name:12} {before:>24} {after:>24}")
+    verdict = report.verdict
+    p_value = f", p={verdict.p_value:.2g}" if verdict.p_value is not None else ""
+    print(
+        f"latency      {new.release}/{old.release} median ratio {verdict.ratio:.3f}: {verdict.change} ({verdict.method}{p_value}; {verdict.reason})"
+    )
+    if report.changes:
+        print(f"{len(report.changes)} conv/dense tasks changed their schedule:")
+        for change in report.changes:
+            print(f"  {change.task}: {change.before} -> {change.after}")
+    else:
+        print("no conv/dense task changed its schedule kind")
+    print(f"Result       {shown(path)}")
+    if not report.passed:
+        raise Exit(f"upgrade-check: not safe: {report.reason}", code=1)
+    print(f"upgrade-check: ok: {report.reason}")
 
 
 @task

@@ -3,13 +3,17 @@
 #   system packages (Debian), a pinned virtual environment in .venv, the aarch64 TVM runtime wheels
 #   for boards and the arm64 Python that serves TVM RPC on a board while tuning (Debian's packages,
 #   fetched with a private apt configuration: the system's dpkg is untouched), and the bundles built
-#   from them (the C++ runner plus TVM's runtime libraries per architecture; the board Python archive).
-# Usage: scripts/install.sh [--system] [--python] [--bundle]   (no flag: all three, in that order)
+#   from them (the C++ runner plus TVM's runtime libraries per architecture; the board Python archive),
+#   and the environments of the other TVM releases the pipeline supports (`--tvm`), created once here
+#   so that no step or test pays for it (.cache/tvm/<release>/venv and its runtime bundles).
+# Usage: scripts/install.sh [--system] [--python] [--bundle] [--releases]   (no flag: all four, in order)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TVM_VERSION=0.27.0.post1
 TVM_FFI_VERSION=0.1.14.post1
+# Other TVM releases, side by side with the default above (their pins: pipeline/releases/catalog.py).
+OTHER_RELEASES=(0.26)
 # What TVM's RPC server imports on a board besides TVM (the host's versions, see requirements.txt).
 BOARD_WHEELS=(numpy==2.4.6 ml_dtypes==0.6.0 typing_extensions==4.16.0 cloudpickle==3.1.3 psutil==7.2.2)
 BOARD_DEBS=(python3.11-minimal libpython3.11-minimal libpython3.11-stdlib libexpat1 zlib1g libffi8
@@ -19,7 +23,7 @@ DEBIAN_PACKAGES=(python3 python3-venv g++ gcc-aarch64-linux-gnu g++-aarch64-linu
                  openssh-server openssh-client)
 
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(--system --python --bundle)
+[ ${#steps[@]} -eq 0 ] && steps=(--system --python --bundle --releases)
 
 install_system() {
   local missing=()
@@ -113,11 +117,16 @@ install_bundle() {
   .venv/bin/python -m pipeline.tuning.board_python
 }
 
+install_releases() {
+  .venv/bin/python -m pipeline.releases "${OTHER_RELEASES[@]}"
+}
+
 for step in "${steps[@]}"; do
   case "$step" in
     --system) install_system ;;
     --python) install_python ;;
     --bundle) install_bundle ;;
-    *) echo "install: unknown step $step (use --system, --python, --bundle)" >&2; exit 2 ;;
+    --releases) install_releases ;;
+    *) echo "install: unknown step $step (use --system, --python, --bundle, --releases)" >&2; exit 2 ;;
   esac
 done

@@ -249,7 +249,7 @@ def test_a_conv_without_any_schedule_is_shown_naive_loudly() -> None:
     text = "\n".join(coverage_lines(coverage))
     assert "NAIVE  (no schedule: no default schedule applies to conv_a;" in text
     assert "default  (rule ch16/sketch1)" in text
-    assert "untuned conv/dense: 0 transferred, 1 default, 1 naive" in text
+    assert "untuned conv/dense: 0 migrated, 0 transferred, 1 default, 1 naive" in text
     assert [r.task for r in coverage.naive] == ["conv_a"]
     assert [e.schedule for e in coverage.result_entries()] == ["naive", "default"]
     assert {e.status for e in coverage.result_entries()} == {"fallback"}

@@ -182,8 +182,8 @@ def test_a_deploy_without_any_record_runs_no_naive_conv_or_dense_task(
     proc = deploy(results, "--board", "local", "--model", "tiny", "--runs", "2", "--warmup", "0", records=empty)
     assert proc.returncode == 0, proc.stderr
     assert "output matches onnxruntime" in proc.stdout
-    assert "0 of 5 conv/dense workloads, the others 0 transferred, 5 default, 0 naive" in proc.stdout
-    assert "untuned conv/dense: 0 transferred, 5 default, 0 naive" in proc.stderr
+    assert "0 of 5 conv/dense workloads, the others 0 migrated, 0 transferred, 5 default, 0 naive" in proc.stdout
+    assert "untuned conv/dense: 0 migrated, 0 transferred, 5 default, 0 naive" in proc.stderr
     assert proc.stderr.count("default  (rule ") == 5 and "NAIVE" not in proc.stderr
     [path] = result_files(results)
     heavy = [entry for entry in json.loads(path.read_text())["coverage"] if entry["heavy"]]

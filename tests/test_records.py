@@ -185,11 +185,18 @@ def test_tuning_starts_from_the_measured_default_schedule_so_it_never_ends_slowe
 
     from pipeline.build.default_schedules import default_schedule
     from pipeline.records.store import target_slug
+    from pipeline.releases.catalog import release_name
 
     target = tvm.target.Target(resolved_target(local()))
     (task,) = [t for t in extract_tasks(fuse(import_model(tiny())[0], target), target) if t.name == TUNED_TASK]
     default = default_schedule(task.extracted.dispatched[0], target, task.name)
-    measured_dir = work_dir(tmp_path_factory) / "tuning" / target_slug(resolved_target(local())) / "tiny"
+    measured_dir = (
+        work_dir(tmp_path_factory)
+        / "tuning"
+        / release_name(tvm.__version__)
+        / target_slug(resolved_target(local()))
+        / "tiny"
+    )
     database = ms.database.JSONDatabase(
         path_workload=str(measured_dir / "workloads.json"), path_tuning_record=str(measured_dir / "records.json")
     )

@@ -2,13 +2,17 @@
 and coverage tests. Tuning runs once per test session: the second caller finds the measurements in
 the tuning work database and only exports them again (which is how `invoke tune` resumes)."""
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from pipeline.board.profile import BoardProfile, load_board
 from pipeline.build.model_file import ModelSpec, resolve_model
+from pipeline.paths import ROOT
 from pipeline.records.store import load_store
 from pipeline.tuning.tuner import tune
 
@@ -40,3 +44,23 @@ def tiny() -> ModelSpec:
 
 def local() -> BoardProfile:
     return load_board("local")
+
+
+def tuned_under_026(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh store with one record of TUNED_TASK made by the pipeline itself under TVM 0.26
+    (`invoke tune --tvm 0.26`; its work database under .cache/tuning/0.26 makes a second call quick)."""
+    store = tmp_path_factory.mktemp("records-0.26")
+    command = [sys.executable, "-m", "invoke", "tune", "--tvm", "0.26", "--board", "local", "--model", "tiny"]
+    env = {**os.environ, "PIPELINE_RECORDS": str(store)}
+    proc = subprocess.run(
+        [*command, "--trials", "2", "--only", TUNED_TASK],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [record] = load_store(store).records
+    assert record.record.provenance.tvm_version.startswith("0.26")
+    return store

@@ -1,6 +1,9 @@
 """The runtime bundle a board needs to run a compiled model without Python: the C++ runner plus
-TVM's two runtime libraries, built once per architecture and cached under CACHE_DIR/bundle/<arch>.
+TVM's two runtime libraries, built once per TVM release and architecture and cached under
+CACHE_DIR/bundle/<release>/<arch>: a library runs on the runtime of the release that built it.
 
+The runner is compiled against the release's own tvm-ffi headers and linked with that release's
+libraries (from its environment for x86_64, from its aarch64 wheels for boards).
 The cache is keyed by the runner source, the TVM and tvm-ffi versions and the compile command, so
 editing runner/tvm_runner.cc or upgrading TVM rebuilds it on next use. A bundle is assembled in a
 temporary folder and renamed into place, so an interrupted build never leaves half a bundle."""
@@ -22,6 +25,8 @@ from typing import get_args
 from pipeline.board.profile import Arch
 from pipeline.errors import PipelineError
 from pipeline.paths import CACHE_DIR, ROOT
+from pipeline.releases.catalog import Release, running_release
+from pipeline.releases.environment import site_packages
 
 RUNNER_SOURCE = ROOT / "runner" / "tvm_runner.cc"
 RUNNER = "tvm_runner"
@@ -57,39 +62,51 @@ class RuntimeBundle:
     arch: Arch
     root: Path
     files: dict[str, Path]
+    release: str  # the TVM release (major.minor) whose libraries these are
 
     @property
     def size_bytes(self) -> int:
         return sum(path.stat().st_size for path in self.files.values())
 
 
-def runtime_bundle(arch: Arch) -> RuntimeBundle:
-    """Return the bundle for `arch`, building it first if it is missing or stale."""
+def runtime_bundle(arch: Arch, release: Release | None = None) -> RuntimeBundle:
+    """Return the bundle of `release` (default: the running one) for `arch`, building it first if it is
+    missing or stale."""
     if arch not in get_args(Arch):
         raise PipelineError(f"no runtime bundle for architecture '{arch}'", "use aarch64 or x86_64")
-    base = CACHE_DIR / "bundle"
+    release = release or running_release()
+    base = CACHE_DIR / "bundle" / release.name
     base.mkdir(parents=True, exist_ok=True)
     root = base / arch
-    bundle = RuntimeBundle(arch, root, {name: root / name for name in (RUNNER, RUNTIME_LIB, FFI_LIB)})
+    files = {name: root / name for name in (RUNNER, RUNTIME_LIB, FFI_LIB)}
+    bundle = RuntimeBundle(arch, root, files, release.name)
     with open(base / f".{arch}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        versions = _versions()
+        versions = _versions(release)
         key = _cache_key(arch, versions)
         if not _is_current(bundle, key):
-            _build(bundle, versions, key)
+            _build(bundle, versions, key, release)
     return bundle
 
 
-def _versions() -> dict[str, str]:
-    """Versions of the installed TVM packages; the aarch64 wheels must match them."""
+def _versions(release: Release) -> dict[str, str]:
+    """Versions of the release's TVM packages (installed here, or its pins); the aarch64 wheels must match."""
+    if release != running_release():
+        return {"apache-tvm": release.tvm, "apache-tvm-ffi": release.ffi}
     try:
         return {dist: importlib.metadata.version(dist) for dist in ("apache-tvm", "apache-tvm-ffi", "ziglang")}
     except importlib.metadata.PackageNotFoundError as exc:
         raise PipelineError(f"Python package {exc.name} is not installed", INSTALL_FIX) from None
 
 
-def _package_dir(name: str) -> Path:
-    """Folder of an installed package, found without importing it (importing tvm takes seconds)."""
+def _package_dir(name: str, release: Release) -> Path:
+    """Folder of an installed package of the release, found without importing it (importing tvm takes
+    seconds, and another release's cannot be imported here)."""
+    site = site_packages(release)
+    if site is not None:
+        if not (site / name).is_dir():
+            raise PipelineError(f"the TVM {release.name} environment lacks {name}", INSTALL_FIX)
+        return site / name
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         raise PipelineError(f"Python package {name} is not installed", INSTALL_FIX)
@@ -121,11 +138,14 @@ def _aarch64_wheel(dist: str, version: str) -> Path:
     wheel_dir = CACHE_DIR / "wheels" / "aarch64"
     wheels = sorted(wheel_dir.glob(f"{dist}-{version}-*aarch64*.whl"))
     if not wheels:
-        raise PipelineError(f"no aarch64 wheel of {dist.replace('_', '-')}=={version} in {wheel_dir}", INSTALL_FIX)
+        raise PipelineError(
+            f"no aarch64 wheel of {dist.replace('_', '-')}=={version} in {wheel_dir} for the board's runtime",
+            f"{INSTALL_FIX} (it downloads the wheels of every installed TVM release)",
+        )
     return wheels[0]
 
 
-def _copy_libraries(arch: Arch, versions: dict[str, str], dest: Path) -> None:
+def _copy_libraries(arch: Arch, versions: dict[str, str], dest: Path, release: Release) -> None:
     """aarch64 libraries come out of the board wheels; x86_64 ones are this venv's own."""
     for name, (dist, member) in WHEEL_MEMBERS.items():
         target = dest / name
@@ -138,7 +158,7 @@ def _copy_libraries(arch: Arch, versions: dict[str, str], dest: Path) -> None:
                 raise PipelineError(f"{wheel.name} is damaged or lacks {member}", INSTALL_FIX) from None
         else:
             package, _, inner = member.partition("/")
-            source = _package_dir(package) / inner
+            source = _package_dir(package, release) / inner
             if not source.is_file():
                 raise PipelineError(f"installed {package} package lacks {inner}", INSTALL_FIX)
             shutil.copyfile(source, target)
@@ -149,8 +169,8 @@ def _target_flags(arch: Arch) -> list[str]:
     return ["-target", f"{arch}-linux-gnu.{GLIBC_FLOOR}"]
 
 
-def _compile_runner(arch: Arch, dest: Path) -> None:
-    include = _package_dir("tvm_ffi") / "include"
+def _compile_runner(arch: Arch, dest: Path, release: Release) -> None:
+    include = _package_dir("tvm_ffi", release) / "include"
     command = [
         sys.executable,
         *COMPILER,
@@ -172,14 +192,14 @@ def _compile_runner(arch: Arch, dest: Path) -> None:
         raise PipelineError(f"compiling the {arch} runner failed: {first}", "fix runner/tvm_runner.cc")
 
 
-def _build(bundle: RuntimeBundle, versions: dict[str, str], key: dict[str, object]) -> None:
+def _build(bundle: RuntimeBundle, versions: dict[str, str], key: dict[str, object], release: Release) -> None:
     base = bundle.root.parent
     staging = Path(tempfile.mkdtemp(prefix=f".{bundle.arch}-build-", dir=base))
     try:
         staging.chmod(0o755)
         (staging / "lib").mkdir()
-        _copy_libraries(bundle.arch, versions, staging)
-        _compile_runner(bundle.arch, staging)
+        _copy_libraries(bundle.arch, versions, staging, release)
+        _compile_runner(bundle.arch, staging, release)
         (staging / STAMP).write_text(json.dumps(key, indent=2) + "\n")
         if bundle.root.exists():
             stale = Path(tempfile.mkdtemp(prefix=f".{bundle.arch}-stale-", dir=base))
@@ -193,7 +213,7 @@ def _build(bundle: RuntimeBundle, versions: dict[str, str], key: dict[str, objec
 
 
 def main() -> int:
-    """Build (or confirm) both bundles; the install script runs this."""
+    """Build (or confirm) both bundles of the running release; the install script runs this."""
     for arch in get_args(Arch):
         try:
             bundle = runtime_bundle(arch)
@@ -201,7 +221,7 @@ def main() -> int:
             print(f"bundle: {arch}: {exc}", file=sys.stderr)
             return 1
         sizes = ", ".join(f"{name} {path.stat().st_size / 1e6:.2f} MB" for name, path in bundle.files.items())
-        print(f"bundle: {arch} in {bundle.root} ({bundle.size_bytes / 1e6:.1f} MB: {sizes})")
+        print(f"bundle: TVM {bundle.release} {arch} in {bundle.root} ({bundle.size_bytes / 1e6:.1f} MB: {sizes})")
     return 0
 
 

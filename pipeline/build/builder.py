@@ -20,10 +20,13 @@ from pipeline.errors import PipelineError
 from pipeline.paths import CACHE_DIR, RECORDS_DIR
 from pipeline.records.coverage import Coverage, measure_coverage
 from pipeline.records.store import RecordStore, StoredRecord, load_store, shown, to_database
+from pipeline.releases.catalog import release_name
 
 # The build's output depends on its recipe as well as on its inputs: every source of the build and
 # records packages is hashed, so editing any of them rebuilds (no hand-kept list to forget).
-RECIPE_PACKAGES = (Path(__file__).parent, Path(__file__).parent.parent / "records")
+RECIPE_PACKAGES = tuple(Path(__file__).parent.parent / name for name in ("build", "records"))
+# Of the releases package, what changes a build: the release shims and the migration table.
+RECIPE_MODULES = tuple(Path(__file__).parent.parent / "releases" / name for name in ("compat.py", "migration_table.py"))
 
 LIBRARY_NAME = "model.so"
 PARAMS_NAME = "params.bin"
@@ -48,6 +51,11 @@ class BuildArtifact:
     compile_seconds: float
     coverage: Coverage
 
+    @property
+    def release(self) -> str:
+        """The TVM release (major.minor) that built the library: its runtime must run it."""
+        return release_name(self.tvm_version)
+
 
 def resolved_target(board: BoardProfile) -> dict[str, Any]:
     """The profile's target with `mcpu: host` replaced by this machine's CPU name, so the cache key
@@ -60,9 +68,10 @@ def resolved_target(board: BoardProfile) -> dict[str, Any]:
     return target
 
 
-def build_key(model: ModelSpec, board: BoardProfile, records: Sequence[StoredRecord] = ()) -> str:
+def build_key(model: ModelSpec, board: BoardProfile, records: Sequence[StoredRecord] = (), migrate: bool = True) -> str:
     """Content hash of everything that changes the built library: the model's bytes, the target,
-    the cross compiler, the TVM version, the records that may apply and this build recipe itself."""
+    the cross compiler, the TVM version, the records that may apply (older releases' ones too when they
+    may be migrated) and this build recipe itself."""
     import tvm
 
     digest = hashlib.sha256()
@@ -76,6 +85,7 @@ def build_key(model: ModelSpec, board: BoardProfile, records: Sequence[StoredRec
         "tvm": tvm.__version__,
         "input": [model.input_name, list(model.input_shape)],
         "records": sorted(r.digest for r in records),
+        "migrate": migrate,
         "recipe": recipe_digest(),
     }
     digest.update(json.dumps(recipe, sort_keys=True).encode())
@@ -85,23 +95,32 @@ def build_key(model: ModelSpec, board: BoardProfile, records: Sequence[StoredRec
 def recipe_digest() -> str:
     """One hash over the recipe packages' sources, by path relative to the package root."""
     digest = hashlib.sha256()
-    for source in sorted(path for package in RECIPE_PACKAGES for path in package.rglob("*.py")):
+    sources = [path for package in RECIPE_PACKAGES for path in package.rglob("*.py")] + list(RECIPE_MODULES)
+    for source in sorted(sources):
         digest.update(str(source.relative_to(source.parents[2])).encode())
         digest.update(source.read_bytes())
     return digest.hexdigest()
 
 
 def build(
-    model: ModelSpec, board: BoardProfile, cache_dir: Path = CACHE_DIR, records_dir: Path = RECORDS_DIR
+    model: ModelSpec,
+    board: BoardProfile,
+    cache_dir: Path = CACHE_DIR,
+    records_dir: Path = RECORDS_DIR,
+    migrate: bool = True,
 ) -> BuildArtifact:
     """Return the cached build for this exact input, or compile it and store it atomically.
-    The records for the board's target are applied; the artifact says which tasks they covered."""
+    The records for the board's target and TVM release are applied; with `migrate`, a task without one
+    gets an older release's record of its workload, replayed and checked (pipeline/build/migration.py).
+    The artifact says which tasks they covered."""
     import tvm
 
     store = load_store(records_dir)
-    records = store.for_target(resolved_target(board), tvm.__version__)
-    key = build_key(model, board, records)
-    directory = cache_dir / "builds" / f"{model.name}-{board.arch}-{key}"
+    target = resolved_target(board)
+    records = store.for_target(target, tvm.__version__)
+    older = store.older_releases(target, tvm.__version__) if migrate else []
+    key = build_key(model, board, records + older, migrate)
+    directory = cache_dir / "builds" / f"{model.name}-{board.arch}-tvm{release_name(tvm.__version__)}-{key}"
     info_path = directory / BUILD_INFO_NAME
     if info_path.is_file():
         return _artifact_from_info(directory, json.loads(info_path.read_text()), store, cached=True)
@@ -109,7 +128,7 @@ def build(
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     staging.chmod(0o755)
     try:
-        info = _compile_into(staging, model, board, key, store, records)
+        info = _compile_into(staging, model, board, key, store, records, migrate)
         os.replace(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -118,10 +137,17 @@ def build(
 
 
 def _compile_into(
-    out_dir: Path, model: ModelSpec, board: BoardProfile, key: str, store: RecordStore, records: list[StoredRecord]
+    out_dir: Path,
+    model: ModelSpec,
+    board: BoardProfile,
+    key: str,
+    store: RecordStore,
+    records: list[StoredRecord],
+    migrate: bool,
 ) -> dict[str, Any]:
     import tvm
 
+    from pipeline.build.migration import migrations
     from pipeline.build.schedule_transfer import fallback_database
 
     started = time.perf_counter()
@@ -134,13 +160,26 @@ def _compile_into(
         fused = lowering.fuse(mod, tvm_target)
         tasks = lowering.extract_tasks(fused, tvm_target)
     tuned, applicable, rejected = to_database(records)
-    # Tasks without a record get a schedule transferred from a record of another shape or the
+    # Tasks without a record of this release get an older release's record of the same workload when it
+    # replays and computes the same; else a schedule transferred from a record of another shape or the
     # default rules' (pipeline/build/default_schedules.py), never TVM's naive loops; one apply step.
-    database, choices = fallback_database(fused, tvm_target, tuned, {h: shown(s.path) for h, s in applicable.items()})
+    migrated, not_migrated = (
+        migrations(fused, tasks, tvm_target, store, target, set(applicable)) if migrate else ({}, [])
+    )
+    database, choices = fallback_database(
+        fused, tvm_target, tuned, {h: shown(s.path) for h, s in applicable.items()}, migrated
+    )
     with tvm_errors(doing, fix):
         applied = lowering.apply_database(fused, database, tvm_target)
     coverage = measure_coverage(
-        tasks, lowering.scheduled_functions(applied), applicable, store, target, tvm.__version__, rejected, choices
+        tasks,
+        lowering.scheduled_functions(applied),
+        applicable,
+        store,
+        target,
+        tvm.__version__,
+        rejected + not_migrated,
+        choices,
     )
     library = out_dir / LIBRARY_NAME
     with tvm_errors(doing, fix):
@@ -168,6 +207,15 @@ def _compile_into(
     }
     (out_dir / BUILD_INFO_NAME).write_text(json.dumps(info, indent=2))
     return info
+
+
+def load_build(directory: Path, records_dir: Path = RECORDS_DIR) -> BuildArtifact:
+    """A finished build read back from its build.json, without TVM: a build made under another TVM
+    release (in that release's environment) is pushed and run by this process."""
+    info_path = directory / BUILD_INFO_NAME
+    if not info_path.is_file():
+        raise PipelineError(f"no finished build in {directory}", "build it again (invoke build)")
+    return _artifact_from_info(directory, json.loads(info_path.read_text()), load_store(records_dir), cached=True)
 
 
 def _compiler_for(board: BoardProfile) -> Any:

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 
 import tvm
 from tvm.ir import IRModule
-from tvm.s_tir import SBlock, SBlockRealize, Schedule
+from tvm.s_tir import Schedule
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.schedule import Instruction, Trace
-from tvm.sym.pattern import detect_linear_equation
 from tvm.target import Target
 from tvm.tirx import PrimFunc, SeqStmt
 
 from pipeline.build.tensor_intrinsics import register_cpu_intrinsics
+from pipeline.releases.compat import TVM_ERRORS, SBlock, SBlockRealize, detect_linear_equation, region_buffer
 
 # run_secs of a committed default record. A record needs a run time to count as valid; a real
 # measurement is far smaller, so a tuned record of the same workload always ranks first.
@@ -73,7 +73,7 @@ RULES: tuple[TileRule, ...] = (
 class TaskSchedule:
     """A schedule for one task, ready to commit into a MetaSchedule database."""
 
-    kind: str  # "default" or "transferred"
+    kind: str  # "default", "transferred" or "migrated"
     task: str  # the PrimFunc's name in the fused module
     workload: IRModule  # the unscheduled task, normalized as MetaSchedule keys it in a database
     mod: IRModule  # the scheduled task
@@ -124,7 +124,7 @@ def default_schedule(func: PrimFunc | IRModule, target: Target, task: str = "mai
                 sch = replay(
                     workload, sketch, functools.partial(_decider, rule=rule, traits=traits), postprocs(context)
                 )
-            except (tvm.TVMError, RuntimeError, ValueError) as exc:
+            except TVM_ERRORS as exc:
                 failures.append(f"{rule.name}/sketch{index}: {_last_line(exc)}")
                 continue
             return TaskSchedule("default", task, workload, sch.mod, sch.trace, f"{rule.name}/sketch{index}")
@@ -320,7 +320,7 @@ def contracts(workload: IRModule) -> bool:
     blocks = [sch.get(rv) for rv in sch.get_child_blocks(sch.get_sblock("root"))]
     return any(
         any(int(v.iter_type) != _DATA_PARALLEL for v in block.iter_vars)
-        and len({region.source.name for region in block.reads}) >= 2
+        and len({region_buffer(region).name for region in block.reads}) >= 2
         for block in blocks
     )
 

@@ -39,6 +39,7 @@ from pipeline.build.default_schedules import (
     replay,
 )
 from pipeline.records.store import structural_hash
+from pipeline.releases.compat import TVM_ERRORS
 
 MAX_DONORS = 3  # nearest records tried per task
 _TIMING_RUNS = 5
@@ -154,7 +155,7 @@ def transferred_schedules(
             sketch = next(t for _, t in ranked(sketches))
         try:
             sch = replay(workload, sketch, functools.partial(_carrying, donor=decided), postprocs(context))
-        except (tvm.TVMError, RuntimeError, ValueError):
+        except TVM_ERRORS:
             continue
         source = f"record {decided.anchor} {'x'.join(map(str, decided.extents))} ({seconds * 1e3:.3g} ms)"
         if donor.name:
@@ -191,17 +192,22 @@ class ScheduleChoice:
     """How one PrimFunc of the build gets its schedule (a row of pipeline.records.coverage's table)."""
 
     task: str
-    kind: str  # "tuned", "transferred", "default", "naive" (no rule applied), or "unscheduled"
+    kind: str  # "tuned", "migrated", "transferred", "default", "naive" (no rule applied), or "unscheduled"
     # (nothing to tile: elementwise, reshape, pooling; TVM's own lowering)
     source: str  # the donor record of a transfer, the rule of a default, why a task stays naive
 
 
 def fallback_database(
-    mod: IRModule, target: Target, tuned: ms.database.Database, names: Mapping[str, str] | None = None
+    mod: IRModule,
+    target: Target,
+    tuned: ms.database.Database,
+    names: Mapping[str, str] | None = None,
+    migrated: Mapping[str, TaskSchedule] | None = None,
 ) -> tuple[ms.database.Database, list[ScheduleChoice]]:
     """A database for MetaScheduleApplyDatabase on the fused module `mod` (lowering.fuse): the tuned
-    records first, then a transferred or default schedule for every tiled task that has none. The
-    defaults live in a separate in-memory database, so they never end up in the tuned record store.
+    records first, then for every tiled task that has none its `migrated` schedule (an older release's
+    record replayed and checked, pipeline/build/migration.py), else a transferred or default one. These
+    live in a separate in-memory database, so they never end up in the tuned record store.
     `names` maps a tuned record's structural hash to where it is kept (shown for a transfer)."""
     fallbacks = ms.database.MemoryDatabase()
     usable = donors(tuned.get_all_tuning_records(), target, names)
@@ -212,6 +218,10 @@ def fallback_database(
         name = gv.name_hint
         if tuned.query_tuning_record(normalize(func), target, name) is not None:
             choices.append(ScheduleChoice(name, "tuned", ""))
+            continue
+        if migrated and name in migrated:
+            commit_schedules(fallbacks, {name: migrated[name]}, target)
+            choices.append(ScheduleChoice(name, "migrated", migrated[name].rule))
             continue
         try:
             schedule = best_schedule(func, target, usable, name)

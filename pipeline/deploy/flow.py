@@ -21,6 +21,7 @@ from pipeline.deploy.layout import push_model
 from pipeline.paths import RESULTS_DIR
 from pipeline.records.coverage import check_policy, coverage_lines, resolve_policy
 from pipeline.records.store import load_store
+from pipeline.releases.catalog import get_release
 
 StepKind = Literal["build", "push", "probe", "run", "check"]
 
@@ -102,7 +103,7 @@ def deploy_once(
     warning = check_policy(artifact.coverage, coverage_settings, profile.name, model)
     if warning:
         callbacks.on_warning(warning)
-    bundle = runtime_bundle(profile.arch)
+    bundle = runtime_bundle(profile.arch, get_release(artifact.release))  # the runtime of the build's release
     data, input_file = inputs.make_input(spec.input_shape)
 
     with open_board(profile) as session:

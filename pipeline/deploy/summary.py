@@ -15,7 +15,10 @@ def _tuned_count(result: DeployResult) -> str:
     text = f"{tuned} of {len(heavy)} conv/dense workloads"
     if tuned == len(heavy) or not all(entry.schedule for entry in heavy):  # results before fallbacks
         return text
-    count = {kind: sum(1 for entry in heavy if entry.schedule == kind) for kind in ("transferred", "default", "naive")}
+    count = {
+        kind: sum(1 for entry in heavy if entry.schedule == kind)
+        for kind in ("migrated", "transferred", "default", "naive")
+    }
     return text + ", the others " + ", ".join(f"{n} {kind}" for kind, n in count.items())
 
 

@@ -27,11 +27,13 @@ class TaskCoverage:
     record: str  # the record applied, "" for a miss
     nearest: str  # for a miss: the closest record in the store, "" if there is none for this operator
     differs: tuple[str, ...]  # for a miss: what differs from the nearest record
-    # How the task is scheduled: "tuned" (a record), "transferred" (a record of another shape),
+    # How the task is scheduled: "tuned" (a record), "migrated" (an older TVM release's record of this
+    # workload, replayed and checked; tuned only once `invoke migrate` measured it on the board),
+    # "transferred" (a record of another shape),
     # "default" (pipeline/default_schedules.py's rules), "naive" (conv/dense left to TVM's naive
     # loops), or "unscheduled" (nothing to tile: TVM's own lowering of elementwise, pooling, ...)
     schedule: str = ""
-    source: str = ""  # the donor record of a transfer, the rule of a default, why a task is naive
+    source: str = ""  # the release and record of a migration, the donor of a transfer, the rule of a default, why naive
     emulated: bool = False  # the record was measured under emulation: it proves the loop, not the board's speed
 
 
@@ -47,6 +49,7 @@ class CoverageEntry:
     share: float
     status: Literal["tuned", "fallback"]
     schedule: str = ""  # results written before builds had fallback schedules do not say
+    source: str = ""  # where the schedule came from: a migration's release and record, a transfer's donor, a rule
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class Coverage:
                 share=t.share,
                 status="tuned" if t.tuned else "fallback",
                 schedule=t.schedule,
+                source=t.source,
             )
             for t in self.tasks
         ]
@@ -139,7 +143,7 @@ def _schedule(task: Task, tuned: bool, scheduled: bool, choice: "ScheduleChoice 
     """The schedule kind and its source; a conv/dense PrimFunc that TVM did not mark scheduled is naive."""
     if tuned:
         return "tuned", ""
-    if choice is not None and choice.kind in ("transferred", "default") and scheduled:
+    if choice is not None and choice.kind in ("migrated", "transferred", "default") and scheduled:
         return choice.kind, choice.source
     if task.key.heavy:
         return "naive", choice.source if choice is not None and choice.source else "no schedule applied"
@@ -252,14 +256,16 @@ def coverage_lines(coverage: Coverage, width: int = 44) -> list[str]:
 
 
 def fallback_counts(coverage: Coverage) -> str:
-    """How the untuned conv/dense tasks run, e.g. "1 transferred, 3 default, 0 naive"."""
+    """How the untuned conv/dense tasks run, e.g. "2 migrated, 1 transferred, 3 default, 0 naive"."""
     kinds = [row.schedule for row in coverage.missing]
-    return ", ".join(f"{kinds.count(kind)} {kind}" for kind in ("transferred", "default", "naive"))
+    return ", ".join(f"{kinds.count(kind)} {kind}" for kind in ("migrated", "transferred", "default", "naive"))
 
 
 def _state(row: TaskCoverage) -> str:
     if row.tuned:
         return f"tuned  {row.record}" + (", measured under emulation" if row.emulated else "")
+    if row.schedule == "migrated":
+        return f"migrated from {row.source}"
     if row.schedule == "transferred":
         return f"transferred from {row.source}"
     if row.schedule == "default":

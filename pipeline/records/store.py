@@ -35,6 +35,7 @@ class Provenance:
     latency_us: float  # median measured run time of the schedule
     trials: int  # trials MetaSchedule spent on this workload
     emulated: bool = False  # measured under emulation (qemu): proves the tuning loop, not the board's speed
+    migrated_from: str = ""  # `<release> (records/…json)`: replayed from that record, then measured on the board
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,20 @@ class RecordStore:
             for s in self.records
             if same_target(s.record.target, target) and same_release(s.record.provenance.tvm_version, tvm_version)
         ]
+
+    def older_releases(self, target: dict[str, Any], tvm_version: str) -> list[StoredRecord]:
+        """The records for this exact target made under an older TVM release: a build may migrate them."""
+        mine = release_key(tvm_version)
+        return [
+            s
+            for s in self.records
+            if same_target(s.record.target, target) and release_key(s.record.provenance.tvm_version) < mine
+        ]
+
+
+def release_key(version: str) -> tuple[int, ...]:
+    """major.minor as numbers, for ordering releases ("0.27.0.post1" -> (0, 27))."""
+    return tuple(int(part) if part.isdigit() else 0 for part in version.split(".")[:2])
 
 
 _RECORD = TypeAdapter(Record)
@@ -179,8 +194,9 @@ def record_from_tuning(
     task: str,
     trials: int,
     emulated: bool,
+    migrated_from: str = "",
 ) -> Record:
-    """Our record for MetaSchedule's best TuningRecord of one task."""
+    """Our record for MetaSchedule's best TuningRecord of one task (or a migrated schedule's measurement)."""
     import tvm
 
     run_secs = sorted(float(s) for s in tuning.run_secs)
@@ -197,6 +213,7 @@ def record_from_tuning(
             latency_us=round(run_secs[len(run_secs) // 2] * 1e6, 3),
             trials=trials,
             emulated=emulated,
+            migrated_from=migrated_from,
         ),
         ir=compressed_ir(tuning.workload.mod),
         tvm_record=tuning.as_json(),

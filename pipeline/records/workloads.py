@@ -96,8 +96,10 @@ def _plain_key(task_name: str, mod: Any) -> WorkloadKey:
 
 
 def _matmul_key(task_name: str, anchor: Any) -> WorkloadKey:
-    data, weight = anchor.reads[0].source, anchor.reads[1].source
-    output = anchor.writes[0].source
+    from pipeline.releases.compat import region_buffer
+
+    data, weight = region_buffer(anchor.reads[0]), region_buffer(anchor.reads[1])
+    output = region_buffer(anchor.writes[0])
     return WorkloadKey(
         operator=_op_name(anchor.name_hint),
         layout="",
@@ -116,13 +118,13 @@ def _matmul_key(task_name: str, anchor: Any) -> WorkloadKey:
 def _conv_key(task_name: str, anchor: Any, blocks: list[Any]) -> WorkloadKey:
     """Strides and dilation are the coefficients of the output and window variables in the data index;
     padding is the offset and the growth of the pad block that feeds the conv."""
-    from tvm import sym
+    from pipeline.releases.compat import detect_linear_equation, region_buffer
 
     layout = _layout(anchor.name_hint)
-    data_region, weight = anchor.reads[0], anchor.reads[1].source
-    output = anchor.writes[0].source
-    pad = next((b for b in blocks if b.writes and b.writes[0].source.same_as(data_region.source)), None)
-    data = pad.reads[0].source if pad is not None else data_region.source
+    data_region, weight = anchor.reads[0], region_buffer(anchor.reads[1])
+    output = region_buffer(anchor.writes[0])
+    pad = next((b for b in blocks if b.writes and region_buffer(b.writes[0]).same_as(region_buffer(data_region))), None)
+    data = region_buffer(pad.reads[0]) if pad is not None else region_buffer(data_region)
     kinds = {iv.var.name: iv.iter_type for iv in anchor.iter_vars}
     strides, dilation, before, after, window = [], [], [], [], 1
     for axis, letter in enumerate(layout):
@@ -131,13 +133,13 @@ def _conv_key(task_name: str, anchor: Any, blocks: list[Any]) -> WorkloadKey:
         index = data_region.region[axis].min
         spatial = [v for v in _vars(index) if kinds.get(v.name) == 0]
         reduce = [v for v in _vars(index) if kinds.get(v.name) == 2]
-        coeffs = sym.detect_linear_equation(index, spatial[:1] + reduce[:1]) if spatial and reduce else []
+        coeffs = detect_linear_equation(index, spatial[:1] + reduce[:1]) if spatial and reduce else []
         stride, dil = (int(coeffs[0]), int(coeffs[1])) if len(coeffs) == 3 else (0, 0)
         strides.append(stride)
         dilation.append(dil)
         window *= next((int(iv.dom.extent) for iv in anchor.iter_vars if reduce and iv.var.same_as(reduce[0])), 1)
         offset = -_constant_term(pad.reads[0].region[axis].min) if pad is not None else 0
-        grown = int(data_region.source.shape[axis]) - int(data.shape[axis])
+        grown = int(region_buffer(data_region).shape[axis]) - int(data.shape[axis])
         before.append(offset)
         after.append(grown - offset)
     channels_in = int(data.shape[layout.index("C")]) if "C" in layout else 1
@@ -195,9 +197,9 @@ def _vars(expr: Any) -> list[Any]:
 
 
 def _constant_term(expr: Any) -> int:
-    from tvm import sym
+    from pipeline.releases.compat import detect_linear_equation
 
-    coeffs = sym.detect_linear_equation(expr, _vars(expr))
+    coeffs = detect_linear_equation(expr, _vars(expr))
     return int(coeffs[-1]) if coeffs else 0
 
 

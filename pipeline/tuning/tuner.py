@@ -27,6 +27,7 @@ from pipeline.build.tensor_intrinsics import register_cpu_intrinsics
 from pipeline.errors import PipelineError
 from pipeline.paths import CACHE_DIR, RECORDS_DIR
 from pipeline.records.store import load_store, record_from_tuning, save_record, target_slug, to_database
+from pipeline.releases.catalog import release_name
 from pipeline.tuning.board_python import board_python
 from pipeline.tuning.rpc import RpcBoard, board_rpc
 
@@ -73,7 +74,8 @@ def tune(
         raise PipelineError(
             f"no conv/dense task of {model.name} is named {', '.join(unknown)}", "see invoke build's table"
         )
-    work_dir = cache_dir / "tuning" / target_slug(target) / model.name
+    # Per release: TVM cannot read a work database that another release wrote.
+    work_dir = cache_dir / "tuning" / release_name(tvm.__version__) / target_slug(target) / model.name
     work_dir.mkdir(parents=True, exist_ok=True)
     database = _work_database(work_dir)
     saved = _export(tasks, database, model, board, target, records_dir)  # what an interrupted run measured

@@ -1,0 +1,1 @@
+"""TVM releases side by side: which ones the pipeline supports, their environments, their differences."""

@@ -1,0 +1,254 @@
+"""`invoke upgrade-check`: what a user needs to know before upgrading TVM on a board.
+
+The model is built under both releases (each in its own environment; the newer one migrating the older
+one's records unless told not to), both builds and both runtimes are pushed, and the two run interleaved
+on the board (A B A B ..., one timed run each per round) so that board noise hits both alike. The verdict
+on the latency is the nightly's (pipeline/nightly/compare.py); coverage is counted per schedule kind. The
+new release passes when it is not slower and loses no coverage."""
+
+import json
+import subprocess
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pipeline.atomic import write_atomically
+from pipeline.board.bundle import runtime_bundle
+from pipeline.board.profile import BoardProfile, load_board
+from pipeline.board.session import open_board
+from pipeline.build import builder
+from pipeline.build.builder import BuildArtifact
+from pipeline.build.model_file import ModelSpec, resolve_model
+from pipeline.deploy import check, execute, inputs, results, timing
+from pipeline.deploy.layout import push_model
+from pipeline.errors import PipelineError, write_log
+from pipeline.nightly.compare import Verdict, compare_samples
+from pipeline.paths import RESULTS_DIR, ROOT
+from pipeline.records.coverage import Coverage
+from pipeline.releases.catalog import Release, get_release, running_release
+from pipeline.releases.environment import Progress, release_python
+
+KINDS = ("tuned", "migrated", "transferred", "default", "naive")
+
+
+@dataclass(frozen=True)
+class CoverageCounts:
+    """conv/dense tasks per schedule kind, and each kind's share of the conv/dense FLOPs."""
+
+    counts: dict[str, int]
+    flop_shares: dict[str, float]
+
+    @property
+    def covered_share(self) -> float:
+        """FLOPs that run a record's schedule (tuned or migrated)."""
+        return self.flop_shares["tuned"] + self.flop_shares["migrated"]
+
+
+@dataclass(frozen=True)
+class Side:
+    """One release's build as it ran on the board."""
+
+    release: str
+    tvm_version: str
+    build_key: str
+    runs_ms: list[float]
+    stats: timing.TimingStats
+    coverage: CoverageCounts
+    check: check.CheckResult
+
+
+@dataclass(frozen=True)
+class TaskChange:
+    task: str
+    workload: str
+    before: str  # schedule kind under the old release, with its source
+    after: str
+
+
+@dataclass(frozen=True)
+class UpgradeCheck:
+    created: str
+    board: str
+    model: str
+    emulated: bool
+    rounds: int
+    old: Side
+    new: Side
+    verdict: Verdict  # the new release's latency against the old one's
+    changes: list[TaskChange]
+    passed: bool
+    reason: str  # one line: why the upgrade is (not) safe
+
+
+def upgrade_check(
+    board: str,
+    model: str,
+    to: str,
+    old: str | None = None,
+    rounds: int | None = None,
+    migrate: bool = True,
+    on_progress: Progress | None = None,
+    results_dir: Path = RESULTS_DIR,
+) -> tuple[UpgradeCheck, Path]:
+    """Compare release `old` (default: the running one) with `to` on the board; the comparison is written
+    as JSON under results/upgrade-check/<board>/."""
+    show = on_progress or (lambda line: None)
+    before, after = get_release(old) if old else running_release(), get_release(to)
+    if before == after:
+        raise PipelineError(f"--from and --to are both TVM {after.name}", "name two different releases")
+    profile = load_board(board)
+    spec = resolve_model(model)
+    count = max(2, profile.timing.runs if rounds is None else rounds)
+    builds = {}
+    for release, migrating in ((before, True), (after, migrate)):
+        show(f"Building {spec.name} for {profile.name} under TVM {release.name}...")
+        builds[release.name] = _build_under(release, board, profile, spec, migrating, show)
+    data, input_file = inputs.make_input(spec.input_shape)
+    runs: dict[str, list[float]] = {before.name: [], after.name: []}
+    outputs = {}
+    with open_board(profile) as session:
+        deployments = {}
+        for release in (before, after):
+            artifact = builds[release.name]
+            show(f"Pushing the TVM {release.name} build and runtime...")
+            bundle = runtime_bundle(profile.arch, release)
+            deployments[release.name] = push_model(session, bundle, artifact, input_file)
+            runtime = execute.probe_runtime(session, deployments[release.name])
+            execute.check_architecture(artifact.arch, runtime, session)
+        for index in range(count):
+            for release in (before, after):
+                show(f"Round {index + 1}/{count}: TVM {release.name}")
+                outcome = execute.run_benchmark(
+                    session,
+                    deployments[release.name],
+                    spec.input_shape,
+                    warmup=0,
+                    runs=1,
+                    timeout_s=profile.timing.timeout_s,
+                )
+                runs[release.name] += outcome.runs_ms
+                outputs[release.name] = outcome.output
+    reference = check.reference_output(spec.path, spec.input_name, data)
+    sides = {
+        name: Side(
+            release=name,
+            tvm_version=builds[name].tvm_version,
+            build_key=builds[name].key,
+            runs_ms=runs[name],
+            stats=timing.summarize(runs[name]),
+            coverage=coverage_counts(builds[name].coverage),
+            check=check.compare(outputs[name], reference),
+        )
+        for name in runs
+    }
+    verdict = compare_samples(runs[before.name], runs[after.name])
+    old_side, new_side = sides[before.name], sides[after.name]
+    passed, reason = _decide(old_side, new_side, verdict)
+    report = UpgradeCheck(
+        created=results.utc_now(),
+        board=profile.name,
+        model=spec.name,
+        emulated=profile.emulated,
+        rounds=count,
+        old=old_side,
+        new=new_side,
+        verdict=verdict,
+        changes=task_changes(builds[before.name].coverage, builds[after.name].coverage),
+        passed=passed,
+        reason=reason,
+    )
+    return report, _write(report, results_dir)
+
+
+def coverage_counts(coverage: Coverage) -> CoverageCounts:
+    heavy = [row for row in coverage.tasks if row.heavy]
+    total = sum(row.flops for row in heavy) or 1.0
+    return CoverageCounts(
+        counts={kind: sum(1 for row in heavy if row.schedule == kind) for kind in KINDS},
+        flop_shares={kind: sum(row.flops for row in heavy if row.schedule == kind) / total for kind in KINDS},
+    )
+
+
+def task_changes(old: Coverage, new: Coverage) -> list[TaskChange]:
+    """conv/dense tasks (matched by semantic workload key) whose schedule kind or source differs."""
+    before = {row.workload: row for row in old.tasks if row.heavy}
+    changes = []
+    for row in new.tasks:
+        was = before.get(row.workload)
+        if not row.heavy or was is None:
+            continue
+        if was.schedule != row.schedule:
+            changes.append(
+                TaskChange(
+                    row.task,
+                    row.workload,
+                    _kind(was.schedule, was.source, was.record),
+                    _kind(row.schedule, row.source, row.record),
+                )
+            )
+    return changes
+
+
+def _kind(schedule: str, source: str, record: str) -> str:
+    detail = record if schedule == "tuned" else source
+    return f"{schedule} ({detail})" if detail else schedule
+
+
+def _decide(old: Side, new: Side, verdict: Verdict) -> tuple[bool, str]:
+    lost = old.coverage.covered_share - new.coverage.covered_share
+    if not new.check.passed:
+        return (
+            False,
+            f"TVM {new.release}'s output does not match onnxruntime (relative error {new.check.relative_error:.2e})",
+        )
+    if verdict.change == "regression":
+        return (
+            False,
+            f"TVM {new.release} is slower: median {verdict.ratio:.2f}x of TVM {old.release}'s ({verdict.reason})",
+        )
+    if lost > 1e-9 or new.coverage.counts["naive"] > old.coverage.counts["naive"]:
+        return False, (
+            f"TVM {new.release} loses coverage: {new.coverage.covered_share:.0%} of conv/dense FLOPs run a record's "
+            f"schedule against {old.coverage.covered_share:.0%} under TVM {old.release}"
+        )
+    return (
+        True,
+        f"TVM {new.release} is not slower ({verdict.change}, median ratio {verdict.ratio:.2f}) and loses no coverage",
+    )
+
+
+def _build_under(
+    release: Release, board_arg: str, board: BoardProfile, spec: ModelSpec, migrate: bool, show: Progress
+) -> BuildArtifact:
+    """In this process for the running release, else in the release's environment (read back from build.json)."""
+    if release == running_release():
+        return builder.build(spec, board, migrate=migrate)
+    python = release_python(release, show)
+    command = [
+        str(python),
+        "-m",
+        "pipeline.releases.worker",
+        board_arg,
+        spec.name if spec.builtin else str(spec.path),
+        *([] if migrate else ["--no-migrate"]),
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        if lines and lines[-1].startswith("error: "):
+            raise PipelineError(f"under TVM {release.name}: {lines[-1].removeprefix('error: ')}")
+        log = write_log(f"build-{release.name}", done.stdout + done.stderr)
+        raise PipelineError(f"the build under TVM {release.name} failed", "see the log", log)
+    return builder.load_build(Path(json.loads(done.stdout.strip().splitlines()[-1])["directory"]))
+
+
+def _write(report: UpgradeCheck, results_dir: Path) -> Path:
+    stamp = report.created.replace("-", "").replace(":", "")
+    path = (
+        results_dir
+        / "upgrade-check"
+        / report.board
+        / f"{report.model}-{report.old.release}-to-{report.new.release}-{stamp}-{uuid.uuid4().hex[:4]}.json"
+    )
+    write_atomically(path, (json.dumps(asdict(report), indent=2) + "\n").encode())
+    return path
