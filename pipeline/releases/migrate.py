@@ -24,7 +24,10 @@ from pipeline.records.store import load_store, record_from_tuning, save_record, 
 # A migrated schedule is kept when its median is at most this factor of the default's: equal within
 # the run-to-run noise of one RPC measurement counts as not slower.
 KEEP_FACTOR = 1.02
-_NUMBER, _REPEAT, _MIN_REPEAT_MS = 3, 7, 20
+# Runs per measurement: several on a native board; few under emulation, where one run of a large conv
+# takes seconds (qemu's costs, not the board's).
+NATIVE_RUNS = {"number": 3, "repeat": 7, "min_repeat_ms": 20}
+EMULATED_RUNS = {"number": 1, "repeat": 3, "min_repeat_ms": 0}
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,7 @@ def migrate_model(
                 tracker_key=rpc_board.key,
                 session_timeout_sec=board.tuning.session_timeout_s,
             ),
-            evaluator_config=ms.runner.EvaluatorConfig(number=_NUMBER, repeat=_REPEAT, min_repeat_ms=_MIN_REPEAT_MS),
+            evaluator_config=ms.runner.EvaluatorConfig(**(EMULATED_RUNS if board.emulated else NATIVE_RUNS)),
             max_workers=1,
         )
         for migration in accepted:
