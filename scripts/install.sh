@@ -66,19 +66,30 @@ debian_archive() {
   echo "$site $codename"
 }
 
-download_board_debs() {
-  local apt=$PWD/.cache/apt-arm64 debs=.cache/debs/arm64 archive
+# A private apt configuration for the arm64 packages of one suite of this machine's Debian archive
+# (debian_archive), in folder $1: the system's own dpkg state and sources stay untouched.
+private_arm64_apt() {
+  local apt=$1 suite=$2 archive site
   archive=$(debian_archive)
+  read -r site _ <<< "$archive"
   mkdir -p "$apt/lists/partial" "$apt/archives/partial" "$apt/etc/apt.conf.d" "$apt/etc/preferences.d" \
-    "$apt/etc/sources.list.d" "$debs"
+    "$apt/etc/sources.list.d" "$apt/debs"
   touch "$apt/status"
-  echo "deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $archive main" \
+  echo "deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $site $suite main" \
     > "$apt/etc/sources.list"
   printf '%s\n' 'APT::Architecture "arm64";' 'APT::Architectures { "arm64"; };' \
     "APT::Sandbox::User \"$(id -un)\";" "Dir::Etc \"$apt/etc\";" 'Dir::Etc::TrustedParts "/etc/apt/trusted.gpg.d";' 'Dir::Etc::Parts "/etc/apt/apt.conf.d";' \
     "Dir::State::Lists \"$apt/lists\";" "Dir::State::status \"$apt/status\";" "Dir::Cache \"$apt/cache\";" \
     "Dir::Cache::archives \"$apt/archives\";" > "$apt/apt.conf"
   APT_CONFIG="$apt/apt.conf" apt-get update -qq
+}
+
+download_board_debs() {
+  local apt=$PWD/.cache/apt-arm64 debs=.cache/debs/arm64 archive codename
+  archive=$(debian_archive)
+  read -r _ codename <<< "$archive"
+  private_arm64_apt "$apt" "$codename"
+  mkdir -p "$debs"
   (cd "$debs" && rm -f ./*.deb && APT_CONFIG="$apt/apt.conf" apt-get download -qq "${BOARD_DEBS[@]}")
   echo "install: arm64 Python packages for the board in $debs"
 }
@@ -90,18 +101,8 @@ BULLSEYE_DEBS=(libc6 libstdc++6 libgcc-s1)
 BULLSEYE_ROOT=.cache/sysroot/bullseye-arm64
 
 download_bullseye_userland() {
-  local apt=$PWD/.cache/apt-arm64-bullseye site staging deb
-  read -r site _ <<< "$(debian_archive)"
-  mkdir -p "$apt/lists/partial" "$apt/archives/partial" "$apt/etc/apt.conf.d" "$apt/etc/preferences.d" \
-    "$apt/etc/sources.list.d" "$apt/debs"
-  touch "$apt/status"
-  echo "deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $site bullseye main" \
-    > "$apt/etc/sources.list"
-  printf '%s\n' 'APT::Architecture "arm64";' 'APT::Architectures { "arm64"; };' \
-    "APT::Sandbox::User \"$(id -un)\";" "Dir::Etc \"$apt/etc\";" 'Dir::Etc::TrustedParts "/etc/apt/trusted.gpg.d";' 'Dir::Etc::Parts "/etc/apt/apt.conf.d";' \
-    "Dir::State::Lists \"$apt/lists\";" "Dir::State::status \"$apt/status\";" "Dir::Cache \"$apt/cache\";" \
-    "Dir::Cache::archives \"$apt/archives\";" > "$apt/apt.conf"
-  APT_CONFIG="$apt/apt.conf" apt-get update -qq
+  local apt=$PWD/.cache/apt-arm64-bullseye staging deb
+  private_arm64_apt "$apt" bullseye
   (cd "$apt/debs" && rm -f ./*.deb && APT_CONFIG="$apt/apt.conf" apt-get download -qq "${BULLSEYE_DEBS[@]}")
   # Unpacked into a fresh folder and renamed into place: an interrupted install leaves no half a userland.
   mkdir -p "$(dirname "$BULLSEYE_ROOT")"

@@ -78,24 +78,21 @@ def needed_versions(path: Path) -> LibraryVersions:
 
 
 def _needed(data: bytes, label: str) -> LibraryVersions:
-    elf = _elf(data, label)
-    names = [
-        aux.name
-        for section in elf.iter_sections()
-        if isinstance(section, GNUVerNeedSection)
-        for _, auxes in section.iter_versions()
-        for aux in auxes
-    ]
-    return _newest_by_family(names)
+    return _versions(data, label, GNUVerNeedSection)
 
 
 def provided_versions(data: bytes, label: str) -> LibraryVersions:
     """The newest versions a library (a board's libc.so.6 or libstdc++.so.6, as bytes) defines."""
+    return _versions(data, label, GNUVerDefSection)
+
+
+def _versions(data: bytes, label: str, kind: type[GNUVerNeedSection] | type[GNUVerDefSection]) -> LibraryVersions:
+    """The newest glibc / libstdc++ version names in the ELF's version sections of `kind` (needs or definitions)."""
     elf = _elf(data, label)
     names = [
         aux.name
         for section in elf.iter_sections()
-        if isinstance(section, GNUVerDefSection)
+        if isinstance(section, kind)
         for _, auxes in section.iter_versions()
         for aux in auxes
     ]
