@@ -211,6 +211,11 @@ def _decide(old: Side, new: Side, verdict: Verdict) -> tuple[bool, str]:
             f"TVM {new.release} loses coverage: {new.coverage.covered_share:.0%} of conv/dense FLOPs run a record's "
             f"schedule against {old.coverage.covered_share:.0%} under TVM {old.release}"
         )
+    if verdict.change == "inconclusive":
+        return False, (
+            f"cannot tell whether TVM {new.release} is slower: {verdict.reason}; "
+            "run more interleaved rounds (--rounds 15)"
+        )
     return (
         True,
         f"TVM {new.release} is not slower ({verdict.change}, median ratio {verdict.ratio:.2f}) and loses no coverage",
