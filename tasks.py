@@ -537,11 +537,16 @@ def upgrade_check(
         f"latency      {new.release}/{old.release} median ratio {verdict.ratio:.3f}: {verdict.change} ({verdict.method}{p_value}; {verdict.reason})"
     )
     if report.changes:
-        print(f"{len(report.changes)} conv/dense tasks changed their schedule:")
+        print(f"{len(report.changes)} conv/dense tasks changed their schedule kind or time:")
         for change in report.changes:
-            print(f"  {change.task}: {change.before} -> {change.after}")
+            times = (
+                f"  {change.before_ms:.3f} -> {change.after_ms:.3f} ms ({change.after_ms / change.before_ms - 1:+.0%})"
+                if change.before_ms and change.after_ms
+                else ""
+            )
+            print(f"  {change.task}: {change.before} -> {change.after}{times}")
     else:
-        print("no conv/dense task changed its schedule kind")
+        print("no conv/dense task changed its schedule kind or time")
     print(f"Result       {shown(path)}")
     if not report.passed:
         raise Exit(f"upgrade-check: not safe: {report.reason}", code=1)

@@ -41,6 +41,9 @@ def test_upgrade_check_prints_both_releases_side_by_side_and_writes_the_comparis
     assert report["new"]["coverage"]["counts"]["migrated"] == 1  # the stem conv's 0.26 record
     assert report["old"]["coverage"]["counts"]["tuned"] == 1
     assert report["new"]["check"]["passed"] and report["old"]["check"]["passed"]
+    for side in ("old", "new"):  # every task timed on the board, per release
+        assert any(name.startswith("fused_conv2d") and ms > 0 for name, ms in report[side]["task_ms"].items())
+    assert all({"before_ms", "after_ms"} <= set(change) for change in report["changes"])
     assert proc.returncode == (0 if report["passed"] else 1)
     if report["passed"]:
         assert proc.stdout.splitlines()[-1].startswith("upgrade-check: ok: ")

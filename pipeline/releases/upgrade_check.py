@@ -29,6 +29,8 @@ from pipeline.releases.catalog import Release, get_release, running_release
 from pipeline.releases.environment import Progress, release_python
 
 KINDS = ("tuned", "migrated", "transferred", "default", "naive")
+PROFILE_RUNS = 3  # per release, after the interleaved rounds: each task's time per inference
+TIME_CHANGE = 0.10  # a task whose time moved by more than this is listed, whatever its schedule kind
 
 
 @dataclass(frozen=True)
@@ -55,14 +57,19 @@ class Side:
     stats: timing.TimingStats
     coverage: CoverageCounts
     check: check.CheckResult
+    task_ms: dict[str, float]  # conv/dense task name -> ms per inference, from the runner's profile
 
 
 @dataclass(frozen=True)
 class TaskChange:
+    """A conv/dense task (matched by semantic workload key) whose schedule kind or time changed."""
+
     task: str
     workload: str
     before: str  # schedule kind under the old release, with its source
     after: str
+    before_ms: float | None
+    after_ms: float | None
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,7 @@ def upgrade_check(
     data, input_file = inputs.make_input(spec.input_shape)
     runs: dict[str, list[float]] = {before.name: [], after.name: []}
     outputs = {}
+    task_ms: dict[str, dict[str, float]] = {}
     with open_board(profile) as session:
         deployments = {}
         for release in (before, after):
@@ -128,6 +136,18 @@ def upgrade_check(
                 )
                 runs[release.name] += outcome.runs_ms
                 outputs[release.name] = outcome.output
+        for release in (before, after):
+            show(f"Timing each task under TVM {release.name} ({PROFILE_RUNS} profiled runs)...")
+            profiled = execute.run_benchmark(
+                session,
+                deployments[release.name],
+                spec.input_shape,
+                warmup=0,
+                runs=1,
+                profile_runs=PROFILE_RUNS,
+                timeout_s=profile.timing.timeout_s * (1 + PROFILE_RUNS),
+            )
+            task_ms[release.name] = {kernel.name: kernel.ms for kernel in profiled.profile}
     reference = check.reference_output(spec.path, spec.input_name, data)
     sides = {
         name: Side(
@@ -138,6 +158,7 @@ def upgrade_check(
             stats=timing.summarize(runs[name]),
             coverage=coverage_counts(builds[name].coverage),
             check=check.compare(outputs[name], reference),
+            task_ms=task_ms[name],
         )
         for name in runs
     }
@@ -153,7 +174,7 @@ def upgrade_check(
         old=old_side,
         new=new_side,
         verdict=verdict,
-        changes=task_changes(builds[before.name].coverage, builds[after.name].coverage),
+        changes=task_changes(builds[before.name].coverage, builds[after.name].coverage, old_side, new_side),
         passed=passed,
         reason=reason,
     )
@@ -169,24 +190,33 @@ def coverage_counts(coverage: Coverage) -> CoverageCounts:
     )
 
 
-def task_changes(old: Coverage, new: Coverage) -> list[TaskChange]:
-    """conv/dense tasks (matched by semantic workload key) whose schedule kind or source differs."""
+def task_changes(old: Coverage, new: Coverage, old_side: Side, new_side: Side) -> list[TaskChange]:
+    """conv/dense tasks (matched by semantic workload key) whose schedule kind differs or whose time per
+    inference moved by more than TIME_CHANGE, slowest-growing first."""
     before = {row.workload: row for row in old.tasks if row.heavy}
     changes = []
     for row in new.tasks:
         was = before.get(row.workload)
         if not row.heavy or was is None:
             continue
-        if was.schedule != row.schedule:
+        old_ms, new_ms = old_side.task_ms.get(was.task), new_side.task_ms.get(row.task)
+        moved = bool(old_ms and new_ms and abs(new_ms / old_ms - 1) > TIME_CHANGE)
+        if was.schedule != row.schedule or moved:
             changes.append(
                 TaskChange(
                     row.task,
                     row.workload,
                     _kind(was.schedule, was.source, was.record),
                     _kind(row.schedule, row.source, row.record),
+                    old_ms,
+                    new_ms,
                 )
             )
-    return changes
+    return sorted(changes, key=_growth, reverse=True)
+
+
+def _growth(change: TaskChange) -> float:
+    return change.after_ms / change.before_ms if change.before_ms and change.after_ms else 0.0
 
 
 def _kind(schedule: str, source: str, record: str) -> str:
