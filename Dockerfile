@@ -22,6 +22,8 @@ RUN useradd --create-home --no-log-init --uid "${PIPELINE_UID}" pipeline
 COPY . .
 COPY --from=build /opt/tvm-edge-pipeline/.venv .venv
 COPY --from=build --chown=pipeline:pipeline /opt/tvm-edge-pipeline/.cache/bundle .cache/bundle
+# rk3399-emu's Debian 11 userland (qemu -L in boards/rk3399-emu.yaml).
+COPY --from=build --chown=pipeline:pipeline /opt/tvm-edge-pipeline/.cache/sysroot .cache/sysroot
 COPY --from=build --chown=pipeline:pipeline /opt/tvm-edge-pipeline/.cache/board-python .cache/board-python
 # What the pipeline writes: its cache (builds may be a volume) and the folders docker run mounts over.
 RUN mkdir -p .cache/builds records results && chown pipeline:pipeline .cache .cache/builds records results
