@@ -123,30 +123,29 @@ def upgrade_check(
             deployments[release.name] = push_model(session, bundle, artifact, input_file)
             runtime = execute.probe_runtime(session, deployments[release.name])
             execute.check_architecture(artifact.arch, runtime, session)
-        for index in range(count):
-            for release in (before, after):
-                show(f"Round {index + 1}/{count}: TVM {release.name}")
-                outcome = execute.run_benchmark(
-                    session,
-                    deployments[release.name],
-                    spec.input_shape,
-                    warmup=0,
-                    runs=1,
-                    timeout_s=profile.timing.timeout_s,
-                )
-                runs[release.name] += outcome.runs_ms
-                outputs[release.name] = outcome.output
-        for release in (before, after):
-            show(f"Timing each task under TVM {release.name} ({PROFILE_RUNS} profiled runs)...")
-            profiled = execute.run_benchmark(
+
+        def run_on_board(release: Release, profile_runs: int = 0) -> execute.RunOutcome:
+            """One timed run of the release's build (then `profile_runs` more with every task timed)."""
+            timeout = profile.timing.timeout_s * (1 + profile_runs)
+            return execute.run_benchmark(
                 session,
                 deployments[release.name],
                 spec.input_shape,
                 warmup=0,
                 runs=1,
-                profile_runs=PROFILE_RUNS,
-                timeout_s=profile.timing.timeout_s * (1 + PROFILE_RUNS),
+                profile_runs=profile_runs,
+                timeout_s=timeout,
             )
+
+        for index in range(count):
+            for release in (before, after):
+                show(f"Round {index + 1}/{count}: TVM {release.name}")
+                outcome = run_on_board(release)
+                runs[release.name] += outcome.runs_ms
+                outputs[release.name] = outcome.output
+        for release in (before, after):
+            show(f"Timing each task under TVM {release.name} ({PROFILE_RUNS} profiled runs)...")
+            profiled = run_on_board(release, PROFILE_RUNS)
             task_ms[release.name] = {kernel.name: kernel.ms for kernel in profiled.profile}
     reference = check.reference_output(spec.path, spec.input_name, data)
     sides = {
