@@ -4,7 +4,6 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import paramiko
 import pytest
 import yaml
+from interrupt import interrupt_when
 
 from pipeline.board.profile import BOARDS_DIR
 from pipeline.board.remote import run
@@ -293,15 +293,8 @@ def test_ctrl_c_stops_the_board_and_keeps_nothing(
 ) -> None:
     env = {**os.environ, "PIPELINE_RESULTS": str(results)}
     cmd = [*INVOKE, "deploy", "--board", "rk3399-emu", "--model", "tiny", "--runs", ENDLESS_RUNS]
-    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if endless_runner_pids(ssh_client):
-                break
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    assert "Traceback" not in stderr
+    proc = interrupt_when(cmd, lambda: bool(endless_runner_pids(ssh_client)), cwd=ROOT, env=env)
+    assert proc.returncode == 130, proc.stderr
+    assert "Traceback" not in proc.stderr
     assert result_files(results) == []
     assert endless_runner_pids(ssh_client) == ""

@@ -4,16 +4,15 @@ a regression exits non-zero and says why, and the real deploy runs through it.""
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import paramiko
 import pytest
 import yaml
+from interrupt import interrupt_when
 from synthetic import latencies, synthetic_result, vgg16_coverage
 
 from pipeline.board.remote import run
@@ -312,15 +311,13 @@ def test_ctrl_c_during_invoke_nightly_keeps_the_measured_points_and_stops_the_bo
     env = {**os.environ, "PIPELINE_RESULTS": str(tmp_path / "results")}
     cmd = [sys.executable, "-m", "invoke", "nightly", "--matrix", str(path)]
     runner_pids = f"pgrep -f '[t]vm_runner --lib.*--runs {endless}' || true"
-    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
-        deadline = time.monotonic() + 300
-        while not run(ssh_client, runner_pids, timeout_s=10).stdout.strip() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
-    assert "Traceback" not in stderr
-    assert stdout.splitlines()[-2] == f"INTERRUPTED: not measured: local/{second_model} (everything above is stored)"
+    proc = interrupt_when(
+        cmd, lambda: bool(run(ssh_client, runner_pids, timeout_s=10).stdout.strip()), cwd=ROOT, env=env
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert "Traceback" not in proc.stderr
+    last_lines = proc.stdout.splitlines()[-2:]
+    assert last_lines[0] == f"INTERRUPTED: not measured: local/{second_model} (everything above is stored)"
     with History(tmp_path / "history.sqlite") as store:
         assert store.points() == [("local", "tiny")]
     assert (tmp_path / "report" / REPORT_NAME).is_file()

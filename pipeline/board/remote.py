@@ -22,6 +22,7 @@ import paramiko
 
 from pipeline.board.connection import SSH_ERRORS, ssh_errors
 from pipeline.errors import PipelineError
+from pipeline.interrupts import deferred_interrupts, raise_if_interrupted
 
 KILL_GRACE_S = 2
 CHANNEL_TIMEOUT_S = 10.0
@@ -59,19 +60,20 @@ def run(
     wrapped = _wrap(command, cwd, env)
     channel = _open_channel(client)
     stream = _Streams(on_stderr_line)
-    try:
-        _execute(channel, wrapped, stream, deadline=start + timeout_s)
-    except _TimedOut:
-        left = "" if _kill_group(client, stream.pgid) else "; it could not be stopped and may still be running"
-        raise PipelineError(
-            f"command `{_short(command)}` timed out after {timeout_s:g} s on the board{left}",
-            "raise timing.timeout_s in the board profile or pass --timeout",
-        ) from None
-    except BaseException:
-        _kill_group(client, stream.pgid)
-        raise
-    finally:
-        channel.close()
+    with deferred_interrupts():
+        try:
+            _execute(channel, wrapped, stream, deadline=start + timeout_s)
+        except _TimedOut:
+            left = "" if _kill_group(client, stream.pgid) else "; it could not be stopped and may still be running"
+            raise PipelineError(
+                f"command `{_short(command)}` timed out after {timeout_s:g} s on the board{left}",
+                "raise timing.timeout_s in the board profile or pass --timeout",
+            ) from None
+        except BaseException:
+            _kill_group(client, stream.pgid)
+            raise
+        finally:
+            channel.close()
     stream.flush()
     return CommandResult(
         command, channel.recv_exit_status(), stream.stdout(), stream.stderr(), time.monotonic() - start
@@ -232,6 +234,7 @@ def _execute(channel: paramiko.Channel, wrapped: str, stream: _Streams, *, deadl
 def _pump_until_done(channel: paramiko.Channel, stream: _Streams, *, deadline: float) -> None:
     """Drain both streams until the command has exited and the channel reached end of file."""
     while True:
+        raise_if_interrupted()
         _drain(channel, stream)
         if channel.exit_status_ready() and (channel.eof_received or channel.closed):
             _drain(channel, stream)

@@ -20,6 +20,7 @@ import paramiko
 from pipeline.board.connection import SSH_ERRORS, ssh_errors
 from pipeline.board.remote import run
 from pipeline.errors import PipelineError
+from pipeline.interrupts import deferred_interrupts, raise_if_interrupted
 
 HASH_TIMEOUT_S = 300.0
 _NO_SHA256SUM = 127
@@ -51,7 +52,7 @@ def push(
     remote_hashes = _prepare_remote(client, remote_dir, list(files))
     to_send = [name for name in files if remote_hashes.get(name) != local_hashes[name]]
     if to_send:
-        with _open_sftp(client) as sftp:
+        with deferred_interrupts(), _open_sftp(client) as sftp:
             for name in to_send:
                 _upload(sftp, files[name], posixpath.join(remote_dir, name), name, on_progress)
     return PushReport(
@@ -131,7 +132,12 @@ def _upload(sftp: paramiko.SFTPClient, local: Path, target: str, name: str, on_p
     folder, base = posixpath.split(target)
     temp = posixpath.join(folder, f".{base}.part-{secrets.token_hex(4)}")
     size = local.stat().st_size
-    callback = (lambda sent, _total: on_progress(name, sent, size)) if on_progress else None
+
+    def callback(sent: int, _total: int) -> None:
+        if on_progress is not None:
+            on_progress(name, sent, size)
+        raise_if_interrupted()
+
     try:
         with ssh_errors(
             f"uploading {name} to {target} on the board",
