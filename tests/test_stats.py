@@ -148,3 +148,12 @@ def test_a_one_night_spike_is_not_a_step() -> None:
 def test_a_step_is_flagged_the_night_it_happens() -> None:
     *window, tonight = nights([10.0, 10.1, 9.9, 10.0, 13.0])
     assert compare_window(window, tonight).verdict.change == "regression"
+
+
+def test_when_the_budget_is_spent_no_difference_found_is_noise() -> None:
+    """On a board too noisy for an interval narrower than the factor, the last pairs still decide."""
+    base, cur = paired(11, 24, 1.0, jitter=0.08)
+    assert compare_pairs(base, cur).state == "inconclusive"
+    verdict = compare_pairs(base, cur, final=True)
+    assert verdict.state == "not_confirmed" and verdict.reason.startswith("no difference found")
+    assert compare_pairs(*paired(4, 24, 1.12, jitter=0.08), final=True).state != "not_confirmed"

@@ -149,11 +149,14 @@ def compare_pairs(
     factor: float = DEFAULT_FACTOR,
     alpha: float = PAIRED_ALPHA,
     coverage: float = PAIRED_CI_COVERAGE,
+    final: bool = False,
 ) -> PairedVerdict:
     """Decide on interleaved samples (pair i = baseline_ms[i], current_ms[i]). Confirmed: the ratios
     differ from 1 (p < alpha) and their median is beyond the factor. Not confirmed: the whole interval
     of the median ratio lies within the factor, so whatever changed is smaller than an alarm. Anything
-    else is inconclusive: more pairs narrow the interval."""
+    else is inconclusive: more pairs narrow the interval. On the `final` pairs (the budget is spent), no
+    difference found (the interval holds 1, the median ratio is within the factor) is not confirmed too:
+    on a noisy board the interval may never get narrower than the factor."""
     if factor < 1:
         raise ValueError(f"factor must be at least 1, got {factor}")
     base = np.asarray(baseline_ms, dtype=np.float64)
@@ -178,6 +181,8 @@ def compare_pairs(
         return verdict("confirmed", "improvement")
     if ci[0] > 1 / factor and ci[1] < factor:
         return verdict("not_confirmed", "unchanged")
+    if final and ci[0] <= 1 <= ci[1] and 1 / factor < ratio < factor:
+        return PairedVerdict("not_confirmed", "unchanged", ratio, ci, p, n, f"no difference found: {detail}")
     return verdict("inconclusive", "unchanged")
 
 

@@ -1,0 +1,261 @@
+"""A/B confirmation on the board: when a point's comparison with its history flags a change, the
+baseline's build and tonight's run interleaved on the same board in one session (A B, B A, ...), each
+sample a short batch of runs of one deployment. Noise of the moment (another process, the clock, the
+heat) then hits both sides of a pair alike, where a comparison of two nights measures the machine.
+
+Both builds are pushed once, side by side (each build has its own folder on the board), and each side
+runs with the threads its result was measured with. The decision on the pairs is compare_pairs's; an
+inconclusive one gets more pairs while the time budget lasts. A confirmed change is then profiled on
+both sides (every kernel call timed), so the report can name the tasks whose time moved.
+"""
+
+import json
+import math
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.board.bundle import runtime_bundle
+from pipeline.board.profile import BoardProfile, load_board
+from pipeline.board.session import Board, open_board
+from pipeline.build import builder
+from pipeline.build.builder import BUILD_INFO_NAME, BuildArtifact
+from pipeline.build.model_file import resolve_model
+from pipeline.deploy import execute, inputs
+from pipeline.deploy.execute import KernelTime
+from pipeline.deploy.layout import Deployment, push_model
+from pipeline.deploy.results import DeployResult
+from pipeline.errors import PipelineError
+from pipeline.nightly.compare import DEFAULT_FACTOR, PairedVerdict, compare_pairs
+from pipeline.releases.catalog import get_release, running_release
+
+State = Literal["confirmed", "not_confirmed", "inconclusive", "cannot_confirm"]
+Decide = Callable[[Sequence[float], Sequence[float], bool], PairedVerdict]  # baseline, current, final
+Progress = Callable[[str], None]
+
+
+class ConfirmSettings(BaseModel):
+    """How much board time a flagged point may take (the matrix file's `confirm:`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pairs: int = Field(8, ge=6)  # 8 pairs all one way reach the Wilcoxon test's p < 0.01
+    more_pairs: int = Field(4, ge=1)
+    max_pairs: int = Field(24, ge=6)
+    budget_s: float = Field(60.0, gt=0)
+    batch_runs: int = Field(5, ge=1)  # timed runs per sample at least; the sample is their median
+    sample_ms: float = Field(50.0, ge=0)  # ... and enough of them to take this long: fast models are noisy
+    warmup: int = Field(1, ge=0)
+    profile_runs: int = Field(3, ge=0)  # per side, after a confirmed change
+
+
+DEFAULT_SETTINGS = ConfirmSettings()
+MARKER = "@@ab-sample"
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """What the A/B session found. `samples_ms` are per-pair medians, baseline then current;
+    `tasks_ms` the per-task times (ms per inference) of both sides after a confirmed change."""
+
+    state: State
+    reason: str
+    verdict: PairedVerdict | None = None
+    baseline_ms: list[float] = field(default_factory=list)
+    current_ms: list[float] = field(default_factory=list)
+    baseline_tasks: list[KernelTime] = field(default_factory=list)
+    current_tasks: list[KernelTime] = field(default_factory=list)
+    rebuilt_baseline: bool = False
+    seconds: float = 0.0
+
+    @property
+    def confirmed_change(self) -> Literal["regression", "improvement"] | None:
+        """regression or improvement when the A/B session confirmed one, else None."""
+        if self.state != "confirmed" or self.verdict is None:
+            return None
+        change = self.verdict.change
+        return change if change == "regression" or change == "improvement" else None
+
+
+class BaselineGone(Exception):
+    """The baseline's build is not in the cache and cannot be rebuilt as it was."""
+
+
+def confirm_on_board(
+    board: str,
+    model: str,
+    baseline: DeployResult,
+    current: DeployResult,
+    *,
+    factor: float = DEFAULT_FACTOR,
+    settings: ConfirmSettings = DEFAULT_SETTINGS,
+    decide: Decide | None = None,
+    on_progress: Progress | None = None,
+) -> Confirmation:
+    """Run the baseline's build against tonight's interleaved on `board` and decide on the pairs.
+    `decide` replaces compare_pairs (the alarm benchmark injects a known slowdown through it)."""
+    started = time.monotonic()
+    show = on_progress or (lambda line: None)
+    judge = decide or (lambda base, cur, final: compare_pairs(base, cur, factor, final=final))
+    profile = load_board(board)
+    try:
+        old, rebuilt = baseline_build(baseline, model, profile, show)
+    except BaselineGone as gone:
+        return Confirmation("cannot_confirm", f"cannot confirm: baseline build gone ({gone})")
+    new = builder.load_build(current.build.directory)
+    if old.input_shape != new.input_shape:
+        shapes = f"{_shape(old.input_shape)} against {_shape(new.input_shape)}"
+        return Confirmation("cannot_confirm", f"cannot confirm: the input shape changed ({shapes})")
+    _, input_file = inputs.make_input(new.input_shape)
+    with open_board(profile) as session:
+        sides = [
+            _Side(_with_threads(session, baseline.threads), _push(session, profile, old, input_file), old.input_shape),
+            _Side(_with_threads(session, current.threads), _push(session, profile, new, input_file), new.input_shape),
+        ]
+        typical_ms = max(baseline.timings.stats.median_ms, current.timings.stats.median_ms, 1e-3)
+        runs = max(settings.batch_runs, math.ceil(settings.sample_ms / typical_ms))
+        samples: list[list[float]] = [[], []]
+        wanted = settings.pairs
+        show(f"A/B on {profile.name}: build {old.key} against {new.key}, {wanted} pairs of {runs} runs each...")
+        pushed = time.monotonic()
+        while True:
+            order = [
+                side for index in range(len(samples[0]), wanted) for side in ((0, 1) if index % 2 == 0 else (1, 0))
+            ]
+            for side, sample in zip(order, _round(session, sides, order, settings.warmup, runs, profile)):
+                samples[side].append(sample)
+            spent = time.monotonic() - started
+            more = min(settings.more_pairs, settings.max_pairs - wanted)
+            final = more <= 0 or spent + spent / len(samples[0]) * more > settings.budget_s
+            verdict = judge(samples[0], samples[1], final)
+            if verdict.state != "inconclusive" or final:
+                show(
+                    f"A/B: {len(samples[0])} pairs in {time.monotonic() - pushed:.1f} s, {pushed - started:.1f} s to push"
+                )
+                break
+            wanted += more
+            show(f"A/B inconclusive so far ({verdict.reason}): {more} more pairs...")
+        tasks: list[list[KernelTime]] = [[], []]
+        if verdict.state == "confirmed" and settings.profile_runs:
+            show(f"Timing each task of both builds ({settings.profile_runs} profiled runs each)...")
+            tasks = [side.profile(settings.profile_runs, profile.timing.timeout_s) for side in sides]
+    seconds = time.monotonic() - started
+    return Confirmation(
+        verdict.state,
+        _sentence(verdict, seconds, settings, rebuilt),
+        verdict,
+        samples[0],
+        samples[1],
+        tasks[0],
+        tasks[1],
+        rebuilt,
+        round(seconds, 3),
+    )
+
+
+def baseline_build(
+    baseline: DeployResult, model: str, profile: BoardProfile, on_progress: Progress
+) -> tuple[BuildArtifact, bool]:
+    """The baseline's build from the cache, else rebuilt (True) when a build today is the same build:
+    same key, so same model bytes, target, TVM version, records and recipe. Anything else is not the
+    build that was measured, and confirming against it would answer another question."""
+    wanted = baseline.build
+    if (wanted.directory / BUILD_INFO_NAME).is_file():
+        cached = builder.load_build(wanted.directory)
+        if cached.key == wanted.key:
+            return cached, False
+    if _known_release(wanted.release) != running_release().name:
+        raise BaselineGone(f"it was built by TVM {wanted.tvm_version}, this run builds with {running_release().name}")
+    on_progress(f"Rebuilding the baseline's build {wanted.key} (not in the cache)...")
+    try:
+        spec = resolve_model(model, wanted.input_shape)
+        rebuilt = builder.build(spec, profile)
+    except PipelineError as error:
+        raise BaselineGone(f"rebuilding it failed: {error.problem}") from None
+    if rebuilt.key != wanted.key:
+        raise BaselineGone(
+            f"a build today is {rebuilt.key}, not {wanted.key}: the model, records or build recipe changed since"
+        )
+    return rebuilt, True
+
+
+def _known_release(name: str) -> str | None:
+    """The catalog's name for a release, None for one this pipeline does not know."""
+    try:
+        return get_release(name).name
+    except PipelineError:
+        return None
+
+
+@dataclass(frozen=True)
+class _Side:
+    board: Board
+    deployment: Deployment
+    input_shape: tuple[int, ...]
+
+    def command(self, output_name: str, warmup: int, runs: int) -> str:
+        """The runner on this side's deployment, with this side's threads."""
+        args = execute.runner_args(self.deployment, self.input_shape, output_name, warmup=warmup, runs=runs)
+        program = execute.runner_command(self.deployment)
+        return f"TVM_NUM_THREADS={self.board.profile.threads} {self.board.runtime_command(program, args)}"
+
+    def profile(self, runs: int, timeout_s: float) -> list[KernelTime]:
+        outcome = execute.run_benchmark(
+            self.board, self.deployment, self.input_shape, warmup=1, runs=1, profile_runs=runs, timeout_s=timeout_s
+        )
+        return outcome.profile
+
+
+def _round(
+    session: Board, sides: Sequence[_Side], order: Sequence[int], warmup: int, runs: int, profile: BoardProfile
+) -> list[float]:
+    """Samples of the sides in `order`, in one board command: a command costs an SSH round trip (a
+    few tenths of a second on a loaded host), more than a fast model's whole sample. Each sample is the
+    median of `runs` runs in its own runner process."""
+    output = f"outputs/ab-{uuid.uuid4().hex[:12]}.bin"
+    steps = [f"echo {MARKER} && {sides[side].command(output, warmup, runs)}" for side in order]
+    script = " && ".join(["mkdir -p outputs", *steps])
+    timeout_s = profile.timing.timeout_s * len(order)
+    try:
+        result = session.run(script, timeout_s=timeout_s, cwd=session.remote_dir)
+    finally:
+        session.run(f"rm -f {output}", timeout_s=30.0, cwd=session.remote_dir)
+    if result.exit_code != 0:
+        detail = (result.stderr.strip() or f"exit code {result.exit_code}").splitlines()[-1]
+        raise PipelineError(
+            f"the TVM runtime failed on board {session.name} during A/B: {detail}", "see the board's message"
+        )
+    reports = [chunk.strip().splitlines()[-1] for chunk in result.stdout.split(MARKER)[1:]]
+    return [float(np.median(json.loads(report)["runs_ms"])) for report in reports]
+
+
+def _with_threads(session: Board, threads: int) -> Board:
+    """The same connection, running the runtime with the threads a result was measured with."""
+    return Board(session.profile.model_copy(update={"threads": threads}), session.endpoint, session.client)
+
+
+def _push(session: Board, profile: BoardProfile, artifact: BuildArtifact, input_file: Path) -> Deployment:
+    bundle = runtime_bundle(profile.arch, get_release(artifact.release))
+    deployment = push_model(session, bundle, artifact, input_file)
+    execute.check_architecture(artifact.arch, execute.probe_runtime(session, deployment), session)
+    return deployment
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
+def _sentence(verdict: PairedVerdict, seconds: float, settings: ConfirmSettings, rebuilt: bool) -> str:
+    """The A/B part of a point's line."""
+    where = " (baseline rebuilt)" if rebuilt else ""
+    if verdict.state == "confirmed":
+        return f"A/B confirmed{where}: {verdict.reason}"
+    if verdict.state == "not_confirmed":
+        return f"A/B: noise, not confirmed{where}: {verdict.reason}"
+    return f"A/B inconclusive{where} after {seconds:.0f} s (budget {settings.budget_s:.0f} s): {verdict.reason}"
