@@ -1,6 +1,6 @@
 """A/B confirmation on the board: when a point's comparison with its history flags a change, the
 baseline's build and tonight's run interleaved on the same board in one session (A B, B A, ...), each
-sample a short batch of runs of one deployment. Noise of the moment (another process, the clock, the
+sample a short batch of runs of one deployment in its own runner process. Noise of the moment (another process, the clock, the
 heat) then hits both sides of a pair alike, where a comparison of two nights measures the machine.
 
 Both builds are pushed once, side by side (each build has its own folder on the board), and each side
@@ -49,19 +49,23 @@ class ConfirmSettings(BaseModel):
     more_pairs: int = Field(4, ge=1)
     max_pairs: int = Field(24, ge=6)
     budget_s: float = Field(60.0, gt=0)
-    batch_runs: int = Field(5, ge=1)  # timed runs per sample at least; the sample is their median
-    sample_ms: float = Field(50.0, ge=0)  # ... and enough of them to take this long: fast models are noisy
+    batch_runs: int = Field(10, ge=1)  # timed runs per sample at least ...
+    sample_ms: float = Field(100.0, ge=0)  # ... and enough of them to take this long: fast models are noisy
     warmup: int = Field(1, ge=0)
     profile_runs: int = Field(3, ge=0)  # per side, after a confirmed change
 
 
 DEFAULT_SETTINGS = ConfirmSettings()
 MARKER = "@@ab-sample"
+# A sample is a low percentile of its batch: other processes on the board only ever add time (on a
+# shared 2-core host a batch's median moved 2x between pairs, its 10th percentile far less), and a
+# slower build is slower in its fastest runs too.
+SAMPLE_PERCENTILE = 10
 
 
 @dataclass(frozen=True)
 class Confirmation:
-    """What the A/B session found. `samples_ms` are per-pair medians, baseline then current;
+    """What the A/B session found. `baseline_ms` and `current_ms` are the pairs' samples;
     `tasks_ms` the per-task times (ms per inference) of both sides after a confirmed change."""
 
     state: State
@@ -217,7 +221,7 @@ def _round(
 ) -> list[float]:
     """Samples of the sides in `order`, in one board command: a command costs an SSH round trip (a
     few tenths of a second on a loaded host), more than a fast model's whole sample. Each sample is the
-    median of `runs` runs in its own runner process."""
+    SAMPLE_PERCENTILE of `runs` runs in its own runner process."""
     output = f"outputs/ab-{uuid.uuid4().hex[:12]}.bin"
     steps = [f"echo {MARKER} && {sides[side].command(output, warmup, runs)}" for side in order]
     script = " && ".join(["mkdir -p outputs", *steps])
@@ -232,7 +236,7 @@ def _round(
             f"the TVM runtime failed on board {session.name} during A/B: {detail}", "see the board's message"
         )
     reports = [chunk.strip().splitlines()[-1] for chunk in result.stdout.split(MARKER)[1:]]
-    return [float(np.median(json.loads(report)["runs_ms"])) for report in reports]
+    return [float(np.percentile(json.loads(report)["runs_ms"], SAMPLE_PERCENTILE)) for report in reports]
 
 
 def _with_threads(session: Board, threads: int) -> Board:
