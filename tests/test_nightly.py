@@ -299,9 +299,7 @@ def test_invoke_nightly_cannot_confirm_a_flag_whose_baseline_build_is_gone_and_r
         "1 point measured, 0 regressions, 0 improvements, 0 failed; flags not confirmed by A/B: 1 cannot confirm"
     )
     assert lines[1].startswith("unconfirmed  local/tiny: flagged regression, median ")
-    assert lines[1].endswith(
-        "cannot confirm: baseline build gone (it was built by TVM 0.26.0, this run builds with 0.27)"
-    )
+    assert "; cannot confirm: baseline build gone (" in lines[1]  # not in the cache, and no build today is it
     assert "    likely cause: TVM version changed: 0.26.0 -> 0.27.0.post1" in lines
     assert (tmp_path / "report" / REPORT_NAME).is_file()
     assert (tmp_path / "report" / SUMMARY_NAME).read_text().splitlines() == lines[:-1]

@@ -33,7 +33,9 @@ from pipeline.deploy.layout import Deployment, push_model
 from pipeline.deploy.results import DeployResult
 from pipeline.errors import PipelineError
 from pipeline.nightly.compare import DEFAULT_FACTOR, PairedVerdict, compare_pairs
-from pipeline.releases.catalog import get_release, running_release
+from pipeline.releases.catalog import Release, get_release, release_name, running_release
+from pipeline.releases.environment import release_root
+from pipeline.releases.upgrade_check import build_under
 
 State = Literal["confirmed", "not_confirmed", "inconclusive", "cannot_confirm"]
 Decide = Callable[[Sequence[float], Sequence[float], bool], PairedVerdict]  # baseline, current, final
@@ -47,8 +49,8 @@ class ConfirmSettings(BaseModel):
 
     pairs: int = Field(8, ge=6)  # 8 pairs all one way reach the Wilcoxon test's p < 0.01
     more_pairs: int = Field(4, ge=1)
-    max_pairs: int = Field(24, ge=6)
-    budget_s: float = Field(60.0, gt=0)
+    max_pairs: int = Field(16, ge=6)
+    budget_s: float = Field(40.0, gt=0)
     batch_runs: int = Field(10, ge=1)  # timed runs per sample at least ...
     sample_ms: float = Field(100.0, ge=0)  # ... and enough of them to take this long: fast models are noisy
     warmup: int = Field(1, ge=0)
@@ -109,7 +111,7 @@ def confirm_on_board(
     judge = decide or (lambda base, cur, final: compare_pairs(base, cur, factor, final=final))
     profile = load_board(board)
     try:
-        old, rebuilt = baseline_build(baseline, model, profile, show)
+        old, rebuilt = baseline_build(baseline, board, model, profile, show)
     except BaselineGone as gone:
         return Confirmation("cannot_confirm", f"cannot confirm: baseline build gone ({gone})")
     new = builder.load_build(current.build.directory)
@@ -164,22 +166,22 @@ def confirm_on_board(
 
 
 def baseline_build(
-    baseline: DeployResult, model: str, profile: BoardProfile, on_progress: Progress
+    baseline: DeployResult, board: str, model: str, profile: BoardProfile, on_progress: Progress
 ) -> tuple[BuildArtifact, bool]:
-    """The baseline's build from the cache, else rebuilt (True) when a build today is the same build:
-    same key, so same model bytes, target, TVM version, records and recipe. Anything else is not the
-    build that was measured, and confirming against it would answer another question."""
+    """The baseline's build from the cache, else rebuilt (True) under its TVM release (in that release's
+    environment when it is installed) if a build today is the same build: same key, so same model
+    bytes, target, TVM version, records and recipe. Anything else is not the build that was measured,
+    and confirming against it would answer another question."""
     wanted = baseline.build
     if (wanted.directory / BUILD_INFO_NAME).is_file():
         cached = builder.load_build(wanted.directory)
         if cached.key == wanted.key:
             return cached, False
-    if _known_release(wanted.release) != running_release().name:
-        raise BaselineGone(f"it was built by TVM {wanted.tvm_version}, this run builds with {running_release().name}")
-    on_progress(f"Rebuilding the baseline's build {wanted.key} (not in the cache)...")
+    release = _installed_release(wanted.tvm_version)
+    on_progress(f"Rebuilding the baseline's build {wanted.key} under TVM {release.name} (not in the cache)...")
     try:
         spec = resolve_model(model, wanted.input_shape)
-        rebuilt = builder.build(spec, profile)
+        rebuilt = build_under(release, board, profile, spec, True, on_progress)
     except PipelineError as error:
         raise BaselineGone(f"rebuilding it failed: {error.problem}") from None
     if rebuilt.key != wanted.key:
@@ -189,12 +191,19 @@ def baseline_build(
     return rebuilt, True
 
 
-def _known_release(name: str) -> str | None:
-    """The catalog's name for a release, None for one this pipeline does not know."""
+def _installed_release(tvm_version: str) -> Release:
+    """The release that built a library, when this machine can build with it again: the running one, or
+    one whose environment exists (creating one is a download: not a nightly's job)."""
     try:
-        return get_release(name).name
+        release = get_release(release_name(tvm_version))
     except PipelineError:
-        return None
+        raise BaselineGone(f"it was built by TVM {tvm_version}, a release this pipeline does not know") from None
+    if release != running_release() and not (release_root(release) / "venv" / "bin" / "python").is_file():
+        raise BaselineGone(
+            f"it was built by TVM {tvm_version}, whose environment is not installed here "
+            f"(invoke build --tvm {release.name} creates it)"
+        )
+    return release
 
 
 @dataclass(frozen=True)
