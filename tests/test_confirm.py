@@ -45,6 +45,17 @@ def net_versions(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture
+def recommented(net_versions: tuple[Path, Path], tmp_path: Path) -> Path:
+    """The `before` model with another doc string: another build (its key hashes the file), the same code."""
+    model = onnx.load(net_versions[0])
+    model.doc_string = "the same network, saved again"
+    path = tmp_path / "recommented" / "net.onnx"
+    path.parent.mkdir()
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture
 def history(tmp_path: Path) -> Iterator[History]:
     with History(tmp_path / "history.sqlite") as store:
         yield store
@@ -77,15 +88,20 @@ def test_a_real_slowdown_is_confirmed_exits_1_and_names_the_slower_tasks(
     assert stored.confirmed_change == "regression"
 
 
-def test_a_flag_on_an_unchanged_build_is_dismissed_as_noise(
-    embedded_endpoint: SshEndpoint, net_versions: tuple[Path, Path], history: History, tmp_path: Path
+def test_a_flag_on_an_equally_fast_build_is_dismissed_as_noise(
+    embedded_endpoint: SshEndpoint,
+    net_versions: tuple[Path, Path],
+    recommented: Path,
+    history: History,
+    tmp_path: Path,
 ) -> None:
-    """The night before is planted twice as fast (a quiet machine, say): flagged against it, but the
-    same build against itself on the board is no change."""
+    """The night before is planted twice as fast (a quiet machine, say): tonight's build is flagged
+    against it, but on the board, interleaved with the baseline's build, it is no slower."""
     before, _ = net_versions
-    matrix = Matrix(matrix=[MatrixEntry(boards=["local"], models=[str(before)], runs=10, warmup=1)])
     deploy = real_deploy(results_dir=tmp_path / "results")
-    history.add(twice_as_fast(deploy(matrix.points()[0])), PROVENANCE)
+    baseline = Matrix(matrix=[MatrixEntry(boards=["local"], models=[str(before)], runs=10, warmup=1)])
+    history.add(twice_as_fast(deploy(baseline.points()[0])), PROVENANCE)
+    matrix = Matrix(matrix=[MatrixEntry(boards=["local"], models=[str(recommented)], runs=10, warmup=1)])
     night = run_nightly(matrix, deploy, history, PROVENANCE, confirm=real_confirm(matrix), lock_dir=tmp_path / "locks")
     [point] = night.outcomes
     assert point.verdict is not None and point.verdict.change == "regression"
@@ -94,7 +110,7 @@ def test_a_flag_on_an_unchanged_build_is_dismissed_as_noise(
     assert point.causes == [] and point.tasks == []
     lines = nightly_summary_lines(night)
     assert lines[0].endswith("0 regressions, 0 improvements, 0 failed; flags not confirmed by A/B: 1 noise")
-    assert lines[1].startswith(f"noise        local/{before}: flagged regression, median ")
+    assert lines[1].startswith(f"noise        local/{recommented}: flagged regression, median ")
     assert "A/B: noise, not confirmed" in lines[1]
     [_, stored] = history.series("local", "net")
     assert stored.change == "regression" and stored.confirmed_change is None

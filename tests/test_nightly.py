@@ -66,7 +66,9 @@ class Boards:
     def __call__(self, point: Point) -> DeployResult:
         self.deployed.append(point)
         runs = latencies(self.median_ms, point.runs or 10, self.seed + len(self.deployed))
-        return synthetic_result(runs, board=point.board, model=point.model, coverage=vgg16_coverage(self.coverage))
+        coverage = vgg16_coverage(self.coverage)
+        key = "tuned".ljust(16, "0") if self.coverage == "tuned" else "fallback".ljust(16, "0")
+        return synthetic_result(runs, board=point.board, model=point.model, coverage=coverage, build_key=key)
 
 
 def paired_like_the_runs(point: Point, baseline: DeployResult, current: DeployResult) -> Confirmation:
@@ -188,6 +190,25 @@ def test_a_regression_exits_1_and_names_its_cause(history: History, locks: Path,
     text = page.read_text()
     assert page.name == REPORT_NAME and text.count("data:image/png;base64,") == 4
     assert "REGRESSION" in text and (page.parent / SUMMARY_NAME).read_text().splitlines() == lines
+
+
+def test_a_flag_on_the_baselines_very_build_needs_no_ab_and_raises_no_alarm(history: History, locks: Path) -> None:
+    """Same build, same threads: run against itself the build could only show noise. The board's state
+    is what changed, and its likely causes are listed."""
+
+    def no_ab(point: Point, baseline: DeployResult, current: DeployResult) -> Confirmation:
+        raise AssertionError("no A/B session for a build against itself")
+
+    run_nightly(MATRIX, Boards(990.0, "tuned"), history, PROVENANCE, confirm=no_ab, lock_dir=locks)
+    hot_night = Boards(1892.0, "tuned", seed=300)
+    outcome = run_nightly(MATRIX, hot_night, history, PROVENANCE, confirm=no_ab, lock_dir=locks)
+    assert outcome.exit_code == 0 and outcome.with_change("regression") == []
+    assert all(o.verdict is not None and o.verdict.change == "regression" for o in outcome.outcomes)
+    assert {o.confirmation.state for o in outcome.outcomes if o.confirmation} == {"same_build"}
+    lines = nightly_summary_lines(outcome)
+    assert lines[0].endswith("0 regressions, 0 improvements, 0 failed; flags not confirmed by A/B: 4 same build")
+    assert lines[1].startswith("noise        rk3399/vgg16: flagged regression, median 18")
+    assert lines[1].endswith("the board's state changed, not the deployment; no A/B")
 
 
 def test_a_failed_point_is_reported_and_the_others_still_run(history: History, locks: Path) -> None:

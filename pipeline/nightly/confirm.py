@@ -37,7 +37,9 @@ from pipeline.releases.catalog import Release, get_release, release_name, runnin
 from pipeline.releases.environment import release_root
 from pipeline.releases.upgrade_check import build_under
 
-State = Literal["confirmed", "not_confirmed", "inconclusive", "cannot_confirm"]
+# same_build: tonight ran the baseline's very build with its settings, so there is nothing to run A/B:
+# the build against itself can only measure noise, never confirm a change of the deployment.
+State = Literal["confirmed", "not_confirmed", "inconclusive", "cannot_confirm", "same_build"]
 Decide = Callable[[Sequence[float], Sequence[float], bool], PairedVerdict]  # baseline, current, final
 Progress = Callable[[str], None]
 
@@ -89,6 +91,22 @@ class Confirmation:
         return change if change == "regression" or change == "improvement" else None
 
 
+def same_deployment(baseline: DeployResult, current: DeployResult) -> bool:
+    """Tonight ran what the baseline ran: the same build (its key covers the model's bytes, target, TVM
+    version, records and build recipe) with the same threads."""
+    return baseline.build.key == current.build.key and baseline.threads == current.threads
+
+
+def deployment_changes(baseline: DeployResult, current: DeployResult) -> str:
+    """What differs between the two deployments, for the point's line."""
+    changes = []
+    if baseline.build.key != current.build.key:
+        changes.append(f"build {baseline.build.key} -> {current.build.key}")
+    if baseline.threads != current.threads:
+        changes.append(f"threads {baseline.threads} -> {current.threads}")
+    return ", ".join(changes)
+
+
 class BaselineGone(Exception):
     """The baseline's build is not in the cache and cannot be rebuilt as it was."""
 
@@ -136,9 +154,10 @@ def confirm_on_board(
             ]
             for side, sample in zip(order, _round(session, sides, order, settings.warmup, runs, profile)):
                 samples[side].append(sample)
-            spent = time.monotonic() - started
+            now = time.monotonic()
+            per_pair = (now - pushed) / len(samples[0])
             more = min(settings.more_pairs, settings.max_pairs - wanted)
-            final = more <= 0 or spent + spent / len(samples[0]) * more > settings.budget_s
+            final = more <= 0 or now - started + per_pair * more > settings.budget_s
             verdict = judge(samples[0], samples[1], final)
             if verdict.state != "inconclusive" or final:
                 show(

@@ -28,7 +28,7 @@ from pipeline.deploy.results import DeployResult, utc_now
 from pipeline.errors import PipelineError
 from pipeline.nightly.causes import Cause, changed_tasks, likely_causes
 from pipeline.nightly.compare import DEFAULT_FACTOR, DEFAULT_WINDOW, Verdict, compare_window
-from pipeline.nightly.confirm import Confirmation, ConfirmSettings, confirm_on_board
+from pipeline.nightly.confirm import Confirmation, ConfirmSettings, confirm_on_board, same_deployment
 from pipeline.nightly.history import DEFAULT_PATH, Comparison, History
 from pipeline.nightly.provenance import RunProvenance
 from pipeline.paths import CACHE_DIR, RESULTS_DIR, ROOT
@@ -254,10 +254,18 @@ def _measure(
     causes: list[Cause] = []
     confirmation, tasks = None, []
     flagged = verdict.change
-    if flagged == "regression" or flagged == "improvement":
+    same = same_deployment(baseline.result, result)
+    if same and (flagged == "regression" or flagged == "improvement"):
+        confirmation = Confirmation(
+            "same_build",
+            f"same build and threads as the baseline ({result.build.key}): the board's state changed, not the "
+            "deployment; no A/B",
+        )
+        causes = likely_causes(baseline.result, result, flagged, before=baseline.provenance, after=provenance)
+    elif not same:  # a changed deployment is always confirmed: between nights a real change can hide in noise
         confirmation = confirm(point, baseline.result, result)
-        if confirmation.state != "not_confirmed":  # noise has no cause; an unconfirmed flag may
-            direction = confirmation.confirmed_change or flagged
+        direction = confirmation.confirmed_change or (flagged if flagged in ("regression", "improvement") else None)
+        if confirmation.state != "not_confirmed" and direction is not None:  # noise has no cause
             causes = likely_causes(baseline.result, result, direction, before=baseline.provenance, after=provenance)
             tasks = changed_tasks(confirmation.baseline_tasks, confirmation.current_tasks, direction)
     result_id = history.add(result, provenance, Comparison(baseline.id, verdict, causes, confirmation))
@@ -290,15 +298,19 @@ def real_confirm(matrix: Matrix, on_progress: Callable[[str], None] | None = Non
     """The A/B session on the point's board, with the matrix's factor and board-time budget."""
 
     def confirm_point(point: Point, baseline: DeployResult, current: DeployResult) -> Confirmation:
-        return confirm_on_board(
-            point.board,
-            point.model,
-            baseline,
-            current,
-            factor=matrix.factor,
-            settings=matrix.confirm,
-            on_progress=on_progress,
-        )
+        """A board that fails during the session leaves the flag unconfirmed; the point is still stored."""
+        try:
+            return confirm_on_board(
+                point.board,
+                point.model,
+                baseline,
+                current,
+                factor=matrix.factor,
+                settings=matrix.confirm,
+                on_progress=on_progress,
+            )
+        except PipelineError as error:
+            return Confirmation("cannot_confirm", f"cannot confirm: the A/B session failed: {error}")
 
     return confirm_point
 

@@ -20,7 +20,12 @@ from pipeline.nightly.loop import NightlyOutcome, PointOutcome  # noqa: E402
 REPORT_NAME = "index.html"
 SUMMARY_NAME = "summary.txt"
 MARKERS = {"regression": ("^", "tab:red"), "improvement": ("v", "tab:green")}
-UNCONFIRMED = {"not_confirmed": "noise", "inconclusive": "inconclusive", "cannot_confirm": "cannot confirm"}
+UNCONFIRMED = {
+    "same_build": "same build",
+    "not_confirmed": "noise",
+    "inconclusive": "inconclusive",
+    "cannot_confirm": "cannot confirm",
+}
 
 
 def nightly_summary_lines(outcome: NightlyOutcome) -> list[str]:
@@ -71,11 +76,11 @@ def point_line(outcome: PointOutcome) -> str:
     confirmation = outcome.confirmation
     if outcome.alarm is not None:
         label = outcome.alarm.upper() if outcome.alarm == "regression" else outcome.alarm
-    elif confirmation is not None:
-        label = "noise" if confirmation.state == "not_confirmed" else "unconfirmed"
+    elif outcome.unconfirmed and confirmation is not None:
+        label = "noise" if confirmation.state in ("not_confirmed", "same_build") else "unconfirmed"
     else:
         label = verdict.change
-    flagged = f"flagged {verdict.change}, " if confirmation is not None and outcome.alarm is None else ""
+    flagged = f"flagged {verdict.change}, " if outcome.unconfirmed else ""
     line = (
         f"{label:<12} {name}: {flagged}median {verdict.current_median_ms:.2f} ms vs {verdict.baseline_median_ms:.2f} ms "
         f"(x{verdict.ratio:.2f}; {verdict.current_runs} vs {verdict.baseline_runs} runs, {verdict.reason})"
