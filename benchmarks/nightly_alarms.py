@@ -3,9 +3,9 @@
 Real deploys and real A/B sessions on this machine, on a private history database:
 1. `--nights` unchanged nights of the matrix (`--models`, 20 runs each): each night runs today's way
    first (deploy without per-task profiling, compared with the night before by compare_samples, no A/B)
-   and then the nightly's (compared with its recent nights, a flag confirmed A/B on the board). Printed:
-   today's flags, the nightly's flags, what A/B made of them, the alarms (confirmed changes), and the
-   time of a night both ways.
+   and then the nightly's (compared with its recent nights; a flag on a changed deployment confirmed A/B
+   on the board, a flag on the baseline's very build dismissed without one). Printed: today's flags, the
+   nightly's flags, what became of them, the alarms (confirmed changes), and the time of a night both ways.
 2. `--trials` nights with the board's threads going from 2 to 1 (a copy of boards/local.yaml), each
    against the unchanged nights' history: how many are confirmed, and whether the threads are named.
 3. `--trials` A/B sessions of an unchanged build with the current side's samples scaled by 1.10 (an
@@ -107,7 +107,7 @@ def unchanged_nights(work: Path, models: list[str], nights: int) -> Path:
                 print(f"    {line}", flush=True)
     print(f"Unchanged matrix ({', '.join(models)}; {RUNS} runs a point), {nights} nights, {comparisons} comparisons:")
     print(f"  today's flow (night against night): {today_flags} flagged of {comparisons}")
-    print(f"  nightly: {flags} flagged against their recent nights; A/B: {dict(states)}")
+    print(f"  nightly: {flags} flagged against their recent nights; not confirmed: {dict(states)}")
     print(f"  nightly: {alarms} alarms (confirmed changes) of {comparisons} comparisons")
     today, new = statistics.median(today_seconds), statistics.median(new_seconds)
     print(f"  time of a night (median): today {today:.1f} s, nightly {new:.1f} s (x{new / today:.2f})")

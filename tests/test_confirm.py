@@ -11,7 +11,9 @@ import onnx
 import pytest
 
 from models.graph import GraphBuilder
+from pipeline.board.profile import load_board
 from pipeline.board.sshd import SshEndpoint
+from pipeline.build.model_file import resolve_model
 from pipeline.deploy.results import DeployResult
 from pipeline.deploy.timing import summarize
 from pipeline.nightly.confirm import ConfirmSettings, confirm_on_board
@@ -19,6 +21,8 @@ from pipeline.nightly.history import History
 from pipeline.nightly.loop import Matrix, MatrixEntry, real_confirm, real_deploy, run_nightly
 from pipeline.nightly.provenance import RunProvenance
 from pipeline.nightly.report import nightly_summary_lines
+from pipeline.releases.catalog import get_release
+from pipeline.releases.upgrade_check import build_under
 
 PROVENANCE = RunProvenance(pipeline_commit="abc", record_store_version=None)
 
@@ -109,7 +113,7 @@ def test_a_flag_on_an_equally_fast_build_is_dismissed_as_noise(
     assert point.confirmation is not None and point.confirmation.state == "not_confirmed"
     assert point.causes == [] and point.tasks == []
     lines = nightly_summary_lines(night)
-    assert lines[0].endswith("0 regressions, 0 improvements, 0 failed; flags not confirmed by A/B: 1 noise")
+    assert lines[0].endswith("0 regressions, 0 improvements, 0 failed; flags not confirmed: 1 noise")
     assert lines[1].startswith(f"noise        local/{recommented}: flagged regression, median ")
     assert "A/B: noise, not confirmed" in lines[1]
     [_, stored] = history.series("local", "net")
@@ -149,3 +153,24 @@ def test_a_baseline_build_that_today_cannot_reproduce_cannot_confirm(
     confirmation = confirm_on_board("local", str(after), gone, new)
     assert confirmation.state == "cannot_confirm"
     assert confirmation.reason.startswith(f"cannot confirm: baseline build gone (a build today is {new.build.key}")
+
+
+def test_a_tvm_upgrade_that_is_not_the_cause_is_ruled_out_by_experiment(
+    embedded_endpoint: SshEndpoint, net_versions: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The baseline ran `before` built by TVM 0.26; tonight `after` (4x wider) built by 0.27 is slower.
+    Tonight's model built by 0.26 too, timed in the same session, is as slow: the upgrade is not why."""
+    before, after = net_versions
+    board = load_board("local")
+    deploy = real_deploy(results_dir=tmp_path / "results")
+    built_026 = build_under(get_release("0.26"), "local", board, resolve_model(str(before)), True, print)
+    measured = deploy(Matrix(matrix=[MatrixEntry(boards=["local"], models=[str(before)], runs=5)]).points()[0])
+    baseline = replace(measured, build=built_026, tvm_version=built_026.tvm_version)
+    tonight = deploy(Matrix(matrix=[MatrixEntry(boards=["local"], models=[str(after)], runs=5)]).points()[0])
+    confirmation = confirm_on_board("local", str(after), baseline, tonight)
+    assert confirmation.confirmed_change == "regression"
+    [experiment] = confirmation.experiments
+    assert experiment.startswith(
+        f"TVM version changed ({built_026.tvm_version} -> {tonight.tvm_version}): not the cause, "
+        "tonight's model built with TVM 0.26 runs "
+    )

@@ -206,7 +206,7 @@ def test_a_flag_on_the_baselines_very_build_needs_no_ab_and_raises_no_alarm(hist
     assert all(o.verdict is not None and o.verdict.change == "regression" for o in outcome.outcomes)
     assert {o.confirmation.state for o in outcome.outcomes if o.confirmation} == {"same_build"}
     lines = nightly_summary_lines(outcome)
-    assert lines[0].endswith("0 regressions, 0 improvements, 0 failed; flags not confirmed by A/B: 4 same build")
+    assert lines[0].endswith("0 regressions, 0 improvements, 0 failed; flags not confirmed: 4 same build")
     assert lines[1].startswith("noise        rk3399/vgg16: flagged regression, median 18")
     assert lines[1].endswith("the board's state changed, not the deployment; no A/B")
 
@@ -317,7 +317,7 @@ def test_invoke_nightly_cannot_confirm_a_flag_whose_baseline_build_is_gone_and_r
     assert "Traceback" not in proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].endswith(
-        "1 point measured, 0 regressions, 0 improvements, 0 failed; flags not confirmed by A/B: 1 cannot confirm"
+        "1 point measured, 0 regressions, 0 improvements, 0 failed; flags not confirmed: 1 cannot confirm"
     )
     assert lines[1].startswith("unconfirmed  local/tiny: flagged regression, median ")
     assert "; cannot confirm: baseline build gone (" in lines[1]  # not in the cache, and no build today is it

@@ -81,6 +81,7 @@ class Confirmation:
     current_tasks: list[KernelTime] = field(default_factory=list)
     rebuilt_baseline: bool = False
     seconds: float = 0.0
+    experiments: list[str] = field(default_factory=list)  # what rebuilding with the baseline's parts showed
 
     @property
     def confirmed_change(self) -> Literal["regression", "improvement"] | None:
@@ -137,20 +138,25 @@ def confirm_on_board(
         shapes = f"{_shape(old.input_shape)} against {_shape(new.input_shape)}"
         return Confirmation("cannot_confirm", f"cannot confirm: the input shape changed ({shapes})")
     _, input_file = inputs.make_input(new.input_shape)
+    experiments, notes = _experiments(baseline, current, old, board, model, profile, show)
     with open_board(profile) as session:
+        builds = [(baseline.threads, old), (current.threads, new), *((current.threads, e.build) for e in experiments)]
         sides = [
-            _Side(_with_threads(session, baseline.threads), _push(session, profile, old, input_file), old.input_shape),
-            _Side(_with_threads(session, current.threads), _push(session, profile, new, input_file), new.input_shape),
+            _Side(_with_threads(session, threads), _push(session, profile, build, input_file), build.input_shape)
+            for threads, build in builds
         ]
         typical_ms = max(baseline.timings.stats.median_ms, current.timings.stats.median_ms, 1e-3)
         runs = max(settings.batch_runs, math.ceil(settings.sample_ms / typical_ms))
-        samples: list[list[float]] = [[], []]
+        samples: list[list[float]] = [[] for _ in sides]
         wanted = settings.pairs
         show(f"A/B on {profile.name}: build {old.key} against {new.key}, {wanted} pairs of {runs} runs each...")
         pushed = time.monotonic()
+        forward = list(range(len(sides)))
         while True:
             order = [
-                side for index in range(len(samples[0]), wanted) for side in ((0, 1) if index % 2 == 0 else (1, 0))
+                side
+                for index in range(len(samples[0]), wanted)
+                for side in (forward if index % 2 == 0 else forward[::-1])  # who goes first alternates
             ]
             for side, sample in zip(order, _round(session, sides, order, settings.warmup, runs, profile)):
                 samples[side].append(sample)
@@ -169,8 +175,13 @@ def confirm_on_board(
         tasks: list[list[KernelTime]] = [[], []]
         if verdict.state == "confirmed" and settings.profile_runs:
             show(f"Timing each task of both builds ({settings.profile_runs} profiled runs each)...")
-            tasks = [side.profile(settings.profile_runs, profile.timing.timeout_s) for side in sides]
+            tasks = [side.profile(settings.profile_runs, profile.timing.timeout_s) for side in sides[:2]]
     seconds = time.monotonic() - started
+    if verdict.state == "confirmed":
+        notes += [
+            experiment.outcome(samples[0], samples[1], extra, factor)
+            for experiment, extra in zip(experiments, samples[2:])
+        ]
     return Confirmation(
         verdict.state,
         _sentence(verdict, seconds, settings, rebuilt),
@@ -181,7 +192,57 @@ def confirm_on_board(
         tasks[1],
         rebuilt,
         round(seconds, 3),
+        notes,
     )
+
+
+@dataclass(frozen=True)
+class _Experiment:
+    """Tonight's model built with one thing as the baseline had it (`what`, e.g. "TVM 0.26"), timed in
+    the same session: if it runs like the baseline, that thing is the cause."""
+
+    cause: str  # how the likely cause reads, e.g. "TVM version changed"
+    what: str
+    build: BuildArtifact
+
+    def outcome(self, base: list[float], cur: list[float], extra: list[float], factor: float) -> str:
+        faster = compare_pairs(extra, cur, factor, final=True)  # tonight against the experiment
+        restores = faster.state == "confirmed" and faster.change == "regression"
+        still_slower = compare_pairs(base, extra, factor, final=True)
+        back = not (still_slower.state == "confirmed" and still_slower.change == "regression")
+        ms = float(np.median(extra))
+        built = f"tonight's model built with {self.what}"
+        if restores and back:
+            return f"{self.cause}: confirmed, {built} restores {ms:.2f} ms (tonight {float(np.median(cur)):.2f} ms)"
+        if restores:
+            return f"{self.cause}: part of it, {built} runs {ms:.2f} ms, between the baseline and tonight"
+        return f"{self.cause}: not the cause, {built} runs {ms:.2f} ms like tonight ({faster.reason})"
+
+
+def _experiments(
+    baseline: DeployResult,
+    current: DeployResult,
+    old: BuildArtifact,
+    board: str,
+    model: str,
+    profile: BoardProfile,
+    on_progress: Progress,
+) -> tuple[list[_Experiment], list[str]]:
+    """When the TVM release changed, tonight's model is also built under the baseline's release (when that
+    release's environment is installed). Notes say why an experiment was not run."""
+    old_release, new_release = release_name(baseline.tvm_version), release_name(current.tvm_version)
+    if old_release == new_release or current.timings.stats.median_ms <= baseline.timings.stats.median_ms:
+        return [], []
+    cause = f"TVM version changed ({baseline.tvm_version} -> {current.tvm_version})"
+    try:
+        release = _installed_release(baseline.tvm_version)
+        on_progress(f"Building tonight's model under TVM {release.name} too, to test the release as the cause...")
+        build = build_under(release, board, profile, resolve_model(model, current.build.input_shape), True, on_progress)
+    except (BaselineGone, PipelineError) as error:
+        return [], [f"{cause}: not tested ({error})"]
+    if build.key == old.key:
+        return [], [f"{cause}: tonight's model under TVM {release.name} is the baseline's build, so the A/B tests it"]
+    return [_Experiment(cause, f"TVM {release.name}", build)], []
 
 
 def baseline_build(

@@ -38,12 +38,14 @@ def nightly_summary_lines(outcome: NightlyOutcome) -> list[str]:
     )
     states = [o.confirmation.state for o in outcome.unconfirmed if o.confirmation is not None]
     unconfirmed = [f"{states.count(state)} {label}" for state, label in UNCONFIRMED.items() if state in states]
-    lines = [head + (f"; flags not confirmed by A/B: {', '.join(unconfirmed)}" if unconfirmed else "")]
+    lines = [head + (f"; flags not confirmed: {', '.join(unconfirmed)}" if unconfirmed else "")]
     for point in sorted(outcome.outcomes, key=_rank):
         lines.append(point_line(point))
-        slower = point.alarm != "improvement" and (point.verdict is None or point.verdict.change != "improvement")
-        lines += [f"    {'slower' if slower else 'faster'} task: {task}" for task in point.tasks]
+        direction = point.alarm or (point.verdict.change if point.verdict is not None else None)
+        lines += [f"    {'faster' if direction == 'improvement' else 'slower'} task: {task}" for task in point.tasks]
         lines += [f"    likely cause: {cause.detail}" for cause in point.causes]
+        if point.confirmation is not None:
+            lines += [f"    experiment: {note}" for note in point.confirmation.experiments]
     if outcome.interrupted:
         names = ", ".join(point.name for point in outcome.not_measured)
         lines.append(f"INTERRUPTED: not measured: {names} (everything above is stored)")
