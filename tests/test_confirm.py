@@ -99,12 +99,13 @@ def test_a_flag_on_an_equally_fast_build_is_dismissed_as_noise(
     history: History,
     tmp_path: Path,
 ) -> None:
-    """The night before is planted twice as fast (a quiet machine, say): tonight's build is flagged
-    against it, but on the board, interleaved with the baseline's build, it is no slower."""
+    """The night before is planted ten times as fast (a quiet machine, say; this net runs in about 0.1 ms,
+    where timings jitter by x3): tonight's build is flagged against it, but on the board, interleaved
+    with the baseline's build, it is no slower."""
     before, _ = net_versions
     deploy = real_deploy(results_dir=tmp_path / "results")
     baseline = Matrix(matrix=[MatrixEntry(boards=["local"], models=[str(before)], runs=10, warmup=1)])
-    history.add(twice_as_fast(deploy(baseline.points()[0])), PROVENANCE)
+    history.add(ten_times_faster(deploy(baseline.points()[0])), PROVENANCE)
     matrix = Matrix(matrix=[MatrixEntry(boards=["local"], models=[str(recommented)], runs=10, warmup=1)])
     night = run_nightly(matrix, deploy, history, PROVENANCE, confirm=real_confirm(matrix), lock_dir=tmp_path / "locks")
     [point] = night.outcomes
@@ -121,8 +122,8 @@ def test_a_flag_on_an_equally_fast_build_is_dismissed_as_noise(
     assert stored.confirmation is not None and stored.confirmation.state == "not_confirmed"
 
 
-def twice_as_fast(result: DeployResult) -> DeployResult:
-    runs = [ms / 2 for ms in result.timings.runs_ms]
+def ten_times_faster(result: DeployResult) -> DeployResult:
+    runs = [ms / 10 for ms in result.timings.runs_ms]
     return replace(result, timings=replace(result.timings, runs_ms=runs, stats=summarize(runs)))
 
 

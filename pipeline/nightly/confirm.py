@@ -1,12 +1,15 @@
-"""A/B confirmation on the board: when a point's comparison with its history flags a change, the
-baseline's build and tonight's run interleaved on the same board in one session (A B, B A, ...), each
-sample a short batch of runs of one deployment in its own runner process. Noise of the moment (another process, the clock, the
-heat) then hits both sides of a pair alike, where a comparison of two nights measures the machine.
+"""A/B confirmation on the board: when a point's deployment changed since its baseline (or its
+comparison with the history flags a change), the baseline's build and tonight's run interleaved on the
+same board in one session (A B, B A, ...), each sample a short batch of runs of one deployment in its
+own runner process. Noise of the moment (another process, the clock, the heat) then hits both sides of
+a pair alike, where a comparison of two nights measures the machine.
 
 Both builds are pushed once, side by side (each build has its own folder on the board), and each side
 runs with the threads its result was measured with. The decision on the pairs is compare_pairs's; an
 inconclusive one gets more pairs while the time budget lasts. A confirmed change is then profiled on
-both sides (every kernel call timed), so the report can name the tasks whose time moved.
+both sides (every kernel call timed), so the report can name the tasks whose time moved. When the TVM
+release changed, tonight's model built under the baseline's release runs in the same session too: an
+experiment on the likely cause.
 """
 
 import json
@@ -45,16 +48,16 @@ Progress = Callable[[str], None]
 
 
 class ConfirmSettings(BaseModel):
-    """How much board time a flagged point may take (the matrix file's `confirm:`)."""
+    """How much board time an A/B session may take (the matrix file's `confirm:`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     pairs: int = Field(8, ge=6)  # 8 pairs all one way reach the Wilcoxon test's p < 0.01
     more_pairs: int = Field(4, ge=1)
-    max_pairs: int = Field(16, ge=6)
-    budget_s: float = Field(40.0, gt=0)
+    max_pairs: int = Field(40, ge=6)
+    budget_s: float = Field(60.0, gt=0)
     batch_runs: int = Field(10, ge=1)  # timed runs per sample at least ...
-    sample_ms: float = Field(100.0, ge=0)  # ... and enough of them to take this long: fast models are noisy
+    sample_ms: float = Field(200.0, ge=0)  # ... and enough of them to take this long: fast models are noisy
     warmup: int = Field(1, ge=0)
     profile_runs: int = Field(3, ge=0)  # per side, after a confirmed change
 

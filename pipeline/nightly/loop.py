@@ -1,7 +1,7 @@
 """The nightly run: deploy every point of a matrix (boards x models), store each result as soon as it is
-measured, compare it with the point's recent history, confirm a flagged change by an A/B session on the
-board, and say whether anything regressed. Only a confirmed change is an alarm: a comparison between
-nights also measures the machine's state on each night.
+measured, compare it with the point's recent history, confirm a change of the deployment by an A/B
+session on the board, and say whether anything regressed. Only a confirmed change is an alarm: a
+comparison between nights also measures the machine's state on each night.
 
 The deploy and the confirmation are passed in as callables, so the loop runs the same with the real
 ones (the task) and with stand-ins (tests). A per-board lock keeps two runs off the same board: timings measured while
