@@ -8,7 +8,9 @@ Real deploys and real A/B sessions on this machine, on a private history databas
    nightly's flags, what became of them, the alarms (confirmed changes), and the time of a night both ways.
 2. `--trials` nights with the board's threads going from 2 to 1 (a copy of boards/local.yaml), each
    against the unchanged nights' history: how many are confirmed, and whether the threads are named.
-3. `--trials` A/B sessions of an unchanged build with the current side's samples scaled by 1.10 (an
+3. `--trials` nights where a small CNN (`net.onnx`, two 3x3 convs) got 4x wider channels, each against
+   a history of the narrow one: how many are confirmed, and whether the slower conv tasks are named.
+4. `--trials` A/B sessions of an unchanged build with the current side's samples scaled by 1.10 (an
    injected +10%): how many are confirmed as a regression.
 
     PIPELINE_SSHD_PORT=2222 .venv/bin/python benchmarks/nightly_alarms.py [--nights 11] [--trials 10]
@@ -24,6 +26,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+import onnx
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,14 +59,21 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=10, help="slowed nights, and injected +10%% A/B sessions")
     parser.add_argument("--models", default="tiny,mobilenet_v2,resnet18", help="comma-separated")
     parser.add_argument("--slow-models", default="mobilenet_v2,resnet18", help="models of the threads trials")
+    parser.add_argument("--parts", default="nights,threads,wider,injected", help="comma-separated parts to run")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="nightly-alarms-"))
     models = args.models.split(",")
     try:
         with board_endpoint(load_board("local").ssh):
-            history_path = unchanged_nights(work, models, args.nights)
-            threads_trials(work, history_path, args.slow_models.split(","), args.trials)
-            injected_trials(work, models, args.trials)
+            parts = args.parts.split(",")
+            if "nights" in parts or "threads" in parts:
+                history_path = unchanged_nights(work, models, args.nights)
+            if "threads" in parts:
+                threads_trials(work, history_path, args.slow_models.split(","), args.trials)
+            if "wider" in parts:
+                wider_trials(work, args.trials)
+            if "injected" in parts:
+                injected_trials(work, models, args.trials)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -148,6 +158,42 @@ def threads_trials(work: Path, history_path: Path, models: list[str], trials: in
             print(f"    threads trial {trial + 1}: {line}", flush=True)
     ratio = f", A/B median ratio {statistics.median(ratios):.2f}" if ratios else ""
     print(f"Threads 2 -> 1 ({', '.join(models)}): {confirmed} of {total} confirmed, threads named in {named}{ratio}")
+
+
+def wider_trials(work: Path, trials: int) -> None:
+    """Each trial: the narrow net's history (three nights), then one night of the 4x wider net."""
+    from models.graph import GraphBuilder
+
+    paths = {}
+    for channels in (16, 64):
+        g = GraphBuilder(0, "data", (1, 3, 32, 32))
+        x = g.relu(g.conv(g.relu(g.conv(g.input, channels, 3)), channels, 3))
+        path = work / f"net-{channels}" / "net.onnx"
+        path.parent.mkdir()
+        onnx.save(g.finish("net", g.gemm(g.flatten(g.global_avg_pool(x), features=channels), 10, gain=1.0)), path)
+        paths[channels] = path
+    deploy = real_deploy(results_dir=work / "results")
+    history_path = work / "narrow.sqlite"
+    narrow = matrix_for("local", [str(paths[16])])
+    with History(history_path) as history:
+        for _ in range(3):
+            run_nightly(narrow, deploy, history, PROVENANCE, confirm=real_confirm(narrow), lock_dir=work / "locks")
+    wide = matrix_for("local", [str(paths[64])])
+    confirmed = named = 0
+    for trial in range(trials):
+        copy = work / f"wider-{trial}.sqlite"
+        shutil.copy(history_path, copy)
+        with History(copy) as history:
+            outcome = run_nightly(
+                wide, deploy, history, PROVENANCE, confirm=real_confirm(wide), lock_dir=work / "locks"
+            )
+        [point] = outcome.outcomes
+        confirmed += point.alarm == "regression"
+        named += bool(point.tasks) and point.tasks[0].startswith("fused_conv2d")
+        print(f"    wider trial {trial + 1}: {night_lines(outcome)[0]}", flush=True)
+        for task in point.tasks:
+            print(f"        slower task: {task}", flush=True)
+    print(f"Convs 4x wider (net.onnx): {confirmed} of {trials} confirmed, a slower conv task named in {named}")
 
 
 def injected_trials(work: Path, models: list[str], trials: int) -> None:
