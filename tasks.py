@@ -602,7 +602,8 @@ def nightly(
     install_cron: bool = False,
     print_cron: bool = False,
 ) -> None:
-    """Deploy every point of the matrix, store and compare each result, write the report; exit 1 on a regression."""
+    """Deploy every point, compare each with its recent nights, confirm a flag A/B on the board, store it,
+    write the report; exit 1 on a confirmed regression."""
 
     from pipeline.nightly import loop as runner
     from pipeline.nightly.history import History
@@ -630,7 +631,10 @@ def nightly(
     provenance = RunProvenance(pipeline_commit=pipeline_commit(), record_store_version=load_store().version)
     deploy = runner.real_deploy(ConsoleProgress(console).callbacks())
     with History(history_path) as store:
-        outcome = runner.run_nightly(spec, deploy, store, provenance, on_point=show)
+        confirm = runner.real_confirm(
+            spec, on_progress=lambda line: console.print(f"  {line}", style="dim", markup=False, highlight=False)
+        )
+        outcome = runner.run_nightly(spec, deploy, store, provenance, confirm=confirm, on_point=show)
         page = write_report(store, outcome, report_path)
     print("\n".join(nightly_summary_lines(outcome)))
     print(f"Report       {page}")

@@ -51,8 +51,9 @@ def synthetic_result(
     facts: BoardFacts = HEALTHY,
     passed: bool = True,
     coverage: list[CoverageEntry] | None = None,
+    build_key: str = "0" * 16,
 ) -> DeployResult:
-    build_dir = Path("/nonexistent/builds") / f"{model}-aarch64"
+    build_dir = Path("/nonexistent/builds") / f"{model}-aarch64-{build_key}"
     return DeployResult(
         created=created,
         board=board,
@@ -63,7 +64,7 @@ def synthetic_result(
         target=target or RK3399_TARGET,
         threads=threads,
         build=BuildArtifact(
-            key="0" * 16,
+            key=build_key,
             directory=build_dir,
             library=build_dir / "model.so",
             params=build_dir / "params.bin",

@@ -2,7 +2,8 @@
 
 from synthetic import HEALTHY, coverage_entry, hot, latencies, synthetic_result, vgg16_coverage
 
-from pipeline.nightly.causes import likely_causes
+from pipeline.deploy.execute import KernelTime
+from pipeline.nightly.causes import changed_tasks, likely_causes
 from pipeline.nightly.provenance import RunProvenance
 
 RUNS = latencies(990.0, 10, 0)
@@ -93,3 +94,21 @@ def test_an_improvement_names_the_gained_schedules_and_ignores_the_board_state()
 def test_identical_results_have_no_cause() -> None:
     record = synthetic_result(RUNS, coverage=vgg16_coverage("tuned"))
     assert likely_causes(record, record) == []
+
+
+def test_a_confirmed_regression_names_the_task_whose_time_grew() -> None:
+    before = [KernelTime(f"fused_conv2d{i}_add_relu", 1, 2.1 if i == 5 else 1.0) for i in range(12)]
+    before += [KernelTime("fused_matmul_add", 1, 0.5), KernelTime("vm.builtin.alloc_tensor", 40, 0.3)]
+    after = [KernelTime(k.name, k.calls, 3.8 if k.name == "fused_conv2d5_add_relu" else k.ms * 1.02) for k in before]
+    assert changed_tasks(before, after, "regression") == [
+        "fused_conv2d5_add_relu +81%: 2.10 -> 3.80 ms; 11 of 12 conv tasks unchanged"
+    ]
+    assert changed_tasks(after, before, "regression") == []
+    assert changed_tasks(after, before, "improvement")[0].startswith("fused_conv2d5_add_relu -45%: 3.80 -> 2.10 ms")
+
+
+def test_a_tiny_task_that_doubles_is_not_named() -> None:
+    """0.001 -> 0.002 ms in a 10 ms inference is timer noise, not a cause."""
+    before = [KernelTime("fused_conv2d_add", 1, 10.0), KernelTime("mean", 1, 0.001)]
+    after = [KernelTime("fused_conv2d_add", 1, 10.0), KernelTime("mean", 1, 0.002)]
+    assert changed_tasks(before, after, "regression") == []

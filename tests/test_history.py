@@ -8,14 +8,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from synthetic import latencies, synthetic_result, vgg16_coverage
 
+from pipeline.deploy.execute import KernelTime
 from pipeline.errors import PipelineError
 from pipeline.nightly.causes import Cause
-from pipeline.nightly.compare import compare_samples
+from pipeline.nightly.compare import compare_pairs, compare_samples
+from pipeline.nightly.confirm import Confirmation, State
 from pipeline.nightly.history import Comparison, History
 from pipeline.nightly.provenance import RunProvenance, pipeline_commit
 from pipeline.paths import ROOT
@@ -199,7 +202,7 @@ def test_a_database_written_by_the_previous_version_is_migrated_and_reads_typed(
         third = store.add(synthetic_result([1.0]), PROVENANCE)
         assert [entry.id for entry in store.series("rk3399", "vgg16")] == [1, 2, third]
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone() == (2,)
+    assert db.execute("PRAGMA user_version").fetchone() == (3,)
     assert all("provenance" not in json.loads(text) for (text,) in db.execute("SELECT result FROM results"))
 
 
@@ -225,3 +228,59 @@ def test_a_stored_result_of_a_newer_schema_names_the_database_and_the_result(his
         PipelineError, match=f"result {result_id} in history database {history.path} has result schema version 3"
     ):
         history.series("rk3399", "vgg16")
+
+
+def confirmation(state: State) -> Confirmation:
+    """What an A/B session of a 2x regression stored: the pairs' verdict and the state decided."""
+    return Confirmation(state, f"A/B {state}", compare_pairs([1.0] * 8, [2.0] * 8))
+
+
+def flagged(first: int, state: State) -> Comparison:
+    verdict = compare_samples(latencies(10, 10, 0), latencies(20, 10, 1))
+    return Comparison(first, verdict, [], confirmation(state))
+
+
+def test_the_window_is_the_latest_nights_back_to_the_last_confirmed_change(history: History) -> None:
+    """A flag A/B did not confirm stays in the window; a confirmed step starts a new level."""
+    ids = [history.add(synthetic_result([1.0], created=f"2026-11-{day:02d}T02:30:00Z"), PROVENANCE) for day in (1, 2)]
+    ids.append(
+        history.add(synthetic_result([2.0], created="2026-11-03T02:30:00Z"), PROVENANCE, flagged(1, "confirmed"))
+    )
+    for day in (4, 5):
+        ids.append(history.add(synthetic_result([2.0], created=f"2026-11-{day:02d}T02:30:00Z"), PROVENANCE))
+    ids.append(
+        history.add(synthetic_result([3.0], created="2026-11-06T02:30:00Z"), PROVENANCE, flagged(5, "not_confirmed"))
+    )
+    assert [e.id for e in history.window("rk3399", "vgg16", "native", 10)] == ids[2:]
+    assert [e.id for e in history.window("rk3399", "vgg16", "native", 2)] == ids[4:]
+    [step] = [e for e in history.series("rk3399", "vgg16") if e.id == ids[2]]
+    assert step.confirmation is not None and step.confirmation.verdict is not None
+    assert (step.change, step.confirmed_change, step.confirmation.verdict.ratio) == ("regression", "regression", 2.0)
+    assert history.series("rk3399", "vgg16")[-1].confirmed_change is None
+
+
+def test_per_task_times_are_stored_with_the_result(history: History) -> None:
+    kernels = [KernelTime("fused_conv2d_add_relu", 1, 0.12), KernelTime("vm.builtin.alloc_tensor", 27, 0.005)]
+    result_id = history.add(replace(synthetic_result([1.0]), kernel_times=kernels), PROVENANCE)
+    assert history.kernel_times(result_id) == kernels
+    assert history.kernel_times(history.add(synthetic_result([1.0]), PROVENANCE)) == []
+
+
+def test_a_version_2_database_gets_the_confirmation_columns_and_its_per_task_times(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite"
+    kernels = [KernelTime("fused_conv2d_add_relu", 1, 0.12)]
+    with History(path) as store:
+        first = store.add(replace(synthetic_result([1.0]), kernel_times=kernels), PROVENANCE)
+        verdict = compare_samples(latencies(10, 10, 0), latencies(20, 10, 1))
+        second = store.add(synthetic_result([2.0]), PROVENANCE, Comparison(first, verdict, []))
+    db = sqlite3.connect(path)  # back to what version 2 wrote
+    db.executescript(
+        "DROP TABLE kernel_times; ALTER TABLE comparisons DROP COLUMN confirmation;"
+        " ALTER TABLE comparisons DROP COLUMN confirmation_detail; PRAGMA user_version = 2;"
+    )
+    db.close()
+    with History(path) as store:
+        assert store.kernel_times(first) == kernels
+        [_, flag] = store.series("rk3399", "vgg16")
+        assert (flag.id, flag.confirmation, flag.confirmed_change) == (second, None, "regression")
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (3,)

@@ -49,7 +49,10 @@ def probe_runtime(board: Board, deployment: Deployment) -> RuntimeInfo:
     """Ask the pushed runner what it runs as: proves the board can execute code of the profile's architecture."""
     profile = board.profile
     result = board.run_runtime(
-        _runner(deployment), ["--info"], cwd=deployment.remote_dir, timeout_s=max(profile.ssh.connect_timeout_s, 60.0)
+        runner_command(deployment),
+        ["--info"],
+        cwd=deployment.remote_dir,
+        timeout_s=max(profile.ssh.connect_timeout_s, 60.0),
     )
     if result.exit_code != 0:
         detail = (result.stderr.strip() or result.stdout.strip() or f"exit code {result.exit_code}").splitlines()[-1]
@@ -85,26 +88,9 @@ def run_benchmark(
     """First run, warm-up, then `runs` timed runs, then `profile_runs` inferences with every kernel call
     timed; the output file is fetched and removed from the board."""
     output_name = f"outputs/out-{uuid.uuid4().hex[:12]}.bin"
-    args = [
-        "--lib",
-        deployment.library,
-        "--params",
-        deployment.params,
-        "--input",
-        deployment.input,
-        "--input-shape",
-        ",".join(map(str, input_shape)),
-        "--output",
-        output_name,
-        "--warmup",
-        str(warmup),
-        "--runs",
-        str(runs),
-        "--profile",
-        str(profile_runs),
-    ]
+    args = runner_args(deployment, input_shape, output_name, warmup=warmup, runs=runs, profile_runs=profile_runs)
     result = board.run_runtime(
-        _runner(deployment),
+        runner_command(deployment),
         args,
         before="mkdir -p outputs",
         cwd=deployment.remote_dir,
@@ -131,7 +117,38 @@ def run_benchmark(
     )
 
 
-def _runner(deployment: Deployment) -> str:
+def runner_args(
+    deployment: Deployment,
+    input_shape: tuple[int, ...],
+    output_name: str,
+    *,
+    warmup: int,
+    runs: int,
+    profile_runs: int = 0,
+) -> list[str]:
+    """The runner's arguments for one benchmark: it prints one JSON line (the timings) on stdout."""
+    return [
+        "--lib",
+        deployment.library,
+        "--params",
+        deployment.params,
+        "--input",
+        deployment.input,
+        "--input-shape",
+        ",".join(map(str, input_shape)),
+        "--output",
+        output_name,
+        "--warmup",
+        str(warmup),
+        "--runs",
+        str(runs),
+        "--profile",
+        str(profile_runs),
+    ]
+
+
+def runner_command(deployment: Deployment) -> str:
+    """The pushed runner as a shell word, relative to the deployment's folder."""
     return shlex.quote(f"./{deployment.runner}")
 
 

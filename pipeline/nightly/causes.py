@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pipeline.board.facts import BoardFacts
+from pipeline.deploy.execute import KernelTime
 from pipeline.deploy.results import DeployResult
 from pipeline.nightly.provenance import RunProvenance
 from pipeline.records.coverage import CoverageEntry
@@ -21,6 +22,10 @@ TEMPERATURE_RISE_C = 10.0
 FREQUENCY_DROP = 0.05
 FALLBACK_SHARE_RISE = 0.01
 LISTED_WORKLOADS = 5
+TASK_CHANGE = 0.10  # a task whose time moved by more than this (and mattered, below) is named
+TASK_SHARE = 0.01  # ... by at least this share of the inference's time
+LISTED_TASKS = 3
+VM_BUILTIN = "vm.builtin."
 NO_PROVENANCE = RunProvenance(pipeline_commit=None, record_store_version=None)
 
 
@@ -183,3 +188,41 @@ def _pipeline(before: RunProvenance, after: RunProvenance) -> list[Cause]:
     if old and new and old != new:
         return [Cause("pipeline", f"pipeline code changed: {old[:12]} -> {new[:12]}")]
     return []
+
+
+def changed_tasks(
+    before: Sequence[KernelTime], after: Sequence[KernelTime], change: Literal["regression", "improvement"]
+) -> list[str]:
+    """The tasks whose time per inference moved in the change's direction, biggest move first, e.g.
+    "fused_conv2d5_add2_relu2 +81%: 2.10 -> 3.80 ms; 11 of 12 conv tasks unchanged". Tasks are matched by
+    name (the same model built twice names its fused functions alike); VM builtins are not tasks."""
+    old = {k.name: k.ms for k in before if not k.name.startswith(VM_BUILTIN)}
+    new = {k.name: k.ms for k in after if not k.name.startswith(VM_BUILTIN)}
+    common = [name for name in new if name in old and old[name] > 0]
+    total = sum(new.values()) if change == "regression" else sum(old.values())
+    sign = 1 if change == "regression" else -1
+
+    def moved(name: str) -> bool:
+        return abs(new[name] / old[name] - 1) > TASK_CHANGE
+
+    grown = [name for name in common if moved(name) and sign * (new[name] - old[name]) > TASK_SHARE * total]
+    grown.sort(key=lambda name: sign * (new[name] - old[name]), reverse=True)
+    lines = []
+    for name in grown[:LISTED_TASKS]:
+        kind = _task_kind(name)
+        same_kind = [other for other in common if _task_kind(other) == kind]
+        unchanged = sum(1 for other in same_kind if not moved(other))
+        lines.append(
+            f"{name} {new[name] / old[name] - 1:+.0%}: {old[name]:.2f} -> {new[name]:.2f} ms; "
+            f"{unchanged} of {len(same_kind)} {kind} tasks unchanged"
+        )
+    if len(grown) > LISTED_TASKS:
+        lines.append(f"and {len(grown) - LISTED_TASKS} more tasks")
+    return lines
+
+
+def _task_kind(name: str) -> str:
+    for kind in ("conv", "matmul", "dense", "pool"):
+        if kind in name:
+            return kind
+    return "other"

@@ -118,3 +118,117 @@ def _by_factor(ratio: float, factor: float) -> Change:
 def _runs_for_ci(coverage: float = CI_COVERAGE) -> int:
     """Fewest runs whose extreme order statistics already bound the median at `coverage`."""
     return math.ceil(math.log2(2 / (1 - coverage)))
+
+
+# A/B confirmation: the baseline's build and the current one run interleaved on the board in one session,
+# so the machine's state of the moment hits both sides of every pair alike (Pinpoint's approach).
+PAIRED_ALPHA = 0.01
+PAIRED_CI_COVERAGE = 0.95
+
+ConfirmState = Literal["confirmed", "not_confirmed", "inconclusive"]
+
+
+@dataclass(frozen=True)
+class PairedVerdict:
+    """The decision on A/B pairs. `ratio` is the median of the per-pair ratios current / baseline and
+    `ci` its distribution-free interval; `p_value` is the two-sided Wilcoxon signed-rank test on the
+    log ratios. `change` is the direction the pairs show (unchanged when not confirmed)."""
+
+    state: ConfirmState
+    change: Literal["regression", "improvement", "unchanged"]
+    ratio: float
+    ci: tuple[float, float]
+    p_value: float
+    pairs: int
+    reason: str
+
+
+def compare_pairs(
+    baseline_ms: Sequence[float],
+    current_ms: Sequence[float],
+    factor: float = DEFAULT_FACTOR,
+    alpha: float = PAIRED_ALPHA,
+    coverage: float = PAIRED_CI_COVERAGE,
+    final: bool = False,
+) -> PairedVerdict:
+    """Decide on interleaved samples (pair i = baseline_ms[i], current_ms[i]). Confirmed: the ratios
+    differ from 1 (p < alpha) and their median is beyond the factor. Not confirmed: the whole interval
+    of the median ratio lies within the factor, so whatever changed is smaller than an alarm. Anything
+    else is inconclusive: more pairs narrow the interval. On the `final` pairs (the budget is spent), no
+    difference found (the interval holds 1, the median ratio is within the factor) is not confirmed too:
+    on a noisy board the interval may never get narrower than the factor."""
+    if factor < 1:
+        raise ValueError(f"factor must be at least 1, got {factor}")
+    base = np.asarray(baseline_ms, dtype=np.float64)
+    cur = np.asarray(current_ms, dtype=np.float64)
+    if base.size != cur.size or base.size == 0:
+        raise ValueError(f"need equally many samples on both sides, got {base.size} and {cur.size}")
+    ratios = cur / base
+    logs = np.log(ratios)
+    ratio = float(np.exp(np.median(logs)))
+    ci = median_ci(ratios.tolist(), coverage)
+    p = 1.0 if not np.any(logs) else float(sps.wilcoxon(logs, alternative="two-sided").pvalue)
+    n = int(base.size)
+    interval = f"{coverage:.0%} CI {ci[0]:.3f}-{ci[1]:.3f}" if math.isfinite(ci[0]) else "no interval yet"
+    detail = f"x{ratio:.3f} over {n} pairs ({interval}, p={p:.2g})"
+
+    def verdict(state: ConfirmState, change: Literal["regression", "improvement", "unchanged"]) -> PairedVerdict:
+        return PairedVerdict(state, change, ratio, ci, p, n, detail)
+
+    if p < alpha and ratio > factor:
+        return verdict("confirmed", "regression")
+    if p < alpha and ratio < 1 / factor:
+        return verdict("confirmed", "improvement")
+    if ci[0] > 1 / factor and ci[1] < factor:
+        return verdict("not_confirmed", "unchanged")
+    if final and ci[0] <= 1 <= ci[1] and 1 / factor < ratio < factor:
+        return PairedVerdict("not_confirmed", "unchanged", ratio, ci, p, n, f"no difference found: {detail}")
+    return verdict("inconclusive", "unchanged")
+
+
+# History-aware detection: a point is judged against its recent nights, not against one night.
+DEFAULT_WINDOW = 5
+
+
+@dataclass(frozen=True)
+class WindowVerdict:
+    """`verdict` compares tonight's runs with the window's pooled runs, its ratio taken against the
+    window's level (the median of the nights' medians); `reference` indexes the night nearest that
+    level, the build an A/B confirmation runs against."""
+
+    verdict: Verdict
+    reference: int
+    level_ms: float
+
+
+def compare_window(
+    window_ms: Sequence[Sequence[float]], current_ms: Sequence[float], factor: float = DEFAULT_FACTOR
+) -> WindowVerdict:
+    """Verdict on `current_ms` against several earlier nights (oldest first). The level is the median of
+    the nights' medians, so one odd night neither raises nor hides an alarm; a slow creep adds up against
+    it night after night until it passes the factor. The samples must also differ (compare_samples on the
+    pooled runs), so a level that moves within the nights' own spread is not flagged."""
+    if not window_ms:
+        raise ValueError("the window needs at least one earlier night")
+    medians = np.array([float(np.median(np.asarray(night, dtype=np.float64))) for night in window_ms])
+    level = float(np.median(medians))
+    reference = int(np.argmin(np.abs(medians - level)))
+    pooled = [float(ms) for night in window_ms for ms in night]
+    pooled_verdict = compare_samples(pooled, current_ms, factor=1.0)  # do they differ at all?
+    cur_median = float(np.median(np.asarray(current_ms, dtype=np.float64)))
+    ratio = cur_median / level
+    change = _by_factor(ratio, factor) if pooled_verdict.flagged else pooled_verdict.change
+    nights = len(window_ms)
+    reason = pooled_verdict.reason + (f", against the median of {nights} nights" if nights > 1 else "")
+    verdict = Verdict(
+        change,
+        ratio,
+        pooled_verdict.p_value,
+        pooled_verdict.method,
+        level,
+        cur_median,
+        len(pooled),
+        len(current_ms),
+        reason,
+    )
+    return WindowVerdict(verdict, reference, level)

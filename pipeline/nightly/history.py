@@ -9,10 +9,13 @@ schemas migrated on the way, see pipeline.deploy.results).
 
 Database versions (PRAGMA user_version): 1 kept the result JSON with the run's provenance merged
 in, in a column `record`; 2 keeps the result JSON as the deploy wrote it, in a column `result`, and
-the provenance only in its own columns. A version-1 database is migrated when it is opened.
+the provenance only in its own columns; 3 adds the A/B confirmation of a flagged comparison
+(`confirmation`: its state, `confirmation_detail`: its pairs and per-task times as JSON) and a table
+`kernel_times` (per-task times of profiled runs). An older database is migrated when it is opened.
 """
 
 import json
+import math
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,14 +23,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter
+
+from pipeline.deploy.execute import KernelTime
 from pipeline.deploy.results import DeployResult
 from pipeline.errors import PipelineError
 from pipeline.nightly.causes import Cause
 from pipeline.nightly.compare import Verdict
+from pipeline.nightly.confirm import Confirmation
 from pipeline.nightly.provenance import RunProvenance
 from pipeline.paths import RESULTS_DIR
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_PATH = RESULTS_DIR / "history.sqlite"
 BUSY_TIMEOUT_S = 30.0
 
@@ -71,18 +78,29 @@ CREATE TABLE comparisons (
     p_value REAL,
     method TEXT NOT NULL,
     reason TEXT NOT NULL,
-    causes TEXT NOT NULL
+    causes TEXT NOT NULL,
+    confirmation TEXT,
+    confirmation_detail TEXT
+);
+CREATE TABLE kernel_times (
+    result_id INTEGER NOT NULL REFERENCES results (id),
+    name TEXT NOT NULL,
+    calls INTEGER NOT NULL,
+    ms REAL NOT NULL
 );
 """
+_KERNEL_TIMES = _SCHEMA[_SCHEMA.index("CREATE TABLE kernel_times") :]
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """A result's verdict against the earlier result it was compared with."""
+    """A result's verdict against the earlier result it was compared with, and the A/B session's
+    answer when the verdict was flagged."""
 
     baseline_id: int
     verdict: Verdict
     causes: list[Cause]
+    confirmation: Confirmation | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +113,18 @@ class Entry:
     provenance: RunProvenance
     change: str | None
     causes: list[Cause]
+    confirmation: Confirmation | None = None
+
+    @property
+    def confirmed_change(self) -> str | None:
+        """The change this result stands for: the A/B-confirmed one; a flag stored before A/B existed
+        counts as it was reported."""
+        if self.confirmation is not None:
+            return self.confirmation.confirmed_change
+        return self.change if self.change in ("regression", "improvement") else None
+
+
+_CONFIRMATION = TypeAdapter(Confirmation)
 
 
 class History:
@@ -136,8 +166,10 @@ class History:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
-            elif version == 1:
-                _migrate_from_version_1(db, self.path)
+            elif version in (1, 2):
+                if version == 1:
+                    _migrate_from_version_1(db, self.path)
+                _migrate_from_version_2(db, self.path)
             else:
                 raise PipelineError(
                     f"history database {self.path} has schema version {version}, this pipeline reads {SCHEMA_VERSION}",
@@ -180,11 +212,13 @@ class History:
                 "INSERT INTO coverage (result_id, task, workload, flops, status) VALUES (?, ?, ?, ?, ?)",
                 [(result_id, entry.task, entry.workload, entry.flops, entry.status) for entry in result.coverage],
             )
+            _insert_kernel_times(db, result_id, result.kernel_times)
             if comparison is not None:
                 verdict = comparison.verdict
+                confirmation = comparison.confirmation
                 db.execute(
-                    "INSERT INTO comparisons (result_id, baseline_id, change, ratio, p_value, method, reason, causes)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO comparisons (result_id, baseline_id, change, ratio, p_value, method, reason, causes,"
+                    " confirmation, confirmation_detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         result_id,
                         comparison.baseline_id,
@@ -194,6 +228,8 @@ class History:
                         verdict.method,
                         verdict.reason,
                         json.dumps([asdict(cause) for cause in comparison.causes]),
+                        confirmation.state if confirmation else None,
+                        _CONFIRMATION.dump_json(confirmation).decode() if confirmation else None,
                     ),
                 )
         return result_id
@@ -206,6 +242,28 @@ class History:
             (board, model, timing_kind),
         )
         return rows[0] if rows else None
+
+    def window(self, board: str, model: str, timing_kind: str, size: int) -> list[Entry]:
+        """Up to `size` latest results of this point whose output check passed, oldest first, none from
+        before the latest confirmed change: after a step, the new level is the reference."""
+        newest_first = self._select(
+            "WHERE r.board = ? AND r.model = ? AND r.timing_kind = ? AND r.check_passed"
+            " ORDER BY r.created DESC, r.id DESC LIMIT ?",
+            (board, model, timing_kind, size),
+        )
+        window = []
+        for entry in newest_first:
+            window.append(entry)
+            if entry.confirmed_change is not None:
+                break
+        return window[::-1]
+
+    def kernel_times(self, result_id: int) -> list[KernelTime]:
+        """Per-task times of a result's profiled runs, slowest first (empty when it was not profiled)."""
+        rows = self._db.execute(
+            "SELECT name, calls, ms FROM kernel_times WHERE result_id = ? ORDER BY ms DESC, name", (result_id,)
+        ).fetchall()
+        return [KernelTime(name, calls, ms) for name, calls, ms in rows]
 
     def series(self, board: str, model: str) -> list[Entry]:
         """All results of one point, oldest first (for the plots)."""
@@ -221,7 +279,8 @@ class History:
 
     def _select(self, where: str, params: Sequence[Any]) -> list[Entry]:
         rows = self._db.execute(
-            "SELECT r.id, r.result, r.pipeline_commit, r.record_store_version, c.change, c.causes"
+            "SELECT r.id, r.result, r.pipeline_commit, r.record_store_version, c.change, c.causes,"
+            " c.confirmation_detail"
             f" FROM results r LEFT JOIN comparisons c ON c.result_id = r.id {where}",
             params,
         ).fetchall()
@@ -232,6 +291,7 @@ class History:
                 provenance=RunProvenance(pipeline_commit=row[2], record_store_version=row[3]),
                 change=row[4],
                 causes=[Cause(**cause) for cause in json.loads(row[5] or "[]")],
+                confirmation=_CONFIRMATION.validate_json(row[6]) if row[6] else None,
             )
             for row in rows
         ]
@@ -251,3 +311,21 @@ def _migrate_from_version_1(db: sqlite3.Connection, path: Path) -> None:
             ) from None
         data.pop("provenance", None)
         db.execute("UPDATE results SET result = ? WHERE id = ?", (json.dumps(data), result_id))
+
+
+def _migrate_from_version_2(db: sqlite3.Connection, path: Path) -> None:
+    """Version 2 -> 3: comparisons get their (empty) A/B confirmation columns, and the per-task times
+    that results already carry in their JSON get their own table."""
+    db.execute("ALTER TABLE comparisons ADD COLUMN confirmation TEXT")
+    db.execute("ALTER TABLE comparisons ADD COLUMN confirmation_detail TEXT")
+    db.execute(_KERNEL_TIMES)
+    for result_id, text in db.execute("SELECT id, result FROM results").fetchall():
+        result = DeployResult.from_json(text, f"result {result_id} in history database {path}")
+        _insert_kernel_times(db, result_id, result.kernel_times)
+
+
+def _insert_kernel_times(db: sqlite3.Connection, result_id: int, kernels: Sequence[KernelTime]) -> None:
+    db.executemany(
+        "INSERT INTO kernel_times (result_id, name, calls, ms) VALUES (?, ?, ?, ?)",
+        [(result_id, k.name, k.calls, k.ms) for k in kernels if math.isfinite(k.ms)],
+    )

@@ -1,8 +1,10 @@
 """The nightly run: deploy every point of a matrix (boards x models), store each result as soon as it is
-measured, compare it with the point's baseline, and say whether anything regressed.
+measured, compare it with the point's recent history, confirm a change of the deployment by an A/B
+session on the board, and say whether anything regressed. Only a confirmed change is an alarm: a
+comparison between nights also measures the machine's state on each night.
 
-The deploy is passed in as a callable, so the loop runs the same with the real deploy (the task) and
-with a stand-in (tests). A per-board lock keeps two runs off the same board: timings measured while
+The deploy and the confirmation are passed in as callables, so the loop runs the same with the real
+ones (the task) and with stand-ins (tests). A per-board lock keeps two runs off the same board: timings measured while
 another run loads the board would be noise, and the embedded boards share one sshd port.
 """
 
@@ -24,8 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from pipeline.deploy.results import DeployResult, utc_now
 from pipeline.errors import PipelineError
-from pipeline.nightly.causes import Cause, likely_causes
-from pipeline.nightly.compare import DEFAULT_FACTOR, Verdict, compare_samples
+from pipeline.nightly.causes import Cause, changed_tasks, likely_causes
+from pipeline.nightly.compare import DEFAULT_FACTOR, DEFAULT_WINDOW, Verdict, compare_window
+from pipeline.nightly.confirm import Confirmation, ConfirmSettings, confirm_on_board, same_deployment
 from pipeline.nightly.history import DEFAULT_PATH, Comparison, History
 from pipeline.nightly.provenance import RunProvenance
 from pipeline.paths import CACHE_DIR, RESULTS_DIR, ROOT
@@ -40,6 +43,7 @@ EXIT_OK = 0
 EXIT_REGRESSION = 1
 EXIT_FAILED = 2
 EXIT_INTERRUPTED = 130
+PROFILE_RUNS = 3  # profiled inferences per point: the per-task times the history keeps
 
 
 class _Strict(BaseModel):
@@ -65,6 +69,8 @@ class Matrix(_Strict):
     history: Path = DEFAULT_PATH
     report: Path = RESULTS_DIR / "nightly"
     factor: float = Field(DEFAULT_FACTOR, ge=1.0)
+    window: int = Field(DEFAULT_WINDOW, ge=1)  # earlier nights a point is judged against
+    confirm: ConfirmSettings = ConfirmSettings()
     schedule: str = "30 2 * * *"
 
     def points(self) -> list["Point"]:
@@ -95,12 +101,16 @@ class Point:
 
 
 DeployPoint = Callable[[Point], DeployResult]
+# A flagged point's baseline and tonight's result, run A/B on the point's board.
+ConfirmPoint = Callable[[Point, DeployResult, DeployResult], Confirmation]
 
 
 @dataclass(frozen=True)
 class PointOutcome:
     """What happened to one point. `verdict` is None for a point's first result (nothing to compare
-    with) and for failures; `error` says why a point failed (deploy error or wrong output)."""
+    with) and for failures; `confirmation` is the A/B session's answer to a flagged verdict; `tasks`
+    names the tasks whose time moved in a confirmed change; `error` says why a point failed (deploy
+    error or wrong output)."""
 
     point: Point
     result_id: int | None
@@ -108,6 +118,18 @@ class PointOutcome:
     verdict: Verdict | None = None
     causes: list[Cause] = field(default_factory=list)
     error: str | None = None
+    confirmation: Confirmation | None = None
+    tasks: list[str] = field(default_factory=list)
+
+    @property
+    def alarm(self) -> str | None:
+        """regression or improvement when the A/B session confirmed it, else None."""
+        return self.confirmation.confirmed_change if self.confirmation is not None else None
+
+    @property
+    def unconfirmed(self) -> bool:
+        """Flagged by the comparison with the history but not confirmed on the board (reported, no alarm)."""
+        return self.verdict is not None and self.verdict.flagged and self.alarm is None
 
 
 @dataclass(frozen=True)
@@ -118,7 +140,12 @@ class NightlyOutcome:
     interrupted: bool
 
     def with_change(self, change: str) -> list[PointOutcome]:
-        return [o for o in self.outcomes if o.verdict is not None and o.verdict.change == change]
+        """The points whose change the A/B session confirmed."""
+        return [o for o in self.outcomes if o.alarm == change]
+
+    @property
+    def unconfirmed(self) -> list[PointOutcome]:
+        return [o for o in self.outcomes if o.unconfirmed]
 
     @property
     def failures(self) -> list[PointOutcome]:
@@ -126,7 +153,7 @@ class NightlyOutcome:
 
     @property
     def exit_code(self) -> int:
-        """A regression wins over everything else: it is what cron mail and CI alert on."""
+        """A confirmed regression wins over everything else: it is what cron mail and CI alert on."""
         if self.with_change("regression"):
             return EXIT_REGRESSION
         if self.interrupted:
@@ -180,18 +207,19 @@ def run_nightly(
     history: History,
     provenance: RunProvenance,
     *,
+    confirm: ConfirmPoint,
     lock_dir: Path = DEFAULT_LOCK_DIR,
     on_point: Callable[[PointOutcome], None] | None = None,
 ) -> NightlyOutcome:
-    """Deploy each point, store it at once (one transaction each), compare it with its baseline.
-    Ctrl-C stops the loop but keeps every point already stored."""
+    """Deploy each point, compare it with its recent history, confirm a flagged change with `confirm`,
+    store it at once (one transaction each). Ctrl-C stops the loop but keeps every point already stored."""
     started = utc_now()
     points = matrix.points()
     outcomes: list[PointOutcome] = []
     with board_locks(matrix.boards, lock_dir):
         for index, point in enumerate(points):
             try:
-                outcome = _measure(point, matrix.factor, deploy_point, history, provenance)
+                outcome = _measure(point, matrix, deploy_point, confirm, history, provenance)
             except KeyboardInterrupt:
                 return NightlyOutcome(started, outcomes, points[index:], interrupted=True)
             outcomes.append(outcome)
@@ -201,7 +229,12 @@ def run_nightly(
 
 
 def _measure(
-    point: Point, factor: float, deploy_point: DeployPoint, history: History, provenance: RunProvenance
+    point: Point,
+    matrix: Matrix,
+    deploy_point: DeployPoint,
+    confirm: ConfirmPoint,
+    history: History,
+    provenance: RunProvenance,
 ) -> PointOutcome:
     try:
         result = deploy_point(point)
@@ -213,20 +246,35 @@ def _measure(
         result_id = history.add(result, provenance)
         mismatch = f"output does not match {check.reference} (relative error {check.relative_error:.2e})"
         return PointOutcome(point, result_id, median_ms, error=mismatch)
-    baseline = history.baseline(result.board, result.model, result.timing_kind)
-    if baseline is None:
+    window = history.window(result.board, result.model, result.timing_kind, matrix.window)
+    if not window:
         return PointOutcome(point, history.add(result, provenance), median_ms)
-    verdict = compare_samples(baseline.result.timings.runs_ms, result.timings.runs_ms, factor)
-    causes = []
-    if verdict.change in ("regression", "improvement"):
-        causes = likely_causes(baseline.result, result, verdict.change, before=baseline.provenance, after=provenance)
-    result_id = history.add(result, provenance, Comparison(baseline.id, verdict, causes))
-    return PointOutcome(point, result_id, median_ms, verdict, causes)
+    judged = compare_window([entry.result.timings.runs_ms for entry in window], result.timings.runs_ms, matrix.factor)
+    verdict, baseline = judged.verdict, window[judged.reference]
+    causes: list[Cause] = []
+    confirmation, tasks = None, []
+    flagged = verdict.change
+    same = same_deployment(baseline.result, result)
+    if same and (flagged == "regression" or flagged == "improvement"):
+        confirmation = Confirmation(
+            "same_build",
+            f"same build and threads as the baseline ({result.build.key}): the board's state changed, not the "
+            "deployment; no A/B",
+        )
+        causes = likely_causes(baseline.result, result, flagged, before=baseline.provenance, after=provenance)
+    elif not same:  # a changed deployment is always confirmed: between nights a real change can hide in noise
+        confirmation = confirm(point, baseline.result, result)
+        direction = confirmation.confirmed_change or (flagged if flagged in ("regression", "improvement") else None)
+        if confirmation.state != "not_confirmed" and direction is not None:  # noise has no cause
+            causes = likely_causes(baseline.result, result, direction, before=baseline.provenance, after=provenance)
+            tasks = changed_tasks(confirmation.baseline_tasks, confirmation.current_tasks, direction)
+    result_id = history.add(result, provenance, Comparison(baseline.id, verdict, causes, confirmation))
+    return PointOutcome(point, result_id, median_ms, verdict, causes, confirmation=confirmation, tasks=tasks)
 
 
 def real_deploy(callbacks: "DeployCallbacks | None" = None, results_dir: Path = RESULTS_DIR) -> DeployPoint:
-    """The deploy `invoke deploy` does, as the loop calls it (each result also goes to results/ as JSON);
-    its progress goes to `callbacks` (none shown without)."""
+    """The deploy `invoke deploy --profile` does, as the loop calls it (each result also goes to results/
+    as JSON, with its per-task times); its progress goes to `callbacks` (none shown without)."""
     from pipeline.deploy.flow import SILENT, deploy_once
 
     def deploy_point(point: Point) -> DeployResult:
@@ -237,12 +285,34 @@ def real_deploy(callbacks: "DeployCallbacks | None" = None, results_dir: Path = 
             warmup=point.warmup,
             timeout_s=point.timeout_s,
             input_shape=point.input_shape,
+            profile_runs=PROFILE_RUNS,
             callbacks=callbacks or SILENT,
             results_dir=results_dir,
         )
         return outcome.result
 
     return deploy_point
+
+
+def real_confirm(matrix: Matrix, on_progress: Callable[[str], None] | None = None) -> ConfirmPoint:
+    """The A/B session on the point's board, with the matrix's factor and board-time budget."""
+
+    def confirm_point(point: Point, baseline: DeployResult, current: DeployResult) -> Confirmation:
+        """A board that fails during the session leaves the flag unconfirmed; the point is still stored."""
+        try:
+            return confirm_on_board(
+                point.board,
+                point.model,
+                baseline,
+                current,
+                factor=matrix.factor,
+                settings=matrix.confirm,
+                on_progress=on_progress,
+            )
+        except PipelineError as error:
+            return Confirmation("cannot_confirm", f"cannot confirm: the A/B session failed: {error}")
+
+    return confirm_point
 
 
 def cron_line(matrix_path: Path, matrix: Matrix) -> str:

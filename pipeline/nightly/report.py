@@ -20,19 +20,32 @@ from pipeline.nightly.loop import NightlyOutcome, PointOutcome  # noqa: E402
 REPORT_NAME = "index.html"
 SUMMARY_NAME = "summary.txt"
 MARKERS = {"regression": ("^", "tab:red"), "improvement": ("v", "tab:green")}
+UNCONFIRMED = {
+    "same_build": "same build",
+    "not_confirmed": "noise",
+    "inconclusive": "inconclusive",
+    "cannot_confirm": "cannot confirm",
+}
 
 
 def nightly_summary_lines(outcome: NightlyOutcome) -> list[str]:
-    """Flagged points first, each regression with its likely causes."""
+    """Confirmed changes first, each with the tasks that moved and its likely causes; then failures and
+    the flags the A/B session did not confirm."""
     regressions, improvements = outcome.with_change("regression"), outcome.with_change("improvement")
     head = (
         f"Nightly {outcome.started}: {_count(outcome.outcomes, 'point')} measured, "
         f"{_count(regressions, 'regression')}, {_count(improvements, 'improvement')}, {len(outcome.failures)} failed"
     )
-    lines = [head]
+    states = [o.confirmation.state for o in outcome.unconfirmed if o.confirmation is not None]
+    unconfirmed = [f"{states.count(state)} {label}" for state, label in UNCONFIRMED.items() if state in states]
+    lines = [head + (f"; flags not confirmed: {', '.join(unconfirmed)}" if unconfirmed else "")]
     for point in sorted(outcome.outcomes, key=_rank):
         lines.append(point_line(point))
+        direction = point.alarm or (point.verdict.change if point.verdict is not None else None)
+        lines += [f"    {'faster' if direction == 'improvement' else 'slower'} task: {task}" for task in point.tasks]
         lines += [f"    likely cause: {cause.detail}" for cause in point.causes]
+        if point.confirmation is not None:
+            lines += [f"    experiment: {note}" for note in point.confirmation.experiments]
     if outcome.interrupted:
         names = ", ".join(point.name for point in outcome.not_measured)
         lines.append(f"INTERRUPTED: not measured: {names} (everything above is stored)")
@@ -44,26 +57,37 @@ def _count(items: list[PointOutcome], noun: str) -> str:
 
 
 def _rank(outcome: PointOutcome) -> int:
-    if outcome.verdict is not None and outcome.verdict.change == "regression":
+    if outcome.alarm == "regression":
         return 0
     if outcome.error is not None:
         return 1
-    return 2 if outcome.verdict is not None and outcome.verdict.flagged else 3
+    if outcome.alarm is not None:
+        return 2
+    return 3 if outcome.unconfirmed else 4
 
 
 def point_line(outcome: PointOutcome) -> str:
-    """One line per point, printed as it is measured and again in the summary."""
+    """One line per point, printed as it is measured and again in the summary: the comparison with the
+    point's history, then what the A/B session on the board made of a flag."""
     name = outcome.point.name
     if outcome.error is not None:
         return f"FAILED       {name}: {outcome.error}"
     verdict = outcome.verdict
     if verdict is None:
         return f"first        {name}: median {outcome.median_ms:.2f} ms (no baseline yet)"
-    label = verdict.change.upper() if verdict.change == "regression" else verdict.change
-    return (
-        f"{label:<12} {name}: median {verdict.current_median_ms:.2f} ms vs {verdict.baseline_median_ms:.2f} ms "
+    confirmation = outcome.confirmation
+    if outcome.alarm is not None:
+        label = outcome.alarm.upper() if outcome.alarm == "regression" else outcome.alarm
+    elif outcome.unconfirmed and confirmation is not None:
+        label = "noise" if confirmation.state in ("not_confirmed", "same_build") else "unconfirmed"
+    else:
+        label = verdict.change
+    flagged = f"flagged {verdict.change}, " if outcome.unconfirmed else ""
+    line = (
+        f"{label:<12} {name}: {flagged}median {verdict.current_median_ms:.2f} ms vs {verdict.baseline_median_ms:.2f} ms "
         f"(x{verdict.ratio:.2f}; {verdict.current_runs} vs {verdict.baseline_runs} runs, {verdict.reason})"
     )
+    return f"{line}; {confirmation.reason}" if confirmation is not None else line
 
 
 def write_report(history: History, outcome: NightlyOutcome, directory: Path) -> Path:
@@ -106,10 +130,27 @@ def _plot(board: str, model: str, series: list[Entry]) -> bytes:
     medians = [entry.result.timings.stats.median_ms for entry in series]
     axes.plot(date2num(times), medians, color="tab:blue", marker="o", markersize=3, linewidth=1, label="median")
     for change, (marker, color) in MARKERS.items():
-        flagged = [(date2num(t), m) for t, m, e in zip(times, medians, series) if e.change == change]
+        flagged = [(date2num(t), m) for t, m, e in zip(times, medians, series) if e.confirmed_change == change]
         if flagged:
             xs, ys = zip(*flagged)
             axes.scatter(xs, ys, marker=marker, s=90, color=color, zorder=3, label=change)
+    noise = [
+        (date2num(t), m)
+        for t, m, e in zip(times, medians, series)
+        if e.change in MARKERS and e.confirmed_change is None
+    ]
+    if noise:
+        xs, ys = zip(*noise)
+        axes.scatter(
+            xs,
+            ys,
+            marker="o",
+            s=70,
+            facecolors="none",
+            edgecolors="tab:orange",
+            zorder=3,
+            label="flag not confirmed by A/B",
+        )
     failed = [(date2num(t), m) for t, m, e in zip(times, medians, series) if not e.result.check.passed]
     if failed:
         xs, ys = zip(*failed)

@@ -109,7 +109,7 @@ def upgrade_check(
     builds = {}
     for release, migrating in ((before, True), (after, migrate)):
         show(f"Building {spec.name} for {profile.name} under TVM {release.name}...")
-        builds[release.name] = _build_under(release, board, profile, spec, migrating, show)
+        builds[release.name] = build_under(release, board, profile, spec, migrating, show)
     data, input_file = inputs.make_input(spec.input_shape)
     runs: dict[str, list[float]] = {before.name: [], after.name: []}
     outputs = {}
@@ -251,7 +251,7 @@ def _decide(old: Side, new: Side, verdict: Verdict) -> tuple[bool, str]:
     )
 
 
-def _build_under(
+def build_under(
     release: Release, board_arg: str, board: BoardProfile, spec: ModelSpec, migrate: bool, show: Progress
 ) -> BuildArtifact:
     """In this process for the running release, else in the release's environment (read back from build.json)."""

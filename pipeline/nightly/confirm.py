@@ -1,0 +1,357 @@
+"""A/B confirmation on the board: when a point's deployment changed since its baseline (or its
+comparison with the history flags a change), the baseline's build and tonight's run interleaved on the
+same board in one session (A B, B A, ...), each sample a short batch of runs of one deployment in its
+own runner process. Noise of the moment (another process, the clock, the heat) then hits both sides of
+a pair alike, where a comparison of two nights measures the machine.
+
+Both builds are pushed once, side by side (each build has its own folder on the board), and each side
+runs with the threads its result was measured with. The decision on the pairs is compare_pairs's; an
+inconclusive one gets more pairs while the time budget lasts. A confirmed change is then profiled on
+both sides (every kernel call timed), so the report can name the tasks whose time moved. When the TVM
+release changed, tonight's model built under the baseline's release runs in the same session too: an
+experiment on the likely cause.
+"""
+
+import json
+import math
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.board.bundle import runtime_bundle
+from pipeline.board.profile import BoardProfile, load_board
+from pipeline.board.session import Board, open_board
+from pipeline.build import builder
+from pipeline.build.builder import BUILD_INFO_NAME, BuildArtifact
+from pipeline.build.model_file import resolve_model
+from pipeline.deploy import execute, inputs
+from pipeline.deploy.execute import KernelTime
+from pipeline.deploy.layout import Deployment, push_model
+from pipeline.deploy.results import DeployResult
+from pipeline.errors import PipelineError
+from pipeline.nightly.compare import DEFAULT_FACTOR, PairedVerdict, compare_pairs
+from pipeline.releases.catalog import Release, get_release, release_name, running_release
+from pipeline.releases.environment import release_root
+from pipeline.releases.upgrade_check import build_under
+
+# same_build: tonight ran the baseline's very build with its settings, so there is nothing to run A/B:
+# the build against itself can only measure noise, never confirm a change of the deployment.
+State = Literal["confirmed", "not_confirmed", "inconclusive", "cannot_confirm", "same_build"]
+Decide = Callable[[Sequence[float], Sequence[float], bool], PairedVerdict]  # baseline, current, final
+Progress = Callable[[str], None]
+
+
+class ConfirmSettings(BaseModel):
+    """How much board time an A/B session may take (the matrix file's `confirm:`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pairs: int = Field(8, ge=6)  # 8 pairs all one way reach the Wilcoxon test's p < 0.01
+    more_pairs: int = Field(4, ge=1)
+    max_pairs: int = Field(40, ge=6)
+    budget_s: float = Field(60.0, gt=0)
+    batch_runs: int = Field(10, ge=1)  # timed runs per sample at least ...
+    sample_ms: float = Field(200.0, ge=0)  # ... and enough of them to take this long: fast models are noisy
+    warmup: int = Field(1, ge=0)
+    profile_runs: int = Field(3, ge=0)  # per side, after a confirmed change
+
+
+DEFAULT_SETTINGS = ConfirmSettings()
+MARKER = "@@ab-sample"
+# A sample is a low percentile of its batch: other processes on the board only ever add time (on a
+# shared 2-core host a batch's median moved 2x between pairs, its 10th percentile far less), and a
+# slower build is slower in its fastest runs too.
+SAMPLE_PERCENTILE = 10
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """What the A/B session found. `baseline_ms` and `current_ms` are the pairs' samples;
+    `tasks_ms` the per-task times (ms per inference) of both sides after a confirmed change."""
+
+    state: State
+    reason: str
+    verdict: PairedVerdict | None = None
+    baseline_ms: list[float] = field(default_factory=list)
+    current_ms: list[float] = field(default_factory=list)
+    baseline_tasks: list[KernelTime] = field(default_factory=list)
+    current_tasks: list[KernelTime] = field(default_factory=list)
+    rebuilt_baseline: bool = False
+    seconds: float = 0.0
+    experiments: list[str] = field(default_factory=list)  # what rebuilding with the baseline's parts showed
+
+    @property
+    def confirmed_change(self) -> Literal["regression", "improvement"] | None:
+        """regression or improvement when the A/B session confirmed one, else None."""
+        if self.state != "confirmed" or self.verdict is None:
+            return None
+        change = self.verdict.change
+        return change if change == "regression" or change == "improvement" else None
+
+
+def same_deployment(baseline: DeployResult, current: DeployResult) -> bool:
+    """Tonight ran what the baseline ran: the same build (its key covers the model's bytes, target, TVM
+    version, records and build recipe) with the same threads."""
+    return baseline.build.key == current.build.key and baseline.threads == current.threads
+
+
+def deployment_changes(baseline: DeployResult, current: DeployResult) -> str:
+    """What differs between the two deployments, for the point's line."""
+    changes = []
+    if baseline.build.key != current.build.key:
+        changes.append(f"build {baseline.build.key} -> {current.build.key}")
+    if baseline.threads != current.threads:
+        changes.append(f"threads {baseline.threads} -> {current.threads}")
+    return ", ".join(changes)
+
+
+class BaselineGone(Exception):
+    """The baseline's build is not in the cache and cannot be rebuilt as it was."""
+
+
+def confirm_on_board(
+    board: str,
+    model: str,
+    baseline: DeployResult,
+    current: DeployResult,
+    *,
+    factor: float = DEFAULT_FACTOR,
+    settings: ConfirmSettings = DEFAULT_SETTINGS,
+    decide: Decide | None = None,
+    on_progress: Progress | None = None,
+) -> Confirmation:
+    """Run the baseline's build against tonight's interleaved on `board` and decide on the pairs.
+    `decide` replaces compare_pairs (the alarm benchmark injects a known slowdown through it)."""
+    started = time.monotonic()
+    show = on_progress or (lambda line: None)
+    judge = decide or (lambda base, cur, final: compare_pairs(base, cur, factor, final=final))
+    profile = load_board(board)
+    try:
+        old, rebuilt = baseline_build(baseline, board, model, profile, show)
+    except BaselineGone as gone:
+        return Confirmation("cannot_confirm", f"cannot confirm: baseline build gone ({gone})")
+    new = builder.load_build(current.build.directory)
+    if old.input_shape != new.input_shape:
+        shapes = f"{_shape(old.input_shape)} against {_shape(new.input_shape)}"
+        return Confirmation("cannot_confirm", f"cannot confirm: the input shape changed ({shapes})")
+    _, input_file = inputs.make_input(new.input_shape)
+    experiments, notes = _experiments(baseline, current, old, board, model, profile, show)
+    with open_board(profile) as session:
+        builds = [(baseline.threads, old), (current.threads, new), *((current.threads, e.build) for e in experiments)]
+        sides = [
+            _Side(_with_threads(session, threads), _push(session, profile, build, input_file), build.input_shape)
+            for threads, build in builds
+        ]
+        typical_ms = max(baseline.timings.stats.median_ms, current.timings.stats.median_ms, 1e-3)
+        runs = max(settings.batch_runs, math.ceil(settings.sample_ms / typical_ms))
+        samples: list[list[float]] = [[] for _ in sides]
+        wanted = settings.pairs
+        show(f"A/B on {profile.name}: build {old.key} against {new.key}, {wanted} pairs of {runs} runs each...")
+        pushed = time.monotonic()
+        forward = list(range(len(sides)))
+        while True:
+            order = [
+                side
+                for index in range(len(samples[0]), wanted)
+                for side in (forward if index % 2 == 0 else forward[::-1])  # who goes first alternates
+            ]
+            for side, sample in zip(order, _round(session, sides, order, settings.warmup, runs, profile)):
+                samples[side].append(sample)
+            now = time.monotonic()
+            per_pair = (now - pushed) / len(samples[0])
+            more = min(settings.more_pairs, settings.max_pairs - wanted)
+            final = more <= 0 or now - started + per_pair * more > settings.budget_s
+            verdict = judge(samples[0], samples[1], final)
+            if verdict.state != "inconclusive" or final:
+                show(
+                    f"A/B: {len(samples[0])} pairs in {time.monotonic() - pushed:.1f} s, {pushed - started:.1f} s to push"
+                )
+                break
+            wanted += more
+            show(f"A/B inconclusive so far ({verdict.reason}): {more} more pairs...")
+        tasks: list[list[KernelTime]] = [[], []]
+        if verdict.state == "confirmed" and settings.profile_runs:
+            show(f"Timing each task of both builds ({settings.profile_runs} profiled runs each)...")
+            tasks = [side.profile(settings.profile_runs, profile.timing.timeout_s) for side in sides[:2]]
+    seconds = time.monotonic() - started
+    if verdict.state == "confirmed":
+        notes += [
+            experiment.outcome(samples[0], samples[1], extra, factor)
+            for experiment, extra in zip(experiments, samples[2:])
+        ]
+    return Confirmation(
+        verdict.state,
+        _sentence(verdict, seconds, settings, rebuilt),
+        verdict,
+        samples[0],
+        samples[1],
+        tasks[0],
+        tasks[1],
+        rebuilt,
+        round(seconds, 3),
+        notes,
+    )
+
+
+@dataclass(frozen=True)
+class _Experiment:
+    """Tonight's model built with one thing as the baseline had it (`what`, e.g. "TVM 0.26"), timed in
+    the same session: if it runs like the baseline, that thing is the cause."""
+
+    cause: str  # how the likely cause reads, e.g. "TVM version changed"
+    what: str
+    build: BuildArtifact
+
+    def outcome(self, base: list[float], cur: list[float], extra: list[float], factor: float) -> str:
+        faster = compare_pairs(extra, cur, factor, final=True)  # tonight against the experiment
+        restores = faster.state == "confirmed" and faster.change == "regression"
+        still_slower = compare_pairs(base, extra, factor, final=True)
+        back = not (still_slower.state == "confirmed" and still_slower.change == "regression")
+        ms = float(np.median(extra))
+        built = f"tonight's model built with {self.what}"
+        if restores and back:
+            return f"{self.cause}: confirmed, {built} restores {ms:.2f} ms (tonight {float(np.median(cur)):.2f} ms)"
+        if restores:
+            return f"{self.cause}: part of it, {built} runs {ms:.2f} ms, between the baseline and tonight"
+        return f"{self.cause}: not the cause, {built} runs {ms:.2f} ms like tonight ({faster.reason})"
+
+
+def _experiments(
+    baseline: DeployResult,
+    current: DeployResult,
+    old: BuildArtifact,
+    board: str,
+    model: str,
+    profile: BoardProfile,
+    on_progress: Progress,
+) -> tuple[list[_Experiment], list[str]]:
+    """When the TVM release changed, tonight's model is also built under the baseline's release (when that
+    release's environment is installed). Notes say why an experiment was not run."""
+    old_release, new_release = release_name(baseline.tvm_version), release_name(current.tvm_version)
+    if old_release == new_release or current.timings.stats.median_ms <= baseline.timings.stats.median_ms:
+        return [], []
+    cause = f"TVM version changed ({baseline.tvm_version} -> {current.tvm_version})"
+    try:
+        release = _installed_release(baseline.tvm_version)
+        on_progress(f"Building tonight's model under TVM {release.name} too, to test the release as the cause...")
+        build = build_under(release, board, profile, resolve_model(model, current.build.input_shape), True, on_progress)
+    except (BaselineGone, PipelineError) as error:
+        return [], [f"{cause}: not tested ({error})"]
+    if build.key == old.key:
+        return [], [f"{cause}: tonight's model under TVM {release.name} is the baseline's build, so the A/B tests it"]
+    return [_Experiment(cause, f"TVM {release.name}", build)], []
+
+
+def baseline_build(
+    baseline: DeployResult, board: str, model: str, profile: BoardProfile, on_progress: Progress
+) -> tuple[BuildArtifact, bool]:
+    """The baseline's build from the cache, else rebuilt (True) under its TVM release (in that release's
+    environment when it is installed) if a build today is the same build: same key, so same model
+    bytes, target, TVM version, records and recipe. Anything else is not the build that was measured,
+    and confirming against it would answer another question."""
+    wanted = baseline.build
+    if (wanted.directory / BUILD_INFO_NAME).is_file():
+        cached = builder.load_build(wanted.directory)
+        if cached.key == wanted.key:
+            return cached, False
+    release = _installed_release(wanted.tvm_version)
+    on_progress(f"Rebuilding the baseline's build {wanted.key} under TVM {release.name} (not in the cache)...")
+    try:
+        spec = resolve_model(model, wanted.input_shape)
+        rebuilt = build_under(release, board, profile, spec, True, on_progress)
+    except PipelineError as error:
+        raise BaselineGone(f"rebuilding it failed: {error.problem}") from None
+    if rebuilt.key != wanted.key:
+        raise BaselineGone(
+            f"a build today is {rebuilt.key}, not {wanted.key}: the model, records or build recipe changed since"
+        )
+    return rebuilt, True
+
+
+def _installed_release(tvm_version: str) -> Release:
+    """The release that built a library, when this machine can build with it again: the running one, or
+    one whose environment exists (creating one is a download: not a nightly's job)."""
+    try:
+        release = get_release(release_name(tvm_version))
+    except PipelineError:
+        raise BaselineGone(f"it was built by TVM {tvm_version}, a release this pipeline does not know") from None
+    if release != running_release() and not (release_root(release) / "venv" / "bin" / "python").is_file():
+        raise BaselineGone(
+            f"it was built by TVM {tvm_version}, whose environment is not installed here "
+            f"(invoke build --tvm {release.name} creates it)"
+        )
+    return release
+
+
+@dataclass(frozen=True)
+class _Side:
+    board: Board
+    deployment: Deployment
+    input_shape: tuple[int, ...]
+
+    def command(self, output_name: str, warmup: int, runs: int) -> str:
+        """The runner on this side's deployment, with this side's threads."""
+        args = execute.runner_args(self.deployment, self.input_shape, output_name, warmup=warmup, runs=runs)
+        program = execute.runner_command(self.deployment)
+        return f"TVM_NUM_THREADS={self.board.profile.threads} {self.board.runtime_command(program, args)}"
+
+    def profile(self, runs: int, timeout_s: float) -> list[KernelTime]:
+        outcome = execute.run_benchmark(
+            self.board, self.deployment, self.input_shape, warmup=1, runs=1, profile_runs=runs, timeout_s=timeout_s
+        )
+        return outcome.profile
+
+
+def _round(
+    session: Board, sides: Sequence[_Side], order: Sequence[int], warmup: int, runs: int, profile: BoardProfile
+) -> list[float]:
+    """Samples of the sides in `order`, in one board command: a command costs an SSH round trip (a
+    few tenths of a second on a loaded host), more than a fast model's whole sample. Each sample is the
+    SAMPLE_PERCENTILE of `runs` runs in its own runner process."""
+    output = f"outputs/ab-{uuid.uuid4().hex[:12]}.bin"
+    steps = [f"echo {MARKER} && {sides[side].command(output, warmup, runs)}" for side in order]
+    script = " && ".join(["mkdir -p outputs", *steps])
+    timeout_s = profile.timing.timeout_s * len(order)
+    try:
+        result = session.run(script, timeout_s=timeout_s, cwd=session.remote_dir)
+    finally:
+        session.run(f"rm -f {output}", timeout_s=30.0, cwd=session.remote_dir)
+    if result.exit_code != 0:
+        detail = (result.stderr.strip() or f"exit code {result.exit_code}").splitlines()[-1]
+        raise PipelineError(
+            f"the TVM runtime failed on board {session.name} during A/B: {detail}", "see the board's message"
+        )
+    reports = [chunk.strip().splitlines()[-1] for chunk in result.stdout.split(MARKER)[1:]]
+    return [float(np.percentile(json.loads(report)["runs_ms"], SAMPLE_PERCENTILE)) for report in reports]
+
+
+def _with_threads(session: Board, threads: int) -> Board:
+    """The same connection, running the runtime with the threads a result was measured with."""
+    return Board(session.profile.model_copy(update={"threads": threads}), session.endpoint, session.client)
+
+
+def _push(session: Board, profile: BoardProfile, artifact: BuildArtifact, input_file: Path) -> Deployment:
+    bundle = runtime_bundle(profile.arch, get_release(artifact.release))
+    deployment = push_model(session, bundle, artifact, input_file)
+    execute.check_architecture(artifact.arch, execute.probe_runtime(session, deployment), session)
+    return deployment
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
+def _sentence(verdict: PairedVerdict, seconds: float, settings: ConfirmSettings, rebuilt: bool) -> str:
+    """The A/B part of a point's line."""
+    where = " (baseline rebuilt)" if rebuilt else ""
+    if verdict.state == "confirmed":
+        return f"A/B confirmed{where}: {verdict.reason}"
+    if verdict.state == "not_confirmed":
+        return f"A/B: noise, not confirmed{where}: {verdict.reason}"
+    return f"A/B inconclusive{where} after {seconds:.0f} s (budget {settings.budget_s:.0f} s): {verdict.reason}"
