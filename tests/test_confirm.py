@@ -106,7 +106,9 @@ def test_a_flag_on_an_equally_fast_build_is_dismissed_as_noise(
     deploy = real_deploy(results_dir=tmp_path / "results")
     baseline = Matrix(matrix=[MatrixEntry(boards=["local"], models=[str(before)], runs=10, warmup=1)])
     history.add(ten_times_faster(deploy(baseline.points()[0])), PROVENANCE)
-    matrix = Matrix(matrix=[MatrixEntry(boards=["local"], models=[str(recommented)], runs=10, warmup=1)])
+    # Two builds of the same net can differ by a few percent (code layout), and a loaded 2-core host
+    # resolves that: the factor says which difference counts, so "equally fast" is within x1.5 here.
+    matrix = Matrix(factor=1.5, matrix=[MatrixEntry(boards=["local"], models=[str(recommented)], runs=10, warmup=1)])
     night = run_nightly(matrix, deploy, history, PROVENANCE, confirm=real_confirm(matrix), lock_dir=tmp_path / "locks")
     [point] = night.outcomes
     assert point.verdict is not None and point.verdict.change == "regression"
