@@ -1,0 +1,321 @@
+"""Winograd F(m x m, 3 x 3) for 3x3 convolutions: a Relax rewrite that needs no tuning.
+
+Why: a direct 3x3 conv does 9 multiply-adds per output and input channel; F(4x4, 3x3) computes each
+4x4 output tile from a 6x6 input tile with 36 products per channel pair instead of 144, so the
+multiply-adds of the conv drop 4x (2.25x counting the tile overlap of small images). On a board
+whose direct conv is bound by its arithmetic (the rk3399: 30.9 GFLOP of VGG-16 against 28.8
+GFLOP/s) only fewer multiply-adds make it faster.
+
+A conv becomes four steps (e = one of the n x n positions of a tile, n = m + 2; p = one tile):
+  U[e, c, k] = G g G^T   weight transform: Relax ops on the weight alone, so the build's weight
+                         lifting (lowering.lift_weight_transforms) computes it once, at build time;
+  V[e, c, p] = B^T d B   input transform over overlapping n x n tiles of the padded input;
+  M[e, p, k] = sum_c V[e, c, p] U[e, c, k]   a batched GEMM, one per tile position: the hot stage;
+  Y = A^T M A            output transform, cropped to the output size; the conv's epilogue (bias,
+                         ReLU, residual add) fuses into it.
+The three runtime stages are PrimFuncs of their own (named conv2d_winograd_*), so each is a task
+with its own workload key that `invoke tune` can search; without a record each gets a schedule
+from this module (the transforms) or from the default rules (the GEMM), never naive loops.
+"""
+
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import cache, partial, reduce
+from math import gcd, lcm
+from typing import Any
+
+import numpy as np
+
+# Tile sizes with their interpolation points (the last point, infinity, is implicit). Small points
+# keep the float32 error low: F(4x4, 3x3) with 0, +-1, +-2 measured ~1e-6 relative error.
+POINTS: dict[int, tuple[Fraction, ...]] = {
+    2: (Fraction(0), Fraction(1), Fraction(-1)),
+    4: (Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-2)),
+}
+KERNEL = 3
+# Below this many input or output channels a conv stays direct. Per tile position the GEMM saves about
+# 6*C*K flops against the direct conv, while the transforms write and read V and M, 8*(C+K) bytes
+# more traffic: at ~10 flops per byte on these CPUs that pays off when C*K/(C+K) > ~13, i.e. from about
+# 32 channels on both sides. Every 3x3 stride-1 conv of VGG-16 after the stem and of ResNet-18 has 64+.
+MIN_CHANNELS = 32
+
+STAGE_PREFIX = "conv2d_winograd"
+INPUT_STAGE = f"{STAGE_PREFIX}_input"
+GEMM_STAGE = f"{STAGE_PREFIX}_gemm"
+OUTPUT_STAGE = f"{STAGE_PREFIX}_output"
+
+
+@dataclass(frozen=True)
+class Transforms:
+    """The matrices of F(m x m, r x r): Y = A^T [(G g G^T) * (B^T d B)] A."""
+
+    m: int
+    a_t: np.ndarray  # m x n
+    g: np.ndarray  # n x r
+    b_t: np.ndarray  # n x n
+
+    @property
+    def n(self) -> int:
+        return self.m + KERNEL - 1
+
+
+@cache
+def transforms(m: int) -> Transforms:
+    """Toom-Cook construction from the interpolation points: with V the n x n Vandermonde matrix of
+    the points (infinity's row picks the leading coefficient), the correlation of d with g is
+    V_m^T diag(V_r g) V^-T d, so A^T = V_m^T, G = V_r, B^T = V^-T. Each row of B^T is rescaled to
+    small integers and the inverse scale moved into G (computed at build time, in float64)."""
+    points = POINTS[m]
+    n = m + KERNEL - 1
+    vander = [[p**k for k in range(n)] for p in points] + [[Fraction(int(k == n - 1)) for k in range(n)]]
+    inverse = _inverse(vander)
+    b_t = [[inverse[i][j] for i in range(n)] for j in range(n)]  # (V^-1)^T
+    g = [row[:KERNEL] for row in vander]
+    g[-1] = [Fraction(int(k == KERNEL - 1)) for k in range(KERNEL)]
+    for j, row in enumerate(b_t):
+        scale = Fraction(reduce(lcm, (x.denominator for x in row), 1), reduce(gcd, (x.numerator for x in row), 0) or 1)
+        b_t[j] = [x * scale for x in row]
+        g[j] = [x / scale for x in g[j]]
+    a_t = [[vander[j][i] if j < n - 1 else Fraction(int(i == m - 1)) for j in range(n)] for i in range(m)]
+    return Transforms(m, _array(a_t), _array(g), _array(b_t))
+
+
+def _inverse(matrix: list[list[Fraction]]) -> list[list[Fraction]]:
+    """Exact Gauss-Jordan inverse (the matrices are tiny and must not lose precision)."""
+    size = len(matrix)
+    rows = [row[:] + [Fraction(int(i == j)) for j in range(size)] for i, row in enumerate(matrix)]
+    for col in range(size):
+        pivot = next(r for r in range(col, size) if rows[r][col] != 0)
+        rows[col], rows[pivot] = rows[pivot], rows[col]
+        head = rows[col][col]
+        rows[col] = [x / head for x in rows[col]]
+        for r in range(size):
+            if r != col and rows[r][col] != 0:
+                factor = rows[r][col]
+                rows[r] = [x - factor * y for x, y in zip(rows[r], rows[col])]
+    return [row[size:] for row in rows]
+
+
+def _array(rows: list[list[Fraction]]) -> np.ndarray:
+    return np.array([[float(x) for x in row] for row in rows], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    """An NCHW conv2d's static shape, as the rewrite needs it."""
+
+    batch: int
+    channels: int
+    height: int
+    width: int
+    out_channels: int
+    padding: tuple[int, int, int, int]  # top, left, bottom, right
+
+    @property
+    def out_height(self) -> int:
+        return self.height + self.padding[0] + self.padding[2] - KERNEL + 1
+
+    @property
+    def out_width(self) -> int:
+        return self.width + self.padding[1] + self.padding[3] - KERNEL + 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One conv's Winograd layout: tile size, tiles per image row and column, tiles in all."""
+
+    shape: ConvShape
+    m: int
+
+    @property
+    def n(self) -> int:
+        return self.m + KERNEL - 1
+
+    @property
+    def tiles_h(self) -> int:
+        return -(-self.shape.out_height // self.m)
+
+    @property
+    def tiles_w(self) -> int:
+        return -(-self.shape.out_width // self.m)
+
+    @property
+    def tiles(self) -> int:
+        return self.shape.batch * self.tiles_h * self.tiles_w
+
+    def multiply_adds(self) -> int:
+        """The batched GEMM's multiply-adds: what decides the speed of a compute-bound board."""
+        return self.n * self.n * self.tiles * self.shape.channels * self.shape.out_channels
+
+
+def direct_multiply_adds(shape: ConvShape) -> int:
+    return shape.batch * shape.out_channels * shape.out_height * shape.out_width * shape.channels * KERNEL * KERNEL
+
+
+def tile_size(shape: ConvShape) -> int:
+    """The tile size with the fewest GEMM multiply-adds (larger tiles first on a tie): F(4x4) even on
+    a 7x7 output (4 tiles x 36 against F(2x2)'s 16 tiles x 16), but small outputs may differ."""
+    return min(sorted(POINTS, reverse=True), key=lambda m: Plan(shape, m).multiply_adds())
+
+
+@dataclass(frozen=True)
+class Rewritten:
+    """One conv the rewrite turned into Winograd, for the build's report."""
+
+    name: str  # the conv's position in the model, e.g. conv2d #3
+    plan: Plan
+
+
+def _tensor_type() -> type:
+    from tvm import relax
+
+    return getattr(relax, "TensorType", None) or relax.TensorStructInfo  # 0.26 names it TensorStructInfo
+
+
+def eligible(call: Any) -> ConvShape | None:
+    """The conv's shape when the rewrite applies: NCHW/OIHW float32, 3x3, stride 1, dilation 1,
+    one group, static shapes and at least MIN_CHANNELS input and output channels; else None."""
+    attrs = call.attrs
+    data, weight = (getattr(arg, "ty", None) or arg.struct_info for arg in call.args)  # 0.26: struct_info
+    if not all(isinstance(info, _tensor_type()) and info.shape is not None for info in (data, weight)):
+        return None
+    if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW"):
+        return None
+    if {str(data.dtype), str(weight.dtype), str(attrs.out_dtype or "float32")} != {"float32"}:
+        return None
+    if any(int(s) != 1 for s in attrs.strides) or any(int(d) != 1 for d in attrs.dilation) or int(attrs.groups) != 1:
+        return None
+    if not all(isinstance(d, int) or hasattr(d, "value") for d in list(data.shape) + list(weight.shape)):
+        return None
+    batch, channels, height, width = (int(d) for d in data.shape)
+    out_channels, _, kh, kw = (int(d) for d in weight.shape)
+    if (kh, kw) != (KERNEL, KERNEL) or min(channels, out_channels) < MIN_CHANNELS:
+        return None
+    padding = tuple(int(p) for p in attrs.padding)
+    return ConvShape(batch, channels, height, width, out_channels, (padding[0], padding[1], padding[2], padding[3]))
+
+
+def rewrite(mod: Any) -> tuple[Any, list[Rewritten]]:
+    """Every eligible conv2d of every Relax function in `mod` as Winograd stages; the rest unchanged."""
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    conv2d = relax.op.nn.conv2d(relax.Var("x", relax.TensorType((1, 1, 3, 3))), relax.Var("w")).op
+    done: list[Rewritten] = []
+    counter = {"conv": 0}
+
+    @mutator
+    class WinogradMutator(PyExprMutator):  # type: ignore[misc]
+        def visit_call_(self, call: Any) -> Any:
+            call = super().visit_call_(call)
+            if not call.op.same_as(conv2d):
+                return call
+            counter["conv"] += 1
+            shape = eligible(call)
+            if shape is None:
+                return call
+            plan = Plan(shape, tile_size(shape))
+            done.append(Rewritten(f"conv2d #{counter['conv']}", plan))
+            return _winograd(self.builder_, call.args[0], call.args[1], plan)
+
+    rewriter = WinogradMutator(mod)
+    for gv, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+    return rewriter.builder_.get(), done
+
+
+def _winograd(builder: Any, data: Any, weight: Any, plan: Plan) -> Any:
+    """The four stages for one conv; the weight transform is plain Relax ops on the weight."""
+    from tvm import relax
+
+    t = transforms(plan.m)
+    n, shape = plan.n, plan.shape
+    g = relax.const(t.g.astype("float32"))
+    g_t = relax.const(np.ascontiguousarray(t.g.T).astype("float32"))
+    gw = builder.emit(relax.op.matmul(g, weight))  # K C n 3
+    u = builder.emit(relax.op.matmul(gw, g_t))  # K C n n
+    u = builder.emit(relax.op.permute_dims(u, [2, 3, 1, 0]))  # n n C K
+    u = builder.emit(relax.op.reshape(u, (n * n, shape.channels, shape.out_channels)))
+    v = builder.emit(builder.call_te(partial(input_transform, plan=plan), data, primfunc_name_hint=INPUT_STAGE))
+    mm = builder.emit(builder.call_te(batched_gemm, v, u, primfunc_name_hint=GEMM_STAGE))
+    return builder.call_te(partial(output_transform, plan=plan), mm, primfunc_name_hint=OUTPUT_STAGE)
+
+
+def _sparse_sum(coefficients: np.ndarray, load: Any) -> Any:
+    """sum_ij c[i, j] * load(i, j) over the nonzero coefficients, without multiplying by +-1."""
+    terms = []
+    for (i, j), c in np.ndenumerate(coefficients):
+        if c == 0:
+            continue
+        value = load(i, j)
+        terms.append(value if c == 1 else -value if c == -1 else value * float(c))
+    return reduce(lambda a, b: a + b, terms)
+
+
+def _by_position(index: Any, branches: list[Any]) -> Any:
+    """branches[index] for an index the schedule unrolls: a chain that folds to one branch per
+    unrolled position (TIR's simplifier folds the constant conditions)."""
+    from tvm import tirx
+
+    chosen = branches[-1]
+    for position in range(len(branches) - 2, -1, -1):
+        chosen = tirx.if_then_else(index == position, branches[position], chosen)
+    return chosen
+
+
+def input_transform(data: Any, plan: Plan) -> Any:
+    """V[e, c, p] = (B^T d_p B)[e // n, e % n] for every channel c and tile p of the padded input."""
+    from tvm import te, topi
+
+    t, n, m, shape = transforms(plan.m), plan.n, plan.m, plan.shape
+    top, left = shape.padding[0], shape.padding[1]
+    rows, cols = plan.tiles_h * m + KERNEL - 1, plan.tiles_w * m + KERNEL - 1
+    padded = topi.nn.pad(
+        data, [0, 0, top, left], [0, 0, rows - shape.height - top, cols - shape.width - left], name="winograd_pad"
+    )
+    per_image = plan.tiles_h * plan.tiles_w
+
+    def value(e: Any, c: Any, p: Any) -> Any:
+        image, y, x = p // per_image, p % per_image // plan.tiles_w, p % plan.tiles_w
+
+        def branch(a: int, b: int) -> Any:
+            coefficients = np.outer(t.b_t[a], t.b_t[b])
+            return _sparse_sum(coefficients, lambda i, j: padded[image, c, y * m + i, x * m + j])
+
+        return _by_position(e, [branch(a, b) for a in range(n) for b in range(n)])
+
+    return te.compute((n * n, shape.channels, plan.tiles), value, name=INPUT_STAGE)
+
+
+def batched_gemm(v: Any, u: Any) -> Any:
+    """M[e, p, k] = sum_c V[e, c, p] U[e, c, k]: one GEMM per tile position, vectorizable over k."""
+    from tvm import te
+
+    positions, channels, tiles = (int(d) for d in v.shape)
+    out_channels = int(u.shape[2])
+    c = te.reduce_axis((0, channels), name="c")
+    return te.compute(
+        (positions, tiles, out_channels),
+        lambda e, p, k: te.sum(v[e, c, p] * u[e, c, k], axis=c),
+        name=GEMM_STAGE,
+    )
+
+
+def output_transform(mm: Any, plan: Plan) -> Any:
+    """Y[b, k, h, w] = (A^T M_p A)[h % m, w % m] of the tile p holding (h, w): cropped by construction."""
+    from tvm import te
+
+    t, n, m, shape = transforms(plan.m), plan.n, plan.m, plan.shape
+    per_image = plan.tiles_h * plan.tiles_w
+
+    def value(image: Any, k: Any, h: Any, w: Any) -> Any:
+        p = image * per_image + h // m * plan.tiles_w + w // m
+
+        def branch(i: int, j: int) -> Any:
+            coefficients = np.outer(t.a_t[i], t.a_t[j])
+            return _sparse_sum(coefficients, lambda a, b: mm[a * n + b, p, k])
+
+        return _by_position(h % m * m + w % m, [branch(i, j) for i in range(m) for j in range(m)])
+
+    return te.compute((shape.batch, shape.out_channels, shape.out_height, shape.out_width), value, name=OUTPUT_STAGE)
