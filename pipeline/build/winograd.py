@@ -43,6 +43,8 @@ STAGE_PREFIX = "conv2d_winograd"
 INPUT_STAGE = f"{STAGE_PREFIX}_input"
 GEMM_STAGE = f"{STAGE_PREFIX}_gemm"
 OUTPUT_STAGE = f"{STAGE_PREFIX}_output"
+PAD_BLOCK = "winograd_pad"
+TILES_BLOCK = "winograd_tiles"
 
 
 @dataclass(frozen=True)
@@ -237,7 +239,11 @@ def _winograd(builder: Any, data: Any, weight: Any, plan: Plan) -> Any:
     u = builder.emit(relax.op.matmul(gw, g_t))  # K C n n
     u = builder.emit(relax.op.permute_dims(u, [2, 3, 1, 0]))  # n n C K
     u = builder.emit(relax.op.reshape(u, (n * n, shape.channels, shape.out_channels)))
-    v = builder.emit(builder.call_te(partial(input_transform, plan=plan), data, primfunc_name_hint=INPUT_STAGE))
+    v = builder.emit(
+        builder.call_te(
+            partial(input_transform, plan=plan), data, primfunc_name_hint=INPUT_STAGE, primfunc_attrs={"op_pattern": 8}
+        )
+    )
     mm = builder.emit(builder.call_te(batched_gemm, v, u, primfunc_name_hint=GEMM_STAGE))
     return builder.call_te(partial(output_transform, plan=plan), mm, primfunc_name_hint=OUTPUT_STAGE)
 
@@ -265,23 +271,29 @@ def _by_position(index: Any, branches: list[Any]) -> Any:
 
 
 def input_transform(data: Any, plan: Plan) -> Any:
-    """V[e, c, p] = (B^T d_p B)[e // n, e % n] for every channel c and tile p of the padded input."""
+    """V[e, c, p] = (B^T d_p B)[e // n, e % n] for every channel c and tile p of the padded input.
+    The tiles are first gathered into a tile-major buffer (channel, tile row, i, j, tile column), so
+    that the transform reads each tile element once, contiguously along a row of tiles."""
     from tvm import te, topi
 
     t, n, m, shape = transforms(plan.m), plan.n, plan.m, plan.shape
     top, left = shape.padding[0], shape.padding[1]
     rows, cols = plan.tiles_h * m + KERNEL - 1, plan.tiles_w * m + KERNEL - 1
     padded = topi.nn.pad(
-        data, [0, 0, top, left], [0, 0, rows - shape.height - top, cols - shape.width - left], name="winograd_pad"
+        data, [0, 0, top, left], [0, 0, rows - shape.height - top, cols - shape.width - left], name=PAD_BLOCK
     )
-    per_image = plan.tiles_h * plan.tiles_w
+    tiles = te.compute(
+        (shape.channels, shape.batch * plan.tiles_h, n, n, plan.tiles_w),
+        lambda c, r, i, j, x: padded[r // plan.tiles_h, c, r % plan.tiles_h * m + i, x * m + j],
+        name=TILES_BLOCK,
+    )
 
     def value(e: Any, c: Any, p: Any) -> Any:
-        image, y, x = p // per_image, p % per_image // plan.tiles_w, p % plan.tiles_w
+        row, column = p // plan.tiles_w, p % plan.tiles_w
 
         def branch(a: int, b: int) -> Any:
             coefficients = np.outer(t.b_t[a], t.b_t[b])
-            return _sparse_sum(coefficients, lambda i, j: padded[image, c, y * m + i, x * m + j])
+            return _sparse_sum(coefficients, lambda i, j: tiles[c, row, i, j, column])
 
         return _by_position(e, [branch(a, b) for a in range(n) for b in range(n)])
 

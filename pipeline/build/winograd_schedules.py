@@ -1,0 +1,97 @@
+"""Schedules without tuning for the Winograd stages (pipeline/build/winograd.py).
+
+The batched GEMM is a contraction like a conv: it takes the default rules (default_schedules.py),
+which vectorize it over output channels (k, contiguous in U and M), keep a register tile of tiles
+(p) and parallelize over tile positions and tiles. The two transforms have no reduction, so
+MetaSchedule's design space gives them nothing to tile; their schedules here are written out:
+parallel over channels and tile rows, the n x n (input) or m x m (output) positions of a tile
+unrolled, so that the chain choosing each position's sum folds into straight-line code, and
+vectorized over tiles along a row (input) or output channels (output). The result is an ordinary
+trace, committed as a record like the defaults, so `invoke tune` can replace it with a searched one.
+"""
+
+from tvm.ir import IRModule
+from tvm.s_tir import Schedule
+from tvm.target import Target
+from tvm.tirx import PrimFunc
+
+from pipeline.build.default_schedules import TaskSchedule, cpu_traits, default_schedule, largest_divisor, normalize
+from pipeline.build.winograd import GEMM_STAGE, INPUT_STAGE, OUTPUT_STAGE, PAD_BLOCK, TILES_BLOCK
+
+KIND = "winograd"
+
+
+def stage(func: PrimFunc | IRModule) -> str | None:
+    """Which Winograd stage a (possibly fused) PrimFunc computes, by its block names; None for others."""
+    sch = Schedule(normalize(func))
+    names = {sch.get(block).name_hint for block in sch.get_child_blocks(sch.get_sblock("root"))}
+    return next((s for s in (INPUT_STAGE, GEMM_STAGE, OUTPUT_STAGE) if s in names), None)
+
+
+def winograd_schedule(func: PrimFunc | IRModule, target: Target, task: str = "main") -> TaskSchedule | None:
+    """The schedule of a Winograd stage, or None when `func` is not one."""
+    which = stage(func)
+    if which is None:
+        return None
+    if which == GEMM_STAGE:
+        gemm = default_schedule(func, target, task)
+        if gemm is None:
+            raise RuntimeError(f"no default rule tiles the Winograd GEMM {task}")
+        return TaskSchedule(KIND, task, gemm.workload, gemm.mod, gemm.trace, f"gemm: rule {gemm.rule}")
+    workload = normalize(func)
+    sch = Schedule(workload)
+    lanes = cpu_traits(target).lanes
+    if which == INPUT_STAGE:
+        _input(sch, lanes)
+        rule = "input: parallel channels x tile rows, positions unrolled, tiles vectorized"
+    else:
+        _output(sch, lanes)
+        rule = "output: parallel tile rows x channel vectors, positions unrolled, channels vectorized"
+    return TaskSchedule(KIND, task, workload, sch.mod, sch.trace, rule)
+
+
+def _input(sch: Schedule, lanes: int) -> None:
+    block = sch.get_sblock(INPUT_STAGE)
+    position, channel, tile = sch.get_loops(block)
+    tiles_w = int(sch.get(sch.get_loops(sch.get_sblock(TILES_BLOCK))[-1]).extent)
+    row, column = sch.split(tile, [None, tiles_w])
+    outer, inner = sch.split(column, [None, largest_divisor(tiles_w, lanes)])
+    sch.reorder(channel, row, outer, position, inner)
+    rows = sch.fuse(channel, row)
+    sch.parallel(rows)
+    sch.unroll(position)
+    sch.vectorize(inner)
+    sch.compute_inline(sch.get_sblock(PAD_BLOCK))
+    sch.compute_at(sch.get_sblock(TILES_BLOCK), rows)
+
+
+def _output(sch: Schedule, lanes: int) -> None:
+    block = sch.get_sblock(OUTPUT_STAGE)
+    for consumer in _later_blocks(sch, block):
+        sch.reverse_compute_inline(consumer)
+    m = _tile_size(sch, block)
+    batch, channel, height, width = sch.get_loops(block)
+    row, row_in = sch.split(height, [None, m])
+    column, column_in = sch.split(width, [None, m])
+    outer, inner = sch.split(channel, [None, largest_divisor(int(sch.get(channel).extent), lanes)])
+    sch.reorder(batch, row, outer, column, row_in, column_in, inner)
+    sch.parallel(sch.fuse(batch, row, outer))
+    sch.unroll(row_in)
+    sch.unroll(column_in)
+    sch.vectorize(inner)
+
+
+def _later_blocks(sch: Schedule, block: object) -> list[object]:
+    """The epilogue blocks after the output transform in a fused PrimFunc, in order."""
+    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+    names = [sch.get(b).name_hint for b in blocks]
+    return blocks[names.index(OUTPUT_STAGE) + 1 :]
+
+
+def _tile_size(sch: Schedule, block: object) -> int:
+    """m of the output transform: its input M has n*n = (m + 2)^2 positions."""
+    from pipeline.releases.compat import region_buffer
+
+    reads = sch.get(block).reads
+    positions = int(region_buffer(reads[0]).shape[0])
+    return int(round(positions**0.5)) - 2
