@@ -16,6 +16,7 @@ from pipeline.build import lowering
 from pipeline.build.elf import elf_arch
 from pipeline.build.model_file import ModelSpec
 from pipeline.build.tvm_errors import tvm_errors
+from pipeline.build.winograd import WinogradReport
 from pipeline.errors import PipelineError
 from pipeline.paths import CACHE_DIR, RECORDS_DIR
 from pipeline.records.coverage import Coverage, measure_coverage
@@ -50,6 +51,7 @@ class BuildArtifact:
     cached: bool
     compile_seconds: float
     coverage: Coverage
+    winograd: WinogradReport  # which convs run Winograd, multiply-adds before/after, per-layer error
 
     @property
     def release(self) -> str:
@@ -71,7 +73,7 @@ def resolved_target(board: BoardProfile) -> dict[str, Any]:
 def build_key(model: ModelSpec, board: BoardProfile, records: Sequence[StoredRecord] = (), migrate: bool = True) -> str:
     """Content hash of everything that changes the built library: the model's bytes, the target,
     the cross compiler, the TVM version, the records that may apply (older releases' ones too when they
-    may be migrated) and this build recipe itself."""
+    may be migrated), the profile's Winograd setting and this build recipe itself."""
     import tvm
 
     digest = hashlib.sha256()
@@ -86,6 +88,7 @@ def build_key(model: ModelSpec, board: BoardProfile, records: Sequence[StoredRec
         "input": [model.input_name, list(model.input_shape)],
         "records": sorted(r.digest for r in records),
         "migrate": migrate,
+        "winograd": board.winograd,
         "recipe": recipe_digest(),
     }
     digest.update(json.dumps(recipe, sort_keys=True).encode())
@@ -153,7 +156,7 @@ def _compile_into(
     started = time.perf_counter()
     target = resolved_target(board)
     tvm_target = tvm.target.Target(target)
-    mod, params = lowering.import_model(model)
+    mod, params, winograd = lowering.import_model_reporting(model, board.winograd)
     doing = f"TVM could not build {model.name} for {target['mtriple']}"
     fix = f"check that '{board.cross_compiler}' is installed (scripts/install.sh) and the profile's target"
     with tvm_errors(doing, fix):
@@ -204,6 +207,7 @@ def _compile_into(
         "tvm_version": tvm.__version__,
         "compile_seconds": round(time.perf_counter() - started, 3),
         "coverage": asdict(coverage),
+        "winograd": asdict(winograd),
     }
     (out_dir / BUILD_INFO_NAME).write_text(json.dumps(info, indent=2))
     return info
@@ -242,4 +246,5 @@ def _artifact_from_info(directory: Path, info: dict[str, Any], store: RecordStor
         cached=cached,
         compile_seconds=info["compile_seconds"],
         coverage=replace(coverage, problems=store.problems + coverage.problems),
+        winograd=WinogradReport.from_json(info.get("winograd")),
     )

@@ -12,6 +12,7 @@ from typing import Any
 
 from pipeline.build.model_file import ModelSpec
 from pipeline.build.tvm_errors import reason, tvm_errors
+from pipeline.build.winograd import WinogradReport, multiply_adds, report, rewrite, var_name
 from pipeline.errors import PipelineError, write_log
 from pipeline.records.store import structural_hash
 from pipeline.records.workloads import WorkloadKey, workload_key
@@ -29,9 +30,16 @@ class Task:
     extracted: Any  # MetaSchedule's ExtractedTask, for tuning
 
 
-def import_model(model: ModelSpec) -> tuple[Any, dict[str, list[Any]]]:
+def import_model(model: ModelSpec, winograd: bool = False) -> tuple[Any, dict[str, list[Any]]]:
     """The model as a Relax module whose weights are runtime parameters (so the library stays small),
-    with whatever depends on weights alone already computed (see lift_weight_transforms)."""
+    with whatever depends on weights alone already computed (see lift_weight_transforms); with
+    `winograd`, eligible 3x3 convs rewritten first (pipeline/build/winograd.py)."""
+    mod, params, _ = import_model_reporting(model, winograd)
+    return mod, params
+
+
+def import_model_reporting(model: ModelSpec, winograd: bool) -> tuple[Any, dict[str, list[Any]], WinogradReport]:
+    """import_model, also saying which convs the Winograd rewrite took and how accurate each is."""
     import onnx
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
@@ -46,7 +54,20 @@ def import_model(model: ModelSpec) -> tuple[Any, dict[str, list[Any]]]:
         "report the model with the log file; TVM's ONNX support may be incomplete for it",
     ):
         mod, params = relax.frontend.detach_params(mod)
-        return lift_weight_transforms(relax.transform.DecomposeOpsForInference()(mod), params)
+        mod = relax.transform.DecomposeOpsForInference()(mod)
+        mod, summary = _winograd(mod, params) if winograd else (mod, WinogradReport.off(multiply_adds(mod)))
+        mod, params = lift_weight_transforms(mod, params)
+        return mod, params, summary
+
+
+def _winograd(mod: Any, params: dict[str, list[Any]]) -> tuple[Any, WinogradReport]:
+    """The rewrite, and its report with each rewritten conv's error on its own weights."""
+    rewritten, done = rewrite(mod)
+    main = mod["main"]
+    names = [var_name(var) for var in main.params[int(main.attrs["num_input"]) :]]
+    wanted = {layer.weight for layer in done}
+    weights = {name: tensor.numpy() for name, tensor in zip(names, params.get("main", [])) if name in wanted}
+    return rewritten, report(mod, done, weights)
 
 
 def weights_not_inputs(proto: Any) -> Any:

@@ -166,6 +166,58 @@ class Rewritten:
 
     name: str  # the conv's position in the model, e.g. conv2d #3
     plan: Plan
+    weight: str  # the weight parameter's name (the per-layer error check reads its values)
+
+
+@dataclass(frozen=True)
+class WinogradLayer:
+    """One rewritten conv as the build reports it."""
+
+    name: str
+    tile: int  # m of F(m x m, 3 x 3)
+    shape: str  # e.g. 1x64x56x56 * 64x64x3x3
+    direct_multiply_adds: int
+    winograd_multiply_adds: int  # the batched GEMM's
+    error: float  # largest error of the float32 Winograd output relative to the largest output (float64 direct)
+
+
+@dataclass(frozen=True)
+class WinogradReport:
+    """What the rewrite did to one model: which convs, and the model's multiply-adds before and after."""
+
+    enabled: bool
+    convs: int  # conv2d layers in the model
+    layers: tuple[WinogradLayer, ...]
+    multiply_adds_before: int  # conv and dense multiply-adds of the model, all direct
+    multiply_adds_after: int  # the same with the rewritten convs' GEMMs instead
+
+    @staticmethod
+    def off(multiply_adds: int) -> "WinogradReport":
+        """The report of a build without the rewrite."""
+        return WinogradReport(False, 0, (), multiply_adds, multiply_adds)
+
+    @staticmethod
+    def from_json(data: dict[str, Any] | None) -> "WinogradReport":
+        if not data:  # a build made before the rewrite existed
+            return WinogradReport.off(0)
+        layers = tuple(WinogradLayer(**layer) for layer in data["layers"])
+        return WinogradReport(**{**data, "layers": layers})
+
+    def lines(self) -> list[str]:
+        """The build's summary of the rewrite, for a person."""
+        if not self.enabled:
+            return ["Winograd: off in the board profile (winograd: false); every conv runs direct"]
+        if not self.layers:
+            return [f"Winograd: none of the {self.convs} convs is eligible (3x3, stride 1, {MIN_CHANNELS}+ channels)"]
+        tiles = sorted({layer.tile for layer in self.layers}, reverse=True)
+        worst = max(self.layers, key=lambda layer: layer.error)
+        return [
+            f"Winograd: {len(self.layers)} of {self.convs} convs as F({'/'.join(f'{m}x{m}' for m in tiles)}, 3x3); "
+            f"multiply-adds {self.multiply_adds_before / 1e9:.2f} G -> {self.multiply_adds_after / 1e9:.2f} G "
+            f"({self.multiply_adds_before / max(self.multiply_adds_after, 1):.2f}x fewer)",
+            f"Winograd: worst per-layer error {worst.error:.1e} relative ({worst.name}, {worst.shape}; "
+            "float32 transforms on the layer's weights against a float64 direct conv)",
+        ]
 
 
 def _tensor_type() -> type:
@@ -197,7 +249,7 @@ def eligible(call: Any) -> ConvShape | None:
     return ConvShape(batch, channels, height, width, out_channels, (padding[0], padding[1], padding[2], padding[3]))
 
 
-def rewrite(mod: Any) -> tuple[Any, list[Rewritten]]:
+def rewrite(mod: Any) -> tuple[Any, list[Rewritten]]:  # noqa: C901
     """Every eligible conv2d of every Relax function in `mod` as Winograd stages; the rest unchanged."""
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
@@ -217,14 +269,19 @@ def rewrite(mod: Any) -> tuple[Any, list[Rewritten]]:
             if shape is None:
                 return call
             plan = Plan(shape, tile_size(shape))
-            done.append(Rewritten(f"conv2d #{counter['conv']}", plan))
+            done.append(Rewritten(f"conv2d #{counter['conv']}", plan, var_name(call.args[1])))
             return _winograd(self.builder_, call.args[0], call.args[1], plan)
 
-    rewriter = WinogradMutator(mod)
+    rewriter = WinogradMutator(mod)  # type: ignore[operator]
     for gv, func in mod.functions.items():
         if isinstance(func, relax.Function):
             rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
     return rewriter.builder_.get(), done
+
+
+def var_name(var: Any) -> str:
+    """A Relax variable's name (0.27: `name`; 0.26: `name_hint`)."""
+    return str(getattr(var, "name", None) or getattr(var, "name_hint", ""))
 
 
 def _winograd(builder: Any, data: Any, weight: Any, plan: Plan) -> Any:
@@ -331,3 +388,108 @@ def output_transform(mm: Any, plan: Plan) -> Any:
         return _by_position(h % m * m + w % m, [branch(i, j) for i in range(m) for j in range(m)])
 
     return te.compute((shape.batch, shape.out_channels, shape.out_height, shape.out_width), value, name=OUTPUT_STAGE)
+
+
+def layer_error(plan: Plan, weight: np.ndarray, seed: int = 0) -> float:
+    """The float32 Winograd error of one conv with its own weights, on a random input of 2 x 2 tiles:
+    the largest deviation from a float64 direct conv relative to the largest output."""
+    t, n, m = transforms(plan.m), plan.n, plan.m
+    rng = np.random.default_rng(seed)
+    size = 2 * m + KERNEL - 1
+    data = rng.standard_normal((plan.shape.channels, size, size)).astype(np.float32)
+    f32 = {name: matrix.astype(np.float32) for name, matrix in (("a_t", t.a_t), ("g", t.g), ("b_t", t.b_t))}
+    u = np.einsum("ai,kcij,bj->abck", f32["g"], weight, f32["g"], dtype=np.float32)  # as the lifted Relax ops
+    output = np.zeros((plan.shape.out_channels, 2 * m, 2 * m), dtype=np.float32)
+    for y in range(2):
+        for x in range(2):
+            tile = data[:, y * m : y * m + n, x * m : x * m + n]
+            v = np.einsum("ai,cij,bj->abc", f32["b_t"], tile, f32["b_t"], dtype=np.float32)
+            mm = np.einsum("abc,abck->abk", v, u, dtype=np.float32)
+            output[:, y * m : y * m + m, x * m : x * m + m] = np.einsum(
+                "ia,abk,jb->kij", f32["a_t"], mm, f32["a_t"], dtype=np.float32
+            )
+    windows = np.lib.stride_tricks.sliding_window_view(data.astype(np.float64), (KERNEL, KERNEL), axis=(1, 2))
+    reference = np.einsum("cyxij,kcij->kyx", windows, weight.astype(np.float64))
+    return float(np.abs(output - reference).max() / max(np.abs(reference).max(), 1e-30))
+
+
+def multiply_adds(mod: Any) -> int:
+    """Multiply-adds of the conv2d and matmul calls in a Relax module's functions (static shapes):
+    the work that decides the speed of a compute-bound board."""
+    from tvm import relax
+    from tvm.relax.analysis import post_order_visit
+
+    total = [0]
+
+    def visit(expr: Any) -> None:
+        if not isinstance(expr, relax.Call) or not isinstance(expr.op, tvm_op_type()):
+            return
+        name = expr.op.name
+        out = _static_shape(expr)
+        if name == "relax.nn.conv2d" and out:
+            weight = _static_shape(expr.args[1])
+            total[0] += _product(out) * _product(weight[1:])
+        elif name == "relax.matmul" and out:
+            total[0] += _product(out) * _static_shape(expr.args[0])[-1]
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            post_order_visit(func, visit)
+    return total[0]
+
+
+def tvm_op_type() -> type:
+    import tvm
+
+    return tvm.ir.Op
+
+
+def _static_shape(expr: Any) -> tuple[int, ...]:
+    info = getattr(expr, "ty", None) or expr.struct_info
+    shape = getattr(info, "shape", None)
+    try:
+        return tuple(int(d) for d in shape) if shape is not None else ()
+    except TypeError:  # a symbolic dimension
+        return ()
+
+
+def _product(values: tuple[int, ...]) -> int:
+    result = 1
+    for value in values:
+        result *= value
+    return result
+
+
+def report(mod: Any, done: list[Rewritten], weights: dict[str, np.ndarray], enabled: bool = True) -> WinogradReport:
+    """The rewrite's summary for the module it rewrote, with each layer's error on its own weights."""
+    before = multiply_adds(mod)
+    layers = tuple(
+        WinogradLayer(
+            name=layer.name,
+            tile=layer.plan.m,
+            shape=f"{layer.plan.shape.batch}x{layer.plan.shape.channels}x{layer.plan.shape.height}x"
+            f"{layer.plan.shape.width} * {layer.plan.shape.out_channels}x{layer.plan.shape.channels}x3x3",
+            direct_multiply_adds=direct_multiply_adds(layer.plan.shape),
+            winograd_multiply_adds=layer.plan.multiply_adds(),
+            error=layer_error(layer.plan, weights[layer.weight]),
+        )
+        for layer in done
+    )
+    after = before - sum(x.direct_multiply_adds - x.winograd_multiply_adds for x in layers)
+    return WinogradReport(True, _count_convs(mod), layers, before, after)
+
+
+def _count_convs(mod: Any) -> int:
+    from tvm import relax
+    from tvm.relax.analysis import post_order_visit
+
+    count = [0]
+
+    def visit(expr: Any) -> None:
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm_op_type()) and expr.op.name == "relax.nn.conv2d":
+            count[0] += 1
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            post_order_visit(func, visit)
+    return count[0]
