@@ -7,7 +7,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,8 @@ class BuildArtifact:
     cached: bool
     compile_seconds: float
     coverage: Coverage
-    winograd: WinogradReport  # which convs run Winograd, multiply-adds before/after, per-layer error
+    # Which convs run Winograd, multiply-adds before/after, per-layer error (off: a build read back without one).
+    winograd: WinogradReport = field(default_factory=lambda: WinogradReport.off(0))
 
     @property
     def release(self) -> str:

@@ -15,7 +15,7 @@ from tvm.s_tir import Schedule
 from tvm.target import Target
 from tvm.tirx import PrimFunc
 
-from pipeline.build.default_schedules import TaskSchedule, cpu_traits, default_schedule, largest_divisor, normalize
+from pipeline.build.default_schedules import TaskSchedule, cpu_traits, largest_divisor, normalize
 from pipeline.build.winograd import GEMM_STAGE, INPUT_STAGE, OUTPUT_STAGE, PAD_BLOCK, TILES_BLOCK
 
 KIND = "winograd"
@@ -33,15 +33,14 @@ def winograd_schedule(func: PrimFunc | IRModule, target: Target, task: str = "ma
     which = stage(func)
     if which is None:
         return None
-    if which == GEMM_STAGE:
-        gemm = default_schedule(func, target, task)
-        if gemm is None:
-            raise RuntimeError(f"no default rule tiles the Winograd GEMM {task}")
-        return TaskSchedule(KIND, task, gemm.workload, gemm.mod, gemm.trace, f"gemm: rule {gemm.rule}")
     workload = normalize(func)
     sch = Schedule(workload)
-    lanes = cpu_traits(target).lanes
-    if which == INPUT_STAGE:
+    traits = cpu_traits(target)
+    lanes = traits.lanes
+    if which == GEMM_STAGE:
+        _gemm(sch, lanes, traits.registers)
+        rule = "gemm: parallel positions x channel blocks, 8 tiles x 2 vectors register tile"
+    elif which == INPUT_STAGE:
         _input(sch, lanes)
         rule = "input: parallel channels x tile rows, positions unrolled, tiles vectorized"
     else:
@@ -63,6 +62,26 @@ def _input(sch: Schedule, lanes: int) -> None:
     sch.vectorize(inner)
     sch.compute_inline(sch.get_sblock(PAD_BLOCK))
     sch.compute_at(sch.get_sblock(TILES_BLOCK), rows)
+
+
+def _gemm(sch: Schedule, lanes: int, registers: int) -> None:
+    """Per tile position e and block of output-channel vectors (the parallel chunks), all tiles in
+    register tiles of up to 8 tiles x 2 vectors, all input channels innermost but for the tile: each
+    chunk's slice of U stays in cache while every tile passes through it."""
+    block = sch.get_sblock(GEMM_STAGE)
+    position, tile, channel, reduce = sch.get_loops(block)
+    tiles, channels = int(sch.get(tile).extent), int(sch.get(channel).extent)
+    vector = largest_divisor(channels, lanes)
+    vectors = 2 if channels % (2 * vector) == 0 and registers >= 32 else 1
+    rows = largest_divisor(tiles, 8 if vectors == 2 else min(8, registers // 2))
+    channel_outer, channel_vectors, channel_lanes = sch.split(channel, [None, vectors, vector])
+    tile_outer, tile_rows = sch.split(tile, [None, rows])
+    sch.reorder(position, channel_outer, tile_outer, reduce, tile_rows, channel_vectors, channel_lanes)
+    sch.parallel(sch.fuse(position, channel_outer))
+    sch.unroll(tile_rows)
+    sch.unroll(channel_vectors)
+    sch.vectorize(channel_lanes)
+    sch.decompose_reduction(block, reduce)
 
 
 def _output(sch: Schedule, lanes: int) -> None:
