@@ -157,7 +157,7 @@ def _compile_into(
     started = time.perf_counter()
     target = resolved_target(board)
     tvm_target = tvm.target.Target(target)
-    mod, params, winograd = lowering.import_model_reporting(model, board.winograd)
+    mod, params, winograd = lowering.import_model_reporting(model, board.winograd, tvm_target)
     doing = f"TVM could not build {model.name} for {target['mtriple']}"
     fix = f"check that '{board.cross_compiler}' is installed (scripts/install.sh) and the profile's target"
     with tvm_errors(doing, fix):

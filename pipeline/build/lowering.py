@@ -30,16 +30,19 @@ class Task:
     extracted: Any  # MetaSchedule's ExtractedTask, for tuning
 
 
-def import_model(model: ModelSpec, winograd: bool = False) -> tuple[Any, dict[str, list[Any]]]:
+def import_model(model: ModelSpec, winograd: bool = False, target: Any = None) -> tuple[Any, dict[str, list[Any]]]:
     """The model as a Relax module whose weights are runtime parameters (so the library stays small),
     with whatever depends on weights alone already computed (see lift_weight_transforms); with
     `winograd`, eligible 3x3 convs rewritten first (pipeline/build/winograd.py)."""
-    mod, params, _ = import_model_reporting(model, winograd)
+    mod, params, _ = import_model_reporting(model, winograd, target)
     return mod, params
 
 
-def import_model_reporting(model: ModelSpec, winograd: bool) -> tuple[Any, dict[str, list[Any]], WinogradReport]:
-    """import_model, also saying which convs the Winograd rewrite took and how accurate each is."""
+def import_model_reporting(
+    model: ModelSpec, winograd: bool, target: Any = None
+) -> tuple[Any, dict[str, list[Any]], WinogradReport]:
+    """import_model, also saying which convs the Winograd rewrite took and how accurate each is; with
+    a `target` that runs on this host, each eligible conv shape is timed both ways (winograd_choice.py)."""
     import onnx
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
@@ -55,14 +58,16 @@ def import_model_reporting(model: ModelSpec, winograd: bool) -> tuple[Any, dict[
     ):
         mod, params = relax.frontend.detach_params(mod)
         mod = relax.transform.DecomposeOpsForInference()(mod)
-        mod, summary = _winograd(mod, params) if winograd else (mod, WinogradReport.off(multiply_adds(mod)))
+        mod, summary = _winograd(mod, params, target) if winograd else (mod, WinogradReport.off(multiply_adds(mod)))
         mod, params = lift_weight_transforms(mod, params)
         return mod, params, summary
 
 
-def _winograd(mod: Any, params: dict[str, list[Any]]) -> tuple[Any, WinogradReport]:
+def _winograd(mod: Any, params: dict[str, list[Any]], target: Any) -> tuple[Any, WinogradReport]:
     """The rewrite, and its report with each rewritten conv's error on its own weights."""
-    rewritten, done = rewrite(mod)
+    from pipeline.build.winograd_choice import chooser
+
+    rewritten, done = rewrite(mod, chooser(target) if target is not None else None)
     main = mod["main"]
     names = [var_name(var) for var in main.params[int(main.attrs["num_input"]) :]]
     wanted = {layer.weight for layer in done}

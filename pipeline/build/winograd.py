@@ -18,6 +18,7 @@ with its own workload key that `invoke tune` can search; without a record each g
 from this module (the transforms) or from the default rules (the GEMM), never naive loops.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cache, partial, reduce
@@ -161,12 +162,25 @@ def tile_size(shape: ConvShape) -> int:
 
 
 @dataclass(frozen=True)
+class Timing:
+    """One conv shape timed on the build host both ways (milliseconds, best of several runs)."""
+
+    direct_ms: float
+    winograd_ms: float
+
+
+@dataclass(frozen=True)
 class Rewritten:
-    """One conv the rewrite turned into Winograd, for the build's report."""
+    """One eligible conv, rewritten into Winograd or (measured slower) kept direct, for the build's report."""
 
     name: str  # the conv's position in the model, e.g. conv2d #3
     plan: Plan
     weight: str  # the weight parameter's name (the per-layer error check reads its values)
+    timing: Timing | None  # None: decided by rule (no measurement)
+
+    @property
+    def chosen(self) -> bool:
+        return self.timing is None or self.timing.winograd_ms < self.timing.direct_ms
 
 
 @dataclass(frozen=True)
@@ -179,6 +193,8 @@ class WinogradLayer:
     direct_multiply_adds: int
     winograd_multiply_adds: int  # the batched GEMM's
     error: float  # largest error of the float32 Winograd output relative to the largest output (float64 direct)
+    direct_ms: float = 0.0  # measured at build time (both 0: chosen by rule)
+    winograd_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -188,27 +204,37 @@ class WinogradReport:
     enabled: bool
     convs: int  # conv2d layers in the model
     layers: tuple[WinogradLayer, ...]
+    kept_direct: tuple[WinogradLayer, ...]  # eligible, but measured slower as Winograd on the build host
     multiply_adds_before: int  # conv and dense multiply-adds of the model, all direct
     multiply_adds_after: int  # the same with the rewritten convs' GEMMs instead
 
     @staticmethod
     def off(multiply_adds: int) -> "WinogradReport":
         """The report of a build without the rewrite."""
-        return WinogradReport(False, 0, (), multiply_adds, multiply_adds)
+        return WinogradReport(False, 0, (), (), multiply_adds, multiply_adds)
 
     @staticmethod
     def from_json(data: dict[str, Any] | None) -> "WinogradReport":
         if not data:  # a build made before the rewrite existed
             return WinogradReport.off(0)
         layers = tuple(WinogradLayer(**layer) for layer in data["layers"])
-        return WinogradReport(**{**data, "layers": layers})
+        kept = tuple(WinogradLayer(**layer) for layer in data["kept_direct"])
+        return WinogradReport(**{**data, "layers": layers, "kept_direct": kept})
 
     def lines(self) -> list[str]:
         """The build's summary of the rewrite, for a person."""
         if not self.enabled:
             return ["Winograd: off in the board profile (winograd: false); every conv runs direct"]
+        kept = [
+            f"{layer.name} {layer.shape}: {layer.winograd_ms:.2f} ms Winograd vs {layer.direct_ms:.2f} ms direct"
+            for layer in self.kept_direct
+        ]
+        kept_lines = [f"Winograd: kept direct, measured slower: {'; '.join(kept)}"] if kept else []
         if not self.layers:
-            return [f"Winograd: none of the {self.convs} convs is eligible (3x3, stride 1, {MIN_CHANNELS}+ channels)"]
+            return [
+                f"Winograd: none of the {self.convs} convs is eligible (3x3, stride 1, {MIN_CHANNELS}+ channels)"
+                " or faster"
+            ] + kept_lines
         tiles = sorted({layer.tile for layer in self.layers}, reverse=True)
         worst = max(self.layers, key=lambda layer: layer.error)
         return [
@@ -217,7 +243,7 @@ class WinogradReport:
             f"({self.multiply_adds_before / max(self.multiply_adds_after, 1):.2f}x fewer)",
             f"Winograd: worst per-layer error {worst.error:.1e} relative ({worst.name}, {worst.shape}; "
             "float32 transforms on the layer's weights against a float64 direct conv)",
-        ]
+        ] + kept_lines
 
 
 def _tensor_type() -> type:
@@ -249,12 +275,14 @@ def eligible(call: Any) -> ConvShape | None:
     return ConvShape(batch, channels, height, width, out_channels, (padding[0], padding[1], padding[2], padding[3]))
 
 
-def rewrite(mod: Any) -> tuple[Any, list[Rewritten]]:  # noqa: C901
-    """Every eligible conv2d of every Relax function in `mod` as Winograd stages; the rest unchanged."""
+def rewrite(mod: Any, measure: Callable[[Plan], Timing | None] | None = None) -> tuple[Any, list[Rewritten]]:
+    """Every eligible conv2d of every Relax function in `mod` as Winograd stages, unless `measure`
+    times it slower on the build host; the rest unchanged. Returns the eligible convs, chosen or not."""
+    import tvm
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
-    conv2d = relax.op.nn.conv2d(relax.Var("x", relax.TensorType((1, 1, 3, 3))), relax.Var("w")).op
+    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
     done: list[Rewritten] = []
     counter = {"conv": 0}
 
@@ -269,8 +297,11 @@ def rewrite(mod: Any) -> tuple[Any, list[Rewritten]]:  # noqa: C901
             if shape is None:
                 return call
             plan = Plan(shape, tile_size(shape))
-            done.append(Rewritten(f"conv2d #{counter['conv']}", plan, var_name(call.args[1])))
-            return _winograd(self.builder_, call.args[0], call.args[1], plan)
+            candidate = Rewritten(
+                f"conv2d #{counter['conv']}", plan, var_name(call.args[1]), measure(plan) if measure else None
+            )
+            done.append(candidate)
+            return _winograd(self.builder_, call.args[0], call.args[1], plan) if candidate.chosen else call
 
     rewriter = WinogradMutator(mod)  # type: ignore[operator]
     for gv, func in mod.functions.items():
@@ -460,23 +491,28 @@ def _product(values: tuple[int, ...]) -> int:
     return result
 
 
-def report(mod: Any, done: list[Rewritten], weights: dict[str, np.ndarray], enabled: bool = True) -> WinogradReport:
+def report(mod: Any, done: list[Rewritten], weights: dict[str, np.ndarray]) -> WinogradReport:
     """The rewrite's summary for the module it rewrote, with each layer's error on its own weights."""
     before = multiply_adds(mod)
-    layers = tuple(
-        WinogradLayer(
-            name=layer.name,
-            tile=layer.plan.m,
-            shape=f"{layer.plan.shape.batch}x{layer.plan.shape.channels}x{layer.plan.shape.height}x"
-            f"{layer.plan.shape.width} * {layer.plan.shape.out_channels}x{layer.plan.shape.channels}x3x3",
-            direct_multiply_adds=direct_multiply_adds(layer.plan.shape),
-            winograd_multiply_adds=layer.plan.multiply_adds(),
-            error=layer_error(layer.plan, weights[layer.weight]),
+
+    def layer(candidate: Rewritten) -> WinogradLayer:
+        shape = candidate.plan.shape
+        return WinogradLayer(
+            name=candidate.name,
+            tile=candidate.plan.m,
+            shape=f"{shape.batch}x{shape.channels}x{shape.height}x{shape.width} * "
+            f"{shape.out_channels}x{shape.channels}x3x3",
+            direct_multiply_adds=direct_multiply_adds(shape),
+            winograd_multiply_adds=candidate.plan.multiply_adds(),
+            error=layer_error(candidate.plan, weights[candidate.weight]) if candidate.chosen else 0.0,
+            direct_ms=candidate.timing.direct_ms if candidate.timing else 0.0,
+            winograd_ms=candidate.timing.winograd_ms if candidate.timing else 0.0,
         )
-        for layer in done
-    )
+
+    layers = tuple(layer(c) for c in done if c.chosen)
+    kept = tuple(layer(c) for c in done if not c.chosen)
     after = before - sum(x.direct_multiply_adds - x.winograd_multiply_adds for x in layers)
-    return WinogradReport(True, _count_convs(mod), layers, before, after)
+    return WinogradReport(True, _count_convs(mod), layers, kept, before, after)
 
 
 def _count_convs(mod: Any) -> int:

@@ -67,7 +67,7 @@ def tune(
     started = time.perf_counter()
     target = resolved_target(board)
     tvm_target = tvm.target.Target(target)
-    fused = lowering.fuse(lowering.import_model(model, board.winograd)[0], tvm_target)
+    fused = lowering.fuse(lowering.import_model(model, board.winograd, tvm_target)[0], tvm_target)
     tasks = [t for t in lowering.extract_tasks(fused, tvm_target) if t.key.heavy and (not only or t.name in only)]
     unknown = sorted(set(only) - {t.name for t in tasks})  # a misspelt name must not be skipped silently
     if unknown:
