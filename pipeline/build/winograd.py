@@ -163,10 +163,16 @@ def tile_size(shape: ConvShape) -> int:
 
 @dataclass(frozen=True)
 class Timing:
-    """One conv shape timed on the build host both ways (milliseconds, best of several runs)."""
+    """One conv shape timed on the build host, direct and as Winograd with each tile size
+    (milliseconds, best of several runs)."""
 
     direct_ms: float
-    winograd_ms: float
+    winograd_ms: dict[int, float]  # tile size m -> time
+
+    def best_tile(self) -> int | None:
+        """The fastest tile size, or None when the direct conv is faster than every one."""
+        m = min(self.winograd_ms, key=lambda tile: self.winograd_ms[tile])
+        return m if self.winograd_ms[m] < self.direct_ms else None
 
 
 @dataclass(frozen=True)
@@ -174,13 +180,13 @@ class Rewritten:
     """One eligible conv, rewritten into Winograd or (measured slower) kept direct, for the build's report."""
 
     name: str  # the conv's position in the model, e.g. conv2d #3
-    plan: Plan
+    plan: Plan  # the measured fastest tile size, or the rule's
     weight: str  # the weight parameter's name (the per-layer error check reads its values)
     timing: Timing | None  # None: decided by rule (no measurement)
 
     @property
     def chosen(self) -> bool:
-        return self.timing is None or self.timing.winograd_ms < self.timing.direct_ms
+        return self.timing is None or self.timing.best_tile() is not None
 
 
 @dataclass(frozen=True)
@@ -275,9 +281,12 @@ def eligible(call: Any) -> ConvShape | None:
     return ConvShape(batch, channels, height, width, out_channels, (padding[0], padding[1], padding[2], padding[3]))
 
 
-def rewrite(mod: Any, measure: Callable[[Plan], Timing | None] | None = None) -> tuple[Any, list[Rewritten]]:
-    """Every eligible conv2d of every Relax function in `mod` as Winograd stages, unless `measure`
-    times it slower on the build host; the rest unchanged. Returns the eligible convs, chosen or not."""
+def rewrite(
+    mod: Any, measure: Callable[[ConvShape], Timing] | None = None, tile: int | None = None
+) -> tuple[Any, list[Rewritten]]:
+    """Every eligible conv2d of every Relax function in `mod` as Winograd stages, with the tile size
+    `measure` times fastest on the build host (kept direct when that is faster), else `tile`, else the
+    rule's (tile_size); the rest unchanged. Returns the eligible convs, rewritten or not."""
     import tvm
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
@@ -296,10 +305,10 @@ def rewrite(mod: Any, measure: Callable[[Plan], Timing | None] | None = None) ->
             shape = eligible(call)
             if shape is None:
                 return call
-            plan = Plan(shape, tile_size(shape))
-            candidate = Rewritten(
-                f"conv2d #{counter['conv']}", plan, var_name(call.args[1]), measure(plan) if measure else None
-            )
+            timing = measure(shape) if measure else None
+            m = (timing.best_tile() if timing else None) or tile or tile_size(shape)
+            candidate = Rewritten(f"conv2d #{counter['conv']}", Plan(shape, m), var_name(call.args[1]), timing)
+            plan = candidate.plan
             done.append(candidate)
             return _winograd(self.builder_, call.args[0], call.args[1], plan) if candidate.chosen else call
 
@@ -506,7 +515,7 @@ def report(mod: Any, done: list[Rewritten], weights: dict[str, np.ndarray]) -> W
             winograd_multiply_adds=candidate.plan.multiply_adds(),
             error=layer_error(candidate.plan, weights[candidate.weight]) if candidate.chosen else 0.0,
             direct_ms=candidate.timing.direct_ms if candidate.timing else 0.0,
-            winograd_ms=candidate.timing.winograd_ms if candidate.timing else 0.0,
+            winograd_ms=candidate.timing.winograd_ms[candidate.plan.m] if candidate.timing else 0.0,
         )
 
     layers = tuple(layer(c) for c in done if c.chosen)

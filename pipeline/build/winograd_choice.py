@@ -8,7 +8,7 @@ gain, and a conv with few channels at a large image writes and reads its 2.25x l
 input and output for little arithmetic. Where the two meet depends on the CPU's caches and memory,
 so on a board that is this machine (the `local` profile) each conv shape is timed both ways, with
 the schedules the build gives it, and the faster one is kept. The timings are kept per CPU under
-.cache/winograd/, so a later build, `invoke tune` and `invoke migrate` lower the same module.
+.cache/winograd/ (delete to measure again), so a later build, `invoke tune` and `invoke migrate` lower the same module.
 """
 
 import json
@@ -21,35 +21,38 @@ from typing import Any
 import numpy as np
 
 from pipeline.atomic import write_atomically
-from pipeline.build.winograd import ConvShape, Plan, Timing, rewrite
+from pipeline.build.winograd import POINTS, ConvShape, Timing, rewrite
 from pipeline.paths import CACHE_DIR
 
-_RUNS = 7
+_RUNS = 20
 
 
-def chooser(target: Any, cache_dir: Path = CACHE_DIR) -> Callable[[Plan], Timing | None] | None:
+def chooser(target: Any, cache_dir: Path = CACHE_DIR) -> Callable[[ConvShape], Timing] | None:
     """A per-conv measurement for `rewrite`, or None (the rule alone) when this host cannot run the
     target's code (another architecture or CPU: an ARM board, emulated or real)."""
     from pipeline.build.schedule_transfer import _runs_here
 
     if not _runs_here(target):
         return None
-    path = cache_dir / "winograd" / f"{target.attrs['mcpu']}-{int(target.attrs['num-cores'])}cores.json"
-    return lambda plan: _timing(plan.shape, target, path)
+    path = cache_dir / "winograd" / f"v2-{target.attrs['mcpu']}-{int(target.attrs['num-cores'])}cores.json"
+    return lambda shape: _timing(shape, target, path)
 
 
 def _timing(shape: ConvShape, target: Any, path: Path) -> Timing:
-    """Direct and Winograd time of one conv + bias + ReLU of this shape, measured once per CPU."""
+    """Direct and Winograd times (each tile size) of one conv + bias + ReLU of this shape, measured once per CPU.
+    Why each tile size: F(2x2)'s transformed weights are 16/36 of F(4x4)'s, which wins where the GEMM
+    streams its weights for few tiles (512 channels at 7x7), although it does more multiply-adds."""
     known = json.loads(path.read_text()) if path.is_file() else {}
     key = json.dumps(asdict(shape))
     if key not in known:
         direct = _conv_module(shape)
-        timing = Timing(_best_ms(direct, shape, target), _best_ms(rewrite(direct)[0], shape, target))
+        winograd = {m: _best_ms(rewrite(direct, tile=m)[0], shape, target) for m in sorted(POINTS)}
         known = json.loads(path.read_text()) if path.is_file() else {}  # another build may have added some
-        known[key] = asdict(timing)
+        known[key] = {"direct_ms": _best_ms(direct, shape, target), "winograd_ms": winograd}
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, json.dumps(known, indent=1).encode())
-    return Timing(**known[key])
+    entry = known[key]
+    return Timing(entry["direct_ms"], {int(m): ms for m, ms in entry["winograd_ms"].items()})
 
 
 def _conv_module(shape: ConvShape) -> Any:
