@@ -89,7 +89,7 @@ def main() -> int:
         f"  multiply-adds: {report.multiply_adds_before / 1e9:.2f} G direct, {report.multiply_adds_after / 1e9:.2f} G "
         f"with Winograd ({len(report.layers)} of {report.convs} convs rewritten)"
     )
-    print("  " + "\n  ".join(report.lines()[1:]))
+    print("\n".join(f"  {line}" for line in report.lines()))
     for run in runners.values():
         run()  # first calls load and compile lazily
     samples: dict[str, list[float]] = {name: [] for name in runners}
