@@ -163,6 +163,8 @@ def extract_tasks(fused: Any, target: Any) -> list[Task]:
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.analysis import estimate_tir_flops
 
+    from pipeline.build.winograd_schedules import transform_flops
+
     normalize = tvm.get_global_func("tvm.s_tir.meta_schedule.normalize_mod")
     tasks = []
     for extracted in ms.relax_integration.extract_tasks(fused, target):
@@ -172,7 +174,7 @@ def extract_tasks(fused: Any, target: Any) -> list[Task]:
                 name=extracted.task_name,
                 key=workload_key(extracted.task_name, mod),
                 calls=int(extracted.weight),
-                flops=float(estimate_tir_flops(mod)) * int(extracted.weight),
+                flops=(transform_flops(mod) or float(estimate_tir_flops(mod))) * int(extracted.weight),
                 structural_hash=structural_hash(normalize(mod)),
                 extracted=extracted,
             )

@@ -45,6 +45,9 @@ INPUT_STAGE = f"{STAGE_PREFIX}_input"
 GEMM_STAGE = f"{STAGE_PREFIX}_gemm"
 OUTPUT_STAGE = f"{STAGE_PREFIX}_output"
 PAD_BLOCK = "winograd_pad"
+# Relax's OpPatternKind.kOpaque on the input transform: FuseOps would otherwise fuse it with the previous
+# conv's output transform and epilogue into one function that no schedule here handles.
+_OPAQUE = 8
 TILES_BLOCK = "winograd_tiles"
 
 
@@ -308,9 +311,8 @@ def rewrite(
             timing = measure(shape) if measure else None
             m = (timing.best_tile() if timing else None) or tile or tile_size(shape)
             candidate = Rewritten(f"conv2d #{counter['conv']}", Plan(shape, m), var_name(call.args[1]), timing)
-            plan = candidate.plan
             done.append(candidate)
-            return _winograd(self.builder_, call.args[0], call.args[1], plan) if candidate.chosen else call
+            return _winograd(self.builder_, call.args[0], call.args[1], candidate.plan) if candidate.chosen else call
 
     rewriter = WinogradMutator(mod)  # type: ignore[operator]
     for gv, func in mod.functions.items():
@@ -338,7 +340,10 @@ def _winograd(builder: Any, data: Any, weight: Any, plan: Plan) -> Any:
     u = builder.emit(relax.op.reshape(u, (n * n, shape.channels, shape.out_channels)))
     v = builder.emit(
         builder.call_te(
-            partial(input_transform, plan=plan), data, primfunc_name_hint=INPUT_STAGE, primfunc_attrs={"op_pattern": 8}
+            partial(input_transform, plan=plan),
+            data,
+            primfunc_name_hint=INPUT_STAGE,
+            primfunc_attrs={"op_pattern": _OPAQUE},
         )
     )
     mm = builder.emit(builder.call_te(batched_gemm, v, u, primfunc_name_hint=GEMM_STAGE))

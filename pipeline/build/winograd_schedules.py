@@ -28,6 +28,31 @@ def stage(func: PrimFunc | IRModule) -> str | None:
     return next((s for s in (INPUT_STAGE, GEMM_STAGE, OUTPUT_STAGE) if s in names), None)
 
 
+def transform_flops(func: PrimFunc | IRModule) -> float | None:
+    """FLOPs of a transform stage as it runs once its positions are unrolled: each position's nonzero
+    terms, a multiply-add each. TVM's estimate counts every branch of the chain that picks a position's
+    sum (36x too many for the input transform). None for anything else (the GEMM's estimate is right)."""
+    import numpy as np
+
+    from pipeline.build.winograd import transforms
+
+    which = stage(func)
+    if which not in (INPUT_STAGE, OUTPUT_STAGE):
+        return None
+    prim = func["main"] if isinstance(func, IRModule) else func
+    buffers = [p for p in prim.params if hasattr(p, "shape")]
+    if which == INPUT_STAGE:
+        positions, channels, tiles = (int(d) for d in buffers[-1].shape)
+        side = round(positions**0.5)
+        matrix = transforms(side - 2).b_t
+    else:
+        positions, tiles, channels = (int(d) for d in buffers[0].shape)
+        side = round(positions**0.5)
+        matrix = transforms(side - 2).a_t
+    terms = sum(int(np.count_nonzero(np.outer(row_a, row_b))) for row_a in matrix for row_b in matrix)
+    return 2.0 * terms * channels * tiles
+
+
 def winograd_schedule(func: PrimFunc | IRModule, target: Target, task: str = "main") -> TaskSchedule | None:
     """The schedule of a Winograd stage, or None when `func` is not one."""
     which = stage(func)
