@@ -373,9 +373,10 @@ def _by_position(index: Any, branches: list[Any]) -> Any:
 
 
 def input_transform(data: Any, plan: Plan) -> Any:
-    """V[e, c, p] = (B^T d_p B)[e // n, e % n] for every channel c and tile p of the padded input.
-    The tiles are first gathered into a tile-major buffer (channel, tile row, i, j, tile column), so
-    that the transform reads each tile element once, contiguously along a row of tiles."""
+    """V[e, p, c] = (B^T d_p B)[e // n, e % n] for every tile p and channel c of the padded input.
+    The tiles are first gathered into a tile-major buffer (tile row, i, j, tile column, channel), so that
+    the transform reads each tile element once, and channels are innermost: the transform then loads and
+    stores whole vectors of channels, and the GEMM reads V row by row like a packed matrix."""
     from tvm import te, topi
 
     t, n, m, shape = transforms(plan.m), plan.n, plan.m, plan.shape
@@ -385,33 +386,33 @@ def input_transform(data: Any, plan: Plan) -> Any:
         data, [0, 0, top, left], [0, 0, rows - shape.height - top, cols - shape.width - left], name=PAD_BLOCK
     )
     tiles = te.compute(
-        (shape.channels, shape.batch * plan.tiles_h, n, n, plan.tiles_w),
-        lambda c, r, i, j, x: padded[r // plan.tiles_h, c, r % plan.tiles_h * m + i, x * m + j],
+        (shape.batch * plan.tiles_h, n, n, plan.tiles_w, shape.channels),
+        lambda r, i, j, x, c: padded[r // plan.tiles_h, c, r % plan.tiles_h * m + i, x * m + j],
         name=TILES_BLOCK,
     )
 
-    def value(e: Any, c: Any, p: Any) -> Any:
+    def value(e: Any, p: Any, c: Any) -> Any:
         row, column = p // plan.tiles_w, p % plan.tiles_w
 
         def branch(a: int, b: int) -> Any:
             coefficients = np.outer(t.b_t[a], t.b_t[b])
-            return _sparse_sum(coefficients, lambda i, j: tiles[c, row, i, j, column])
+            return _sparse_sum(coefficients, lambda i, j: tiles[row, i, j, column, c])
 
         return _by_position(e, [branch(a, b) for a in range(n) for b in range(n)])
 
-    return te.compute((n * n, shape.channels, plan.tiles), value, name=INPUT_STAGE)
+    return te.compute((n * n, plan.tiles, shape.channels), value, name=INPUT_STAGE)
 
 
 def batched_gemm(v: Any, u: Any) -> Any:
-    """M[e, p, k] = sum_c V[e, c, p] U[e, c, k]: one GEMM per tile position, vectorizable over k."""
+    """M[e, p, k] = sum_c V[e, p, c] U[e, c, k]: one GEMM per tile position, vectorizable over k."""
     from tvm import te
 
-    positions, channels, tiles = (int(d) for d in v.shape)
+    positions, tiles, channels = (int(d) for d in v.shape)
     out_channels = int(u.shape[2])
     c = te.reduce_axis((0, channels), name="c")
     return te.compute(
         (positions, tiles, out_channels),
-        lambda e, p, k: te.sum(v[e, c, p] * u[e, c, k], axis=c),
+        lambda e, p, k: te.sum(v[e, p, c] * u[e, c, k], axis=c),
         name=GEMM_STAGE,
     )
 

@@ -42,7 +42,7 @@ def transform_flops(func: PrimFunc | IRModule) -> float | None:
     prim = func["main"] if isinstance(func, IRModule) else func
     buffers = [p for p in prim.params if hasattr(p, "shape")]
     if which == INPUT_STAGE:
-        positions, channels, tiles = (int(d) for d in buffers[-1].shape)
+        positions, tiles, channels = (int(d) for d in buffers[-1].shape)
         side = round(positions**0.5)
         matrix = transforms(side - 2).b_t
     else:
@@ -67,7 +67,7 @@ def winograd_schedule(func: PrimFunc | IRModule, target: Target, task: str = "ma
         rule = "gemm: parallel positions x channel blocks, 8 tiles x 2 vectors register tile"
     elif which == INPUT_STAGE:
         _input(sch, lanes)
-        rule = "input: parallel channels x tile rows, positions unrolled, tiles vectorized"
+        rule = "input: parallel tile rows x channel vectors, positions unrolled, channels vectorized"
     else:
         _output(sch, lanes)
         rule = "output: parallel tile rows x channel vectors, positions unrolled, channels vectorized"
@@ -76,17 +76,19 @@ def winograd_schedule(func: PrimFunc | IRModule, target: Target, task: str = "ma
 
 def _input(sch: Schedule, lanes: int) -> None:
     block = sch.get_sblock(INPUT_STAGE)
-    position, channel, tile = sch.get_loops(block)
-    tiles_w = int(sch.get(sch.get_loops(sch.get_sblock(TILES_BLOCK))[-1]).extent)
+    position, tile, channel = sch.get_loops(block)
+    tiles_w = int(sch.get(sch.get_loops(sch.get_sblock(TILES_BLOCK))[3]).extent)
     row, column = sch.split(tile, [None, tiles_w])
-    outer, inner = sch.split(column, [None, largest_divisor(tiles_w, lanes)])
-    sch.reorder(channel, row, outer, position, inner)
-    rows = sch.fuse(channel, row)
-    sch.parallel(rows)
+    outer, inner = sch.split(channel, [None, largest_divisor(int(sch.get(channel).extent), lanes)])
+    sch.reorder(row, outer, column, position, inner)
+    chunks = sch.fuse(row, outer)
+    sch.parallel(chunks)
     sch.unroll(position)
     sch.vectorize(inner)
     sch.compute_inline(sch.get_sblock(PAD_BLOCK))
-    sch.compute_at(sch.get_sblock(TILES_BLOCK), rows)
+    tiles = sch.get_sblock(TILES_BLOCK)
+    sch.compute_at(tiles, chunks)
+    sch.vectorize(sch.get_loops(tiles)[-1])
 
 
 def _gemm(sch: Schedule, lanes: int, registers: int) -> None:
