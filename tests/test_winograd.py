@@ -29,8 +29,9 @@ def conv_module(
     dilation: int = 1,
     groups: int = 1,
     padding: int = 1,
+    inputs: int = 1,
 ) -> object:
-    """main(x, w, b) = relu(conv2d(x, w) + b), weights as parameters after the one input."""
+    """main(x, w, b) = relu(conv2d(x, w) + b); the parameters after the first `inputs` are weights."""
     from tvm import relax
 
     tensor = getattr(relax, "TensorType", None) or relax.TensorStructInfo
@@ -38,7 +39,7 @@ def conv_module(
     x = relax.Var("x", tensor(shape, "float32"))
     w = relax.Var("w", tensor((out_channels, shape[1] // groups, kernel, kernel), "float32"))
     b = relax.Var("b", tensor((1, out_channels, 1, 1), "float32"))
-    with builder_.function("main", [x, w, b], attrs={"num_input": 1}):
+    with builder_.function("main", [x, w, b], attrs={"num_input": inputs}):
         with builder_.dataflow():
             conv = builder_.emit(
                 relax.op.nn.conv2d(x, w, strides=stride, padding=padding, dilation=dilation, groups=groups)
@@ -119,6 +120,12 @@ def test_ineligible_convs_are_left_alone(conv: dict[str, int]) -> None:
     assert done == []
     script = rewritten["main"].script()
     assert "R.nn.conv2d" in script and "winograd" not in script
+
+
+def test_a_conv_whose_weight_is_a_run_time_input_stays_direct() -> None:
+    """Its weight transform could not be lifted to build time: it would run on every inference."""
+    rewritten, done = winograd.rewrite(conv_module((1, 64, 16, 16), 64, inputs=2))
+    assert done == [] and "winograd" not in rewritten["main"].script()
 
 
 def test_layer_error_is_float32_rounding_on_the_layers_weights() -> None:

@@ -297,6 +297,7 @@ def rewrite(
     conv2d = tvm.ir.Op.get("relax.nn.conv2d")
     done: list[Rewritten] = []
     counter = {"conv": 0}
+    weights: list[Any] = []  # the function's parameters after its inputs: what weight lifting can transform
 
     @mutator
     class WinogradMutator(PyExprMutator):  # type: ignore[misc]
@@ -306,8 +307,8 @@ def rewrite(
                 return call
             counter["conv"] += 1
             shape = eligible(call)
-            if shape is None:
-                return call
+            if shape is None or not any(call.args[1].same_as(w) for w in weights):
+                return call  # a weight computed at run time would be transformed on every inference
             timing = measure(shape) if measure else None
             m = (timing.best_tile() if timing else None) or tile or tile_size(shape)
             candidate = Rewritten(f"conv2d #{counter['conv']}", Plan(shape, m), var_name(call.args[1]), timing)
@@ -317,6 +318,8 @@ def rewrite(
     rewriter = WinogradMutator(mod)  # type: ignore[operator]
     for gv, func in mod.functions.items():
         if isinstance(func, relax.Function):
+            inputs = int(func.attrs["num_input"]) if func.attrs and "num_input" in func.attrs else len(func.params)
+            weights[:] = list(func.params[inputs:])
             rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
     return rewriter.builder_.get(), done
 
