@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -216,3 +217,19 @@ def test_winograd_build_for_the_emulated_rk3399_runs_and_matches_onnxruntime(
     assert proc.returncode == 0, proc.stderr
     assert "output matches onnxruntime" in proc.stdout
     assert "Winograd: 2 of 4 convs as F(4x4, 3x3)" in proc.stdout + proc.stderr
+
+
+def test_the_build_report_says_what_the_rewrite_did() -> None:
+    layer = winograd.WinogradLayer("conv2d #2", 4, "1x64x56x56 * 64x64x3x3", 115_605_504, 28_901_376, 3e-6, 1.2, 0.6)
+    slower = winograd.WinogradLayer("conv2d #5", 4, "1x64x224x224 * 64x64x3x3", 1, 1, 0.0, 19.2, 20.0)
+    report = winograd.WinogradReport(True, 3, (layer,), (slower,), 1_500_000_000, 1_413_295_872)
+    lines = report.lines()
+    assert lines[0] == "Winograd: 1 of 3 convs as F(4x4, 3x3); multiply-adds 1.50 G -> 1.41 G (1.06x fewer)"
+    assert "worst per-layer error 3.0e-06 relative (conv2d #2, 1x64x56x56 * 64x64x3x3" in lines[1]
+    assert lines[2] == (
+        "Winograd: kept direct, measured slower: conv2d #5 1x64x224x224 * 64x64x3x3: 20.00 ms Winograd vs 19.20 ms direct"
+    )
+    assert winograd.WinogradReport.from_json(json.loads(json.dumps(asdict(report)))) == report
+    assert winograd.WinogradReport.off(5).lines() == [
+        "Winograd: off in the board profile (winograd: false); every conv runs direct"
+    ]

@@ -164,6 +164,10 @@ def tile_size(shape: ConvShape) -> int:
     return min(sorted(POINTS, reverse=True), key=lambda m: Plan(shape, m).multiply_adds())
 
 
+def _count(value: int) -> str:
+    return f"{value / 1e9:.2f} G" if value >= 1e9 else f"{value / 1e6:.1f} M"
+
+
 @dataclass(frozen=True)
 class Timing:
     """One conv shape timed on the build host, direct and as Winograd with each tile size
@@ -248,7 +252,7 @@ class WinogradReport:
         worst = max(self.layers, key=lambda layer: layer.error)
         return [
             f"Winograd: {len(self.layers)} of {self.convs} convs as F({'/'.join(f'{m}x{m}' for m in tiles)}, 3x3); "
-            f"multiply-adds {self.multiply_adds_before / 1e9:.2f} G -> {self.multiply_adds_after / 1e9:.2f} G "
+            f"multiply-adds {_count(self.multiply_adds_before)} -> {_count(self.multiply_adds_after)} "
             f"({self.multiply_adds_before / max(self.multiply_adds_after, 1):.2f}x fewer)",
             f"Winograd: worst per-layer error {worst.error:.1e} relative ({worst.name}, {worst.shape}; "
             "float32 transforms on the layer's weights against a float64 direct conv)",
