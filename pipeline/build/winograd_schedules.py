@@ -1,13 +1,18 @@
 """Schedules without tuning for the Winograd stages (pipeline/build/winograd.py).
 
-The batched GEMM is a contraction like a conv: it takes the default rules (default_schedules.py),
-which vectorize it over output channels (k, contiguous in U and M), keep a register tile of tiles
-(p) and parallelize over tile positions and tiles. The two transforms have no reduction, so
-MetaSchedule's design space gives them nothing to tile; their schedules here are written out:
-parallel over channels and tile rows, the n x n (input) or m x m (output) positions of a tile
-unrolled, so that the chain choosing each position's sum folds into straight-line code, and
-vectorized over tiles along a row (input) or output channels (output). The result is an ordinary
-trace, committed as a record like the defaults, so `invoke tune` can replace it with a searched one.
+All three are written out here, with the same ingredients as the default rules (default_schedules.py:
+the CPU's vector lanes and registers, parallel outer chunks, an unrolled register tile):
+- the batched GEMM, vectorized over output channels (k, contiguous in U and M), a register tile of
+  up to 8 tiles x 2 vectors, parallel over tile positions x blocks of output channels, so each
+  chunk's slice of U stays in cache while all tiles pass through it. The default rules' plan for it
+  (a tile of 8 x 1 vector, parallel chunks over positions and tiles) re-read U for every block of
+  tiles: 512 channels at 14x14 took 10.7 ms against 3.1 ms with this one (2 threads, busy host);
+- the two transforms, which have no reduction (MetaSchedule's design space gives them nothing to
+  tile): parallel over tile rows x channel vectors, the n x n (input) or m x m (output) positions of
+  a tile unrolled, so that the chain choosing each position's sum folds into straight-line code, and
+  vectorized over channels.
+The result is an ordinary trace, committed as a record like the defaults, so `invoke tune` can replace
+it with a searched one.
 """
 
 from tvm.ir import IRModule
