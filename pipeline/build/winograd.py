@@ -259,7 +259,7 @@ class WinogradReport:
         ] + kept_lines
 
 
-def _tensor_type() -> type:
+def _tensor_type() -> Any:
     from tvm import relax
 
     return getattr(relax, "TensorType", None) or relax.TensorStructInfo  # 0.26 names it TensorStructInfo
@@ -304,7 +304,7 @@ def rewrite(
     weights: list[Any] = []  # the function's parameters after its inputs: what weight lifting can transform
 
     @mutator
-    class WinogradMutator(PyExprMutator):  # type: ignore[misc]
+    class WinogradMutator(PyExprMutator):
         def visit_call_(self, call: Any) -> Any:
             call = super().visit_call_(call)
             if not call.op.same_as(conv2d):
@@ -319,7 +319,7 @@ def rewrite(
             done.append(candidate)
             return _winograd(self.builder_, call.args[0], call.args[1], candidate.plan) if candidate.chosen else call
 
-    rewriter = WinogradMutator(mod)  # type: ignore[operator]
+    rewriter = WinogradMutator(mod)
     for gv, func in mod.functions.items():
         if isinstance(func, relax.Function):
             inputs = int(func.attrs["num_input"]) if func.attrs and "num_input" in func.attrs else len(func.params)
@@ -475,10 +475,8 @@ def multiply_adds(mod: Any) -> int:
     total = [0]
 
     def visit(expr: Any) -> None:
-        if not isinstance(expr, relax.Call) or not isinstance(expr.op, tvm_op_type()):
-            return
-        name = expr.op.name
-        out = _static_shape(expr)
+        name = _op_name(expr)
+        out = _static_shape(expr) if name else ()
         if name == "relax.nn.conv2d" and out:
             weight = _static_shape(expr.args[1])
             total[0] += _product(out) * _product(weight[1:])
@@ -491,10 +489,12 @@ def multiply_adds(mod: Any) -> int:
     return total[0]
 
 
-def tvm_op_type() -> type:
+def _op_name(expr: Any) -> str:
+    """The operator a Relax call applies ("relax.nn.conv2d"), "" for anything else."""
     import tvm
+    from tvm import relax
 
-    return tvm.ir.Op
+    return str(expr.op.name) if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else ""
 
 
 def _static_shape(expr: Any) -> tuple[int, ...]:
@@ -544,7 +544,7 @@ def _count_convs(mod: Any) -> int:
     count = [0]
 
     def visit(expr: Any) -> None:
-        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm_op_type()) and expr.op.name == "relax.nn.conv2d":
+        if _op_name(expr) == "relax.nn.conv2d":
             count[0] += 1
 
     for func in mod.functions.values():
