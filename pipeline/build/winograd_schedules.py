@@ -68,8 +68,7 @@ def winograd_schedule(func: PrimFunc | IRModule, target: Target, task: str = "ma
     traits = cpu_traits(target)
     lanes = traits.lanes
     if which == GEMM_STAGE:
-        _gemm(sch, lanes, traits.registers)
-        rule = "gemm: parallel positions x channel blocks, 8 tiles x 2 vectors register tile"
+        rule = _gemm(sch, lanes, traits.registers)
     elif which == INPUT_STAGE:
         _input(sch, lanes)
         rule = "input: parallel tile rows x channel vectors, positions unrolled, channels vectorized"
@@ -96,7 +95,7 @@ def _input(sch: Schedule, lanes: int) -> None:
     sch.vectorize(sch.get_loops(tiles)[-1])
 
 
-def _gemm(sch: Schedule, lanes: int, registers: int) -> None:
+def _gemm(sch: Schedule, lanes: int, registers: int) -> str:
     """Per tile position e and block of output-channel vectors (the parallel chunks), all tiles in
     register tiles of up to 8 tiles x 2 vectors, all input channels innermost but for the tile: each
     chunk's slice of U stays in cache while every tile passes through it."""
@@ -114,6 +113,7 @@ def _gemm(sch: Schedule, lanes: int, registers: int) -> None:
     sch.unroll(channel_vectors)
     sch.vectorize(channel_lanes)
     sch.decompose_reduction(block, reduce)
+    return f"gemm: parallel positions x channel blocks, {rows} tiles x {vectors} vectors of {vector} register tile"
 
 
 def _output(sch: Schedule, lanes: int) -> None:
