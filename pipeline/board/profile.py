@@ -110,6 +110,8 @@ class BoardProfile(_Strict):
     timing: TimingDefaults = TimingDefaults()
     coverage: CoverageSettings | None = None
     tuning: TuningSettings = TuningSettings()
+    # Rewrite eligible 3x3 convs into Winograd F(4x4, 3x3) (pipeline/build/winograd.py, docs/winograd.md).
+    winograd: bool = True
 
     @property
     def arch(self) -> Arch:

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from pipeline.build import lowering
 from pipeline.build.elf import elf_arch
 from pipeline.build.model_file import ModelSpec
 from pipeline.build.tvm_errors import tvm_errors
+from pipeline.build.winograd import WinogradReport
 from pipeline.errors import PipelineError
 from pipeline.paths import CACHE_DIR, RECORDS_DIR
 from pipeline.records.coverage import Coverage, measure_coverage
@@ -50,6 +51,8 @@ class BuildArtifact:
     cached: bool
     compile_seconds: float
     coverage: Coverage
+    # Which convs run Winograd, multiply-adds before/after, per-layer error (off: a build read back without one).
+    winograd: WinogradReport = field(default_factory=lambda: WinogradReport.off(0))
 
     @property
     def release(self) -> str:
@@ -71,7 +74,7 @@ def resolved_target(board: BoardProfile) -> dict[str, Any]:
 def build_key(model: ModelSpec, board: BoardProfile, records: Sequence[StoredRecord] = (), migrate: bool = True) -> str:
     """Content hash of everything that changes the built library: the model's bytes, the target,
     the cross compiler, the TVM version, the records that may apply (older releases' ones too when they
-    may be migrated) and this build recipe itself."""
+    may be migrated), the profile's Winograd setting and this build recipe itself."""
     import tvm
 
     digest = hashlib.sha256()
@@ -86,6 +89,7 @@ def build_key(model: ModelSpec, board: BoardProfile, records: Sequence[StoredRec
         "input": [model.input_name, list(model.input_shape)],
         "records": sorted(r.digest for r in records),
         "migrate": migrate,
+        "winograd": board.winograd,
         "recipe": recipe_digest(),
     }
     digest.update(json.dumps(recipe, sort_keys=True).encode())
@@ -153,7 +157,7 @@ def _compile_into(
     started = time.perf_counter()
     target = resolved_target(board)
     tvm_target = tvm.target.Target(target)
-    mod, params = lowering.import_model(model)
+    mod, params, winograd = lowering.import_model_reporting(model, board.winograd, tvm_target)
     doing = f"TVM could not build {model.name} for {target['mtriple']}"
     fix = f"check that '{board.cross_compiler}' is installed (scripts/install.sh) and the profile's target"
     with tvm_errors(doing, fix):
@@ -204,6 +208,7 @@ def _compile_into(
         "tvm_version": tvm.__version__,
         "compile_seconds": round(time.perf_counter() - started, 3),
         "coverage": asdict(coverage),
+        "winograd": asdict(winograd),
     }
     (out_dir / BUILD_INFO_NAME).write_text(json.dumps(info, indent=2))
     return info
@@ -242,4 +247,5 @@ def _artifact_from_info(directory: Path, info: dict[str, Any], store: RecordStor
         cached=cached,
         compile_seconds=info["compile_seconds"],
         coverage=replace(coverage, problems=store.problems + coverage.problems),
+        winograd=WinogradReport.from_json(info.get("winograd")),
     )

@@ -12,6 +12,7 @@ from typing import Any
 
 from pipeline.build.model_file import ModelSpec
 from pipeline.build.tvm_errors import reason, tvm_errors
+from pipeline.build.winograd import WinogradReport, multiply_adds, report, rewrite, var_name
 from pipeline.errors import PipelineError, write_log
 from pipeline.records.store import structural_hash
 from pipeline.records.workloads import WorkloadKey, workload_key
@@ -29,9 +30,19 @@ class Task:
     extracted: Any  # MetaSchedule's ExtractedTask, for tuning
 
 
-def import_model(model: ModelSpec) -> tuple[Any, dict[str, list[Any]]]:
+def import_model(model: ModelSpec, winograd: bool = False, target: Any = None) -> tuple[Any, dict[str, list[Any]]]:
     """The model as a Relax module whose weights are runtime parameters (so the library stays small),
-    with whatever depends on weights alone already computed (see lift_weight_transforms)."""
+    with whatever depends on weights alone already computed (see lift_weight_transforms); with
+    `winograd`, eligible 3x3 convs rewritten first (pipeline/build/winograd.py)."""
+    mod, params, _ = import_model_reporting(model, winograd, target)
+    return mod, params
+
+
+def import_model_reporting(
+    model: ModelSpec, winograd: bool, target: Any = None
+) -> tuple[Any, dict[str, list[Any]], WinogradReport]:
+    """import_model, also saying which convs the Winograd rewrite took and how accurate each is; with
+    a `target` that runs on this host, each eligible conv shape is timed both ways (winograd_choice.py)."""
     import onnx
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
@@ -46,7 +57,22 @@ def import_model(model: ModelSpec) -> tuple[Any, dict[str, list[Any]]]:
         "report the model with the log file; TVM's ONNX support may be incomplete for it",
     ):
         mod, params = relax.frontend.detach_params(mod)
-        return lift_weight_transforms(relax.transform.DecomposeOpsForInference()(mod), params)
+        mod = relax.transform.DecomposeOpsForInference()(mod)
+        mod, summary = _winograd(mod, params, target) if winograd else (mod, WinogradReport.off(multiply_adds(mod)))
+        mod, params = lift_weight_transforms(mod, params)
+        return mod, params, summary
+
+
+def _winograd(mod: Any, params: dict[str, list[Any]], target: Any) -> tuple[Any, WinogradReport]:
+    """The rewrite, and its report with each rewritten conv's error on its own weights."""
+    from pipeline.build.winograd_choice import chooser
+
+    rewritten, done = rewrite(mod, chooser(target) if target is not None else None)
+    main = mod["main"]
+    names = [var_name(var) for var in main.params[int(main.attrs["num_input"]) :]]
+    wanted = {layer.weight for layer in done}
+    weights = {name: tensor.numpy() for name, tensor in zip(names, params.get("main", [])) if name in wanted}
+    return rewritten, report(mod, done, weights)
 
 
 def weights_not_inputs(proto: Any) -> Any:
@@ -137,6 +163,8 @@ def extract_tasks(fused: Any, target: Any) -> list[Task]:
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.analysis import estimate_tir_flops
 
+    from pipeline.build.winograd_schedules import transform_flops
+
     normalize = tvm.get_global_func("tvm.s_tir.meta_schedule.normalize_mod")
     tasks = []
     for extracted in ms.relax_integration.extract_tasks(fused, target):
@@ -146,7 +174,7 @@ def extract_tasks(fused: Any, target: Any) -> list[Task]:
                 name=extracted.task_name,
                 key=workload_key(extracted.task_name, mod),
                 calls=int(extracted.weight),
-                flops=float(estimate_tir_flops(mod)) * int(extracted.weight),
+                flops=(transform_flops(mod) or float(estimate_tir_flops(mod))) * int(extracted.weight),
                 structural_hash=structural_hash(normalize(mod)),
                 extracted=extracted,
             )

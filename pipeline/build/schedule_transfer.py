@@ -38,6 +38,7 @@ from pipeline.build.default_schedules import (
     ranked,
     replay,
 )
+from pipeline.build.winograd_schedules import winograd_schedule
 from pipeline.records.store import structural_hash
 from pipeline.releases.compat import TVM_ERRORS
 
@@ -192,7 +193,8 @@ class ScheduleChoice:
     """How one PrimFunc of the build gets its schedule (a row of pipeline.records.coverage's table)."""
 
     task: str
-    kind: str  # "tuned", "migrated", "transferred", "default", "naive" (no rule applied), or "unscheduled"
+    kind: str  # "tuned", "migrated", "transferred", "default", "winograd" (a Winograd stage's own schedule,
+    # pipeline/build/winograd_schedules.py), "naive" (no rule applied), or "unscheduled"
     # (nothing to tile: elementwise, reshape, pooling; TVM's own lowering)
     source: str  # the donor record of a transfer, the rule of a default, why a task stays naive
 
@@ -224,7 +226,7 @@ def fallback_database(
             choices.append(ScheduleChoice(name, "migrated", migrated[name].rule))
             continue
         try:
-            schedule = best_schedule(func, target, usable, name)
+            schedule = winograd_schedule(func, target, name) or best_schedule(func, target, usable, name)
         except RuntimeError as exc:  # no rule applied: the build still works, with naive loops
             choices.append(ScheduleChoice(name, "naive", str(exc)))
             continue

@@ -17,7 +17,8 @@ def _tuned_count(result: DeployResult) -> str:
         return text
     count = {
         kind: sum(1 for entry in heavy if entry.schedule == kind)
-        for kind in ("migrated", "transferred", "default", "naive")
+        for kind in ("migrated", "transferred", "default", "winograd", "naive")
+        if kind != "winograd" or any(entry.schedule == kind for entry in heavy)
     }
     return text + ", the others " + ", ".join(f"{n} {kind}" for kind, n in count.items())
 

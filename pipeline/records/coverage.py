@@ -30,7 +30,8 @@ class TaskCoverage:
     # How the task is scheduled: "tuned" (a record), "migrated" (an older TVM release's record of this
     # workload, replayed and checked; tuned only once `invoke migrate` measured it on the board),
     # "transferred" (a record of another shape),
-    # "default" (pipeline/default_schedules.py's rules), "naive" (conv/dense left to TVM's naive
+    # "default" (pipeline/default_schedules.py's rules), "winograd" (a stage of a conv rewritten into
+    # Winograd, pipeline/build/winograd_schedules.py), "naive" (conv/dense left to TVM's naive
     # loops), or "unscheduled" (nothing to tile: TVM's own lowering of elementwise, pooling, ...)
     schedule: str = ""
     source: str = ""  # the release and record of a migration, the donor of a transfer, the rule of a default, why naive
@@ -143,7 +144,7 @@ def _schedule(task: Task, tuned: bool, scheduled: bool, choice: "ScheduleChoice 
     """The schedule kind and its source; a conv/dense PrimFunc that TVM did not mark scheduled is naive."""
     if tuned:
         return "tuned", ""
-    if choice is not None and choice.kind in ("migrated", "transferred", "default") and scheduled:
+    if choice is not None and choice.kind in ("migrated", "transferred", "default", "winograd") and scheduled:
         return choice.kind, choice.source
     if task.key.heavy:
         return "naive", choice.source if choice is not None and choice.source else "no schedule applied"
@@ -256,9 +257,11 @@ def coverage_lines(coverage: Coverage, width: int = 44) -> list[str]:
 
 
 def fallback_counts(coverage: Coverage) -> str:
-    """How the untuned conv/dense tasks run, e.g. "2 migrated, 1 transferred, 3 default, 0 naive"."""
+    """How the untuned conv/dense tasks run, e.g. "2 migrated, 1 transferred, 3 default, 0 naive"
+    (and the Winograd stages, when the build has any)."""
     kinds = [row.schedule for row in coverage.missing]
-    return ", ".join(f"{kinds.count(kind)} {kind}" for kind in ("migrated", "transferred", "default", "naive"))
+    shown_kinds = ("migrated", "transferred", "default") + (("winograd",) if "winograd" in kinds else ()) + ("naive",)
+    return ", ".join(f"{kinds.count(kind)} {kind}" for kind in shown_kinds)
 
 
 def _state(row: TaskCoverage) -> str:
@@ -270,4 +273,6 @@ def _state(row: TaskCoverage) -> str:
         return f"transferred from {row.source}"
     if row.schedule == "default":
         return f"default  (rule {row.source})"
+    if row.schedule == "winograd":
+        return f"WINOGRAD  ({row.source})"
     return f"NAIVE  (no schedule: {row.source or 'unknown'}; runs TVM's naive loops, tens of times slower)"

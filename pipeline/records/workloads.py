@@ -13,6 +13,8 @@ from typing import Any
 HEAVY_OPERATORS = ("conv", "matmul", "dense")
 
 _LAYOUT_LETTERS = set("NCDHW")
+# Blocks of the Winograd stages (pipeline/build/winograd.py): conv2d_winograd_input, _gemm, _output.
+WINOGRAD_PREFIX = "conv2d_winograd"
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,9 @@ def workload_key(task_name: str, mod: Any) -> WorkloadKey:
 
     sch = Schedule(mod)
     blocks = [sch.get(rv) for rv in sch.get_child_blocks(sch.get_sblock("root"))]
+    stage = next((b.name_hint for b in blocks if b.name_hint.startswith(WINOGRAD_PREFIX)), None)
+    if stage is not None:
+        return _winograd_key(task_name, stage, mod)
     anchor = next((b for b in blocks if _is_reduction(b) and _op_name(b.name_hint)), None)
     if anchor is None:
         return _plain_key(task_name, mod)
@@ -92,6 +97,32 @@ def _plain_key(task_name: str, mod: Any) -> WorkloadKey:
         groups=1,
         dtypes=(str(first.dtype), str(last.dtype)),
         epilogue="",
+    )
+
+
+def _winograd_key(task_name: str, stage: str, mod: Any) -> WorkloadKey:
+    """A Winograd stage: its block name as the operator, its tensors' shapes (the GEMM's second input,
+    the transformed weight, as the weight), and what fused after the output transform as epilogue."""
+    from tvm import tirx
+
+    buffers = [p for p in mod["main"].params if isinstance(p, tirx.Buffer)]
+    first, last = buffers[0], buffers[-1]
+    weight = _shape(buffers[1]) if stage.endswith("gemm") and len(buffers) > 2 else ()
+    tokens = _name_tokens(task_name)
+    stage_tokens = stage.split("_")
+    after = tokens[tokens.index(stage_tokens[-1]) + 1 :] if stage_tokens[-1] in tokens else []
+    return WorkloadKey(
+        operator=stage,
+        layout="",
+        input_shape=_shape(first),
+        weight_shape=weight,
+        output_shape=_shape(last),
+        strides=(),
+        padding=(),
+        dilation=(),
+        groups=1,
+        dtypes=(str(first.dtype), str(last.dtype)),
+        epilogue="_".join(after),
     )
 
 

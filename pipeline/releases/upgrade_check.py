@@ -28,7 +28,7 @@ from pipeline.records.coverage import Coverage
 from pipeline.releases.catalog import Release, get_release, running_release
 from pipeline.releases.environment import Progress, release_python
 
-KINDS = ("tuned", "migrated", "transferred", "default", "naive")
+KINDS = ("tuned", "migrated", "transferred", "default", "winograd", "naive")
 PROFILE_RUNS = 3  # per release, after the interleaved rounds: each task's time per inference
 TIME_CHANGE = 0.10  # a task whose time moved by more than this is listed, whatever its schedule kind
 

@@ -67,7 +67,7 @@ def tune(
     started = time.perf_counter()
     target = resolved_target(board)
     tvm_target = tvm.target.Target(target)
-    fused = lowering.fuse(lowering.import_model(model)[0], tvm_target)
+    fused = lowering.fuse(lowering.import_model(model, board.winograd, tvm_target)[0], tvm_target)
     tasks = [t for t in lowering.extract_tasks(fused, tvm_target) if t.key.heavy and (not only or t.name in only)]
     unknown = sorted(set(only) - {t.name for t in tasks})  # a misspelt name must not be skipped silently
     if unknown:
@@ -241,10 +241,12 @@ def start_from_defaults(
     from tvm.s_tir import meta_schedule as ms
 
     from pipeline.build.default_schedules import default_schedule
+    from pipeline.build.winograd_schedules import winograd_schedule
 
     seeded = []
     for task in tasks:
-        schedule = default_schedule(task.extracted.dispatched[0], target, task.name)
+        func = task.extracted.dispatched[0]
+        schedule = winograd_schedule(func, target, task.name) or default_schedule(func, target, task.name)
         if schedule is None:
             continue  # nothing to tile
         args_info = ms.arg_info.ArgInfo.from_prim_func(schedule.workload["main"])

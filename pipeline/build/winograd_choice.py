@@ -1,0 +1,103 @@
+"""Which eligible convs run Winograd: measured on the build host when it runs the target's code,
+else by rule (docs/winograd.md).
+
+Why measure: Winograd trades multiply-adds for memory traffic. Its transformed weights are 4x the
+conv's (36 against 9 values per channel pair) and the GEMM uses each only once per tile, so a conv
+with few tiles and many channels (512 channels at 14x14: 16 tiles) reads 4x the weights for a small
+gain, and a conv with few channels at a large image writes and reads its 2.25x larger transformed
+input and output for little arithmetic. Where the two meet depends on the CPU's caches and memory,
+so on a board that is this machine (the `local` profile) each conv shape is timed both ways, with
+the schedules the build gives it, and the faster one is kept. The timings are kept per CPU under
+.cache/winograd/ (delete to measure again), so a later build, `invoke tune` and `invoke migrate` lower the same module.
+"""
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.atomic import write_atomically
+from pipeline.build.winograd import POINTS, ConvShape, Timing, rewrite
+from pipeline.paths import CACHE_DIR
+
+_RUNS = 20
+
+
+def chooser(target: Any, cache_dir: Path = CACHE_DIR) -> Callable[[ConvShape], Timing] | None:
+    """A per-conv measurement for `rewrite`, or None (the rule alone) when this host cannot run the
+    target's code (another architecture or CPU: an ARM board, emulated or real)."""
+    from pipeline.build.schedule_transfer import _runs_here
+
+    if not _runs_here(target):
+        return None
+    path = cache_dir / "winograd" / f"v2-{target.attrs['mcpu']}-{int(target.attrs['num-cores'])}cores.json"
+    return lambda shape: _timing(shape, target, path)
+
+
+def _timing(shape: ConvShape, target: Any, path: Path) -> Timing:
+    """Direct and Winograd times (each tile size) of one conv + bias + ReLU of this shape, measured once per CPU.
+    Why each tile size: F(2x2)'s transformed weights are 16/36 of F(4x4)'s, which wins where the GEMM
+    streams its weights for few tiles (512 channels at 7x7), although it does more multiply-adds."""
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    key = json.dumps(asdict(shape))
+    if key not in known:
+        direct = _conv_module(shape)
+        winograd = {m: _best_ms(rewrite(direct, tile=m)[0], shape, target) for m in sorted(POINTS)}
+        known = json.loads(path.read_text()) if path.is_file() else {}  # another build may have added some
+        known[key] = {"direct_ms": _best_ms(direct, shape, target), "winograd_ms": winograd}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, json.dumps(known, indent=1).encode())
+    entry = known[key]
+    return Timing(entry["direct_ms"], {int(m): ms for m, ms in entry["winograd_ms"].items()})
+
+
+def _conv_module(shape: ConvShape) -> Any:
+    from tvm import relax
+
+    tensor = getattr(relax, "TensorType", None) or relax.TensorStructInfo  # 0.26: TensorStructInfo
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", tensor((shape.batch, shape.channels, shape.height, shape.width), "float32"))
+    w = relax.Var("w", tensor((shape.out_channels, shape.channels, 3, 3), "float32"))
+    b = relax.Var("b", tensor((1, shape.out_channels, 1, 1), "float32"))
+    with builder.function("main", [x, w, b], attrs={"num_input": 1}):
+        with builder.dataflow():
+            conv = builder.emit(relax.op.nn.conv2d(x, w, padding=shape.padding))
+            out = builder.emit_output(relax.op.nn.relu(relax.op.add(conv, b)))
+        builder.emit_func_output(out)
+    return builder.get()
+
+
+def _best_ms(mod: Any, shape: ConvShape, target: Any) -> float:
+    """Built the way the model is (weights lifted, fused, the build's schedules), then timed."""
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    from pipeline.build import lowering
+    from pipeline.build.schedule_transfer import fallback_database
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((shape.out_channels, shape.channels, 3, 3)).astype("float32")
+    bias = rng.standard_normal((1, shape.out_channels, 1, 1)).astype("float32")
+    lifted, params = lowering.lift_weight_transforms(
+        mod, {"main": [tvm.runtime.tensor(weight), tvm.runtime.tensor(bias)]}
+    )
+    fused = lowering.fuse(lifted, target)
+    database, _ = fallback_database(fused, target, ms.database.MemoryDatabase())
+    machine = relax.VirtualMachine(
+        lowering.build_executable(lowering.apply_database(fused, database, target), target), tvm.cpu()
+    )
+    data = tvm.runtime.tensor(
+        rng.standard_normal((shape.batch, shape.channels, shape.height, shape.width)).astype("float32")
+    )
+    machine["main"](data, *params["main"])  # compiled lazily on the first call
+    best = float("inf")
+    for _ in range(_RUNS):
+        started = time.perf_counter()
+        machine["main"](data, *params["main"])
+        best = min(best, time.perf_counter() - started)
+    return best * 1e3
