@@ -102,9 +102,9 @@ def output_difference(candidate: IRModule, reference: IRModule, target: Target) 
     """ "" when both give the same output on the same random inputs, else how far apart they are. Both are
     compiled for this host when the target's code cannot run here: what a schedule computes does not
     depend on the CPU it is compiled for."""
-    from pipeline.build.schedule_transfer import _random_inputs, _runs_here
+    from pipeline.build.schedule_transfer import _random_inputs, runs_here
 
-    host = target if _runs_here(target) else Target({"kind": "llvm", "num-cores": 1})
+    host = target if runs_here(target) else Target({"kind": "llvm", "num-cores": 1})
     inputs = _random_inputs(reference)
     expected, got = _output(reference, host, inputs), _output(candidate, host, inputs)
     scale = max(float(np.abs(expected).max()), 1e-6)

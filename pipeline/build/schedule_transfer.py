@@ -172,7 +172,7 @@ def best_schedule(
     runs faster. Transfers are timed only where the target runs on this machine; for another
     target the default stays (its rules are for that target; a transfer cannot be checked there)."""
     default = default_schedule(func, target, task)
-    if default is None or not _runs_here(target):
+    if default is None or not runs_here(target):
         return default
     transfers = transferred_schedules(func, target, candidates, task)
     if not transfers:
@@ -271,7 +271,7 @@ def _distance(a: tuple[int, ...], b: tuple[int, ...]) -> float:
     return sum(abs(math.log(x / y)) for x, y in zip(a, b))
 
 
-def _runs_here(target: Target) -> bool:
+def runs_here(target: Target) -> bool:
     """Whether code for the target runs (and times meaningfully) on this machine: same
     architecture and CPU model, so no instruction the host lacks."""
     from tvm.target import codegen

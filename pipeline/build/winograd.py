@@ -259,18 +259,14 @@ class WinogradReport:
         ] + kept_lines
 
 
-def _tensor_type() -> Any:
-    from tvm import relax
-
-    return getattr(relax, "TensorType", None) or relax.TensorStructInfo  # 0.26 names it TensorStructInfo
-
-
 def eligible(call: Any) -> ConvShape | None:
     """The conv's shape when the rewrite applies: NCHW/OIHW float32, 3x3, stride 1, dilation 1,
     one group, static shapes and at least MIN_CHANNELS input and output channels; else None."""
+    from pipeline.releases.compat import TensorType, expr_type
+
     attrs = call.attrs
-    data, weight = (getattr(arg, "ty", None) or arg.struct_info for arg in call.args)  # 0.26: struct_info
-    if not all(isinstance(info, _tensor_type()) and info.shape is not None for info in (data, weight)):
+    data, weight = (expr_type(arg) for arg in call.args)
+    if not all(isinstance(info, TensorType) and info.shape is not None for info in (data, weight)):
         return None
     if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW"):
         return None
@@ -498,7 +494,9 @@ def _op_name(expr: Any) -> str:
 
 
 def _static_shape(expr: Any) -> tuple[int, ...]:
-    info = getattr(expr, "ty", None) or expr.struct_info
+    from pipeline.releases.compat import expr_type
+
+    info = expr_type(expr)
     shape = getattr(info, "shape", None)
     try:
         return tuple(int(d) for d in shape) if shape is not None else ()

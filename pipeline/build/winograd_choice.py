@@ -30,9 +30,9 @@ _RUNS = 20
 def chooser(target: Any, cache_dir: Path = CACHE_DIR) -> Callable[[ConvShape], Timing] | None:
     """A per-conv measurement for `rewrite`, or None (the rule alone) when this host cannot run the
     target's code (another architecture or CPU: an ARM board, emulated or real)."""
-    from pipeline.build.schedule_transfer import _runs_here
+    from pipeline.build.schedule_transfer import runs_here
 
-    if not _runs_here(target):
+    if not runs_here(target):
         return None
     path = cache_dir / "winograd" / f"v2-{target.attrs['mcpu']}-{int(target.attrs['num-cores'])}cores.json"
     return lambda shape: _timing(shape, target, path)
@@ -58,7 +58,8 @@ def _timing(shape: ConvShape, target: Any, path: Path) -> Timing:
 def _conv_module(shape: ConvShape) -> Any:
     from tvm import relax
 
-    tensor = getattr(relax, "TensorType", None) or relax.TensorStructInfo  # 0.26: TensorStructInfo
+    from pipeline.releases.compat import TensorType as tensor
+
     builder = relax.BlockBuilder()
     x = relax.Var("x", tensor((shape.batch, shape.channels, shape.height, shape.width), "float32"))
     w = relax.Var("w", tensor((shape.out_channels, shape.channels, 3, 3), "float32"))
