@@ -8,7 +8,8 @@ Real deploys and real A/B sessions on this machine, on a private history databas
    nightly's flags, what became of them, the alarms (confirmed changes), and the time of a night both ways.
 2. `--trials` nights with the board's threads going from 2 to 1 (a copy of boards/local.yaml), each
    against the unchanged nights' history: how many are confirmed, and whether the threads are named.
-3. `--trials` nights where a small CNN (`net.onnx`, two 3x3 convs) got 4x wider channels, each against
+3. `--trials` nights where a small CNN (`net.onnx`, two 3x3 convs) got 3x wider channels (both below
+   Winograd's channel threshold, so both builds have the same tasks), each against
    a history of the narrow one: how many are confirmed, and whether the slower conv tasks are named.
 4. `--trials` A/B sessions of an unchanged build with the current side's samples scaled by 1.10 (an
    injected +10%): how many are confirmed as a regression.
@@ -161,11 +162,11 @@ def threads_trials(work: Path, history_path: Path, models: list[str], trials: in
 
 
 def wider_trials(work: Path, trials: int) -> None:
-    """Each trial: the narrow net's history (three nights), then one night of the 4x wider net."""
+    """Each trial: the narrow net's history (three nights), then one night of the 3x wider net."""
     from models.graph import GraphBuilder
 
     paths = {}
-    for channels in (16, 64):
+    for channels in (8, 24):
         g = GraphBuilder(0, "data", (1, 3, 32, 32))
         x = g.relu(g.conv(g.relu(g.conv(g.input, channels, 3)), channels, 3))
         path = work / f"net-{channels}" / "net.onnx"
@@ -174,11 +175,11 @@ def wider_trials(work: Path, trials: int) -> None:
         paths[channels] = path
     deploy = real_deploy(results_dir=work / "results")
     history_path = work / "narrow.sqlite"
-    narrow = matrix_for("local", [str(paths[16])])
+    narrow = matrix_for("local", [str(paths[8])])
     with History(history_path) as history:
         for _ in range(3):
             run_nightly(narrow, deploy, history, PROVENANCE, confirm=real_confirm(narrow), lock_dir=work / "locks")
-    wide = matrix_for("local", [str(paths[64])])
+    wide = matrix_for("local", [str(paths[24])])
     confirmed = named = 0
     for trial in range(trials):
         copy = work / f"wider-{trial}.sqlite"
@@ -193,7 +194,7 @@ def wider_trials(work: Path, trials: int) -> None:
         print(f"    wider trial {trial + 1}: {night_lines(outcome)[0]}", flush=True)
         for task in point.tasks:
             print(f"        slower task: {task}", flush=True)
-    print(f"Convs 4x wider (net.onnx): {confirmed} of {trials} confirmed, a slower conv task named in {named}")
+    print(f"Convs 3x wider (net.onnx): {confirmed} of {trials} confirmed, a slower conv task named in {named}")
 
 
 def injected_trials(work: Path, models: list[str], trials: int) -> None:
