@@ -40,6 +40,7 @@ from pipeline.nightly.compare import PairedVerdict, compare_pairs, compare_sampl
 from pipeline.nightly.confirm import confirm_on_board  # noqa: E402
 from pipeline.nightly.history import History  # noqa: E402
 from pipeline.nightly.loop import (  # noqa: E402
+    DeployPoint,
     Matrix,
     MatrixEntry,
     NightlyOutcome,
@@ -132,6 +133,13 @@ def night_lines(outcome: NightlyOutcome) -> list[str]:
     return [point_line(point) for point in outcome.outcomes]
 
 
+def night_on_a_copy(history_path: Path, copy: Path, matrix: Matrix, deploy: DeployPoint, work: Path) -> NightlyOutcome:
+    """One trial night against a copy of the history, so every trial starts from the same nights."""
+    shutil.copy(history_path, copy)
+    with History(copy) as history:
+        return run_nightly(matrix, deploy, history, PROVENANCE, confirm=real_confirm(matrix), lock_dir=work / "locks")
+
+
 def threads_trials(work: Path, history_path: Path, models: list[str], trials: int) -> None:
     """Each trial: one night with threads 1 against a copy of the unchanged history (threads 2)."""
     profile = yaml.safe_load((ROOT / "boards" / "local.yaml").read_text())
@@ -142,12 +150,7 @@ def threads_trials(work: Path, history_path: Path, models: list[str], trials: in
     confirmed = named = total = 0
     ratios = []
     for trial in range(trials):
-        copy = work / f"threads-{trial}.sqlite"
-        shutil.copy(history_path, copy)
-        with History(copy) as history:
-            outcome = run_nightly(
-                matrix, deploy, history, PROVENANCE, confirm=real_confirm(matrix), lock_dir=work / "locks"
-            )
+        outcome = night_on_a_copy(history_path, work / f"threads-{trial}.sqlite", matrix, deploy, work)
         for point in outcome.outcomes:
             total += 1
             if point.alarm == "regression":
@@ -182,12 +185,7 @@ def wider_trials(work: Path, trials: int) -> None:
     wide = matrix_for("local", [str(paths[24])])
     confirmed = named = 0
     for trial in range(trials):
-        copy = work / f"wider-{trial}.sqlite"
-        shutil.copy(history_path, copy)
-        with History(copy) as history:
-            outcome = run_nightly(
-                wide, deploy, history, PROVENANCE, confirm=real_confirm(wide), lock_dir=work / "locks"
-            )
+        outcome = night_on_a_copy(history_path, work / f"wider-{trial}.sqlite", wide, deploy, work)
         [point] = outcome.outcomes
         confirmed += point.alarm == "regression"
         named += bool(point.tasks) and point.tasks[0].startswith("fused_conv2d")
