@@ -9,6 +9,7 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
+from pipeline.board.remote import CommandResult
 from pipeline.board.session import Board
 from pipeline.deploy.layout import Deployment
 from pipeline.errors import PipelineError
@@ -99,9 +100,7 @@ def run_benchmark(
     )
     remote_output = str(PurePosixPath(deployment.remote_dir) / output_name)
     try:
-        if result.exit_code != 0:
-            detail = (result.stderr.strip() or f"exit code {result.exit_code}").splitlines()[-1]
-            raise PipelineError(f"the TVM runtime failed on board {board.name}: {detail}", "see the board's message")
+        raise_if_runner_failed(result, board.name)
         report = json.loads(result.stdout.strip().splitlines()[-1])
         output = _fetch_output(board, remote_output, report["output_shape"])
     finally:
@@ -115,6 +114,15 @@ def run_benchmark(
         peak_rss_kb=int(report["peak_rss_kb"]),
         profile=[KernelTime(str(k["name"]), int(k["calls"]), float(k["ms"])) for k in report.get("profile", [])],
     )
+
+
+def raise_if_runner_failed(result: CommandResult, board_name: str, during: str = "") -> None:
+    """A non-zero exit of the runner as one line: its last message on stderr."""
+    if result.exit_code != 0:
+        detail = (result.stderr.strip() or f"exit code {result.exit_code}").splitlines()[-1]
+        raise PipelineError(
+            f"the TVM runtime failed on board {board_name}{during}: {detail}", "see the board's message"
+        )
 
 
 def runner_args(

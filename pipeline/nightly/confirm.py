@@ -322,11 +322,7 @@ def _round(
         result = session.run(script, timeout_s=timeout_s, cwd=session.remote_dir)
     finally:
         session.run(f"rm -f {output}", timeout_s=30.0, cwd=session.remote_dir)
-    if result.exit_code != 0:
-        detail = (result.stderr.strip() or f"exit code {result.exit_code}").splitlines()[-1]
-        raise PipelineError(
-            f"the TVM runtime failed on board {session.name} during A/B: {detail}", "see the board's message"
-        )
+    execute.raise_if_runner_failed(result, session.name, " during A/B")
     reports = [chunk.strip().splitlines()[-1] for chunk in result.stdout.split(MARKER)[1:]]
     return [float(np.percentile(json.loads(report)["runs_ms"], SAMPLE_PERCENTILE)) for report in reports]
 

@@ -81,48 +81,41 @@ def workload_key(task_name: str, mod: Any) -> WorkloadKey:
 
 def _plain_key(task_name: str, mod: Any) -> WorkloadKey:
     """Tasks without conv/dense work: named by their first op, with their first input and output shapes."""
-    from tvm import tirx
-
-    buffers = [p for p in mod["main"].params if isinstance(p, tirx.Buffer)]
-    first, last = buffers[0], buffers[-1]
-    return WorkloadKey(
-        operator="_".join(_name_tokens(task_name)),
-        layout="",
-        input_shape=_shape(first),
-        weight_shape=(),
-        output_shape=_shape(last),
-        strides=(),
-        padding=(),
-        dilation=(),
-        groups=1,
-        dtypes=(str(first.dtype), str(last.dtype)),
-        epilogue="",
-    )
+    return _buffers_key("_".join(_name_tokens(task_name)), _buffers(mod), weight_shape=(), epilogue="")
 
 
 def _winograd_key(task_name: str, stage: str, mod: Any) -> WorkloadKey:
     """A Winograd stage: its block name as the operator, its tensors' shapes (the GEMM's second input,
     the transformed weight, as the weight), and what fused after the output transform as epilogue."""
-    from tvm import tirx
-
-    buffers = [p for p in mod["main"].params if isinstance(p, tirx.Buffer)]
-    first, last = buffers[0], buffers[-1]
+    buffers = _buffers(mod)
     weight = _shape(buffers[1]) if stage.endswith("gemm") and len(buffers) > 2 else ()
     tokens = _name_tokens(task_name)
     stage_tokens = stage.split("_")
     after = tokens[tokens.index(stage_tokens[-1]) + 1 :] if stage_tokens[-1] in tokens else []
+    return _buffers_key(stage, buffers, weight_shape=weight, epilogue="_".join(after))
+
+
+def _buffers(mod: Any) -> list[Any]:
+    from tvm import tirx
+
+    return [p for p in mod["main"].params if isinstance(p, tirx.Buffer)]
+
+
+def _buffers_key(operator: str, buffers: list[Any], *, weight_shape: tuple[int, ...], epilogue: str) -> WorkloadKey:
+    """A key from a task's first (input) and last (output) buffer, for tasks without conv attributes."""
+    first, last = buffers[0], buffers[-1]
     return WorkloadKey(
-        operator=stage,
+        operator=operator,
         layout="",
         input_shape=_shape(first),
-        weight_shape=weight,
+        weight_shape=weight_shape,
         output_shape=_shape(last),
         strides=(),
         padding=(),
         dilation=(),
         groups=1,
         dtypes=(str(first.dtype), str(last.dtype)),
-        epilogue="_".join(after),
+        epilogue=epilogue,
     )
 
 
