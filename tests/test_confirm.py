@@ -29,8 +29,8 @@ PROVENANCE = RunProvenance(pipeline_commit="abc", record_store_version=None)
 
 
 def small_net(channels: int) -> onnx.ModelProto:
-    """Two 3x3 convs and a dense layer on a 64x64 image; the convs' cost grows with `channels` squared."""
-    g = GraphBuilder(0, "data", (1, 3, 64, 64))
+    """Two 3x3 convs and a dense layer on a 32x32 image; the convs' cost grows with `channels` squared."""
+    g = GraphBuilder(0, "data", (1, 3, 32, 32))
     x = g.relu(g.conv(g.input, channels, 3))
     x = g.relu(g.conv(x, channels, 3))
     x = g.flatten(g.global_avg_pool(x), features=channels)
@@ -42,7 +42,7 @@ def net_versions(tmp_path: Path) -> tuple[Path, Path]:
     """The same model file (`net.onnx`, so the same nightly point) before and after it got wider; both
     below Winograd's channel threshold, so both builds have the same tasks and only their times differ."""
     paths = []
-    for folder, channels in (("before", 4), ("after", MIN_CHANNELS - 8)):
+    for folder, channels in (("before", 8), ("after", MIN_CHANNELS - 8)):
         path = tmp_path / folder / "net.onnx"
         path.parent.mkdir()
         onnx.save(small_net(channels), path)
