@@ -28,26 +28,39 @@ from pipeline.releases.upgrade_check import build_under
 PROVENANCE = RunProvenance(pipeline_commit="abc", record_store_version=None)
 
 
-def small_net(channels: int) -> onnx.ModelProto:
-    """Two 3x3 convs and a dense layer on a 32x32 image; the convs' cost grows with `channels` squared."""
-    g = GraphBuilder(0, "data", (1, 3, 32, 32))
+def small_net(channels: int, size: int) -> onnx.ModelProto:
+    """Two 3x3 convs and a dense layer on a `size`x`size` image; the convs' cost grows with `channels` squared."""
+    g = GraphBuilder(0, "data", (1, 3, size, size))
     x = g.relu(g.conv(g.input, channels, 3))
     x = g.relu(g.conv(x, channels, 3))
     x = g.flatten(g.global_avg_pool(x), features=channels)
     return g.finish("net", g.gemm(x, 10, gain=1.0))
 
 
-@pytest.fixture
-def net_versions(tmp_path: Path) -> tuple[Path, Path]:
+def save_versions(tmp_path: Path, size: int, channels: tuple[int, int]) -> tuple[Path, Path]:
     """The same model file (`net.onnx`, so the same nightly point) before and after it got wider; both
     below Winograd's channel threshold, so both builds have the same tasks and only their times differ."""
+    assert max(channels) < MIN_CHANNELS
     paths = []
-    for folder, channels in (("before", 8), ("after", MIN_CHANNELS - 8)):
+    for folder, width in zip(("before", "after"), channels, strict=True):
         path = tmp_path / folder / "net.onnx"
         path.parent.mkdir()
-        onnx.save(small_net(channels), path)
+        onnx.save(small_net(width, size), path)
         paths.append(path)
     return paths[0], paths[1]
+
+
+@pytest.fixture
+def net_versions(tmp_path: Path) -> tuple[Path, Path]:
+    """A net small enough that timings jitter by x3 (about 0.1 ms), and a wider one."""
+    return save_versions(tmp_path, 32, (8, MIN_CHANNELS - 8))
+
+
+@pytest.fixture
+def much_slower_versions(tmp_path: Path) -> tuple[Path, Path]:
+    """A net whose second conv costs about 36 times more after it got wider, so that the slowdown stays
+    far past x2 on a loaded 2-core host, where fixed costs per run dilute it."""
+    return save_versions(tmp_path, 64, (4, MIN_CHANNELS - 8))
 
 
 @pytest.fixture
@@ -68,9 +81,9 @@ def history(tmp_path: Path) -> Iterator[History]:
 
 
 def test_a_real_slowdown_is_confirmed_exits_1_and_names_the_slower_tasks(
-    embedded_endpoint: SshEndpoint, net_versions: tuple[Path, Path], history: History, tmp_path: Path
+    embedded_endpoint: SshEndpoint, much_slower_versions: tuple[Path, Path], history: History, tmp_path: Path
 ) -> None:
-    before, after = net_versions
+    before, after = much_slower_versions
     deploy = real_deploy(results_dir=tmp_path / "results")
     outcomes = []
     for path in (before, after):

@@ -157,3 +157,13 @@ def test_when_the_budget_is_spent_no_difference_found_is_noise() -> None:
     verdict = compare_pairs(base, cur, final=True)
     assert verdict.state == "not_confirmed" and verdict.reason.startswith("no difference found")
     assert compare_pairs(*paired(4, 24, 1.12, jitter=0.08), final=True).state != "not_confirmed"
+
+
+def test_when_the_budget_is_spent_a_real_difference_within_the_factor_is_no_alarm() -> None:
+    """Two builds of the same code differ by a few percent (code layout): when the pairs resolve that,
+    but not whether it is past the factor, the last pairs call it within the factor, not an alarm."""
+    base, cur = paired(2, 10, 1.3, jitter=0.15)
+    early = compare_pairs(base, cur, factor=1.5)
+    assert early.state == "inconclusive" and early.ci[0] > 1 and early.ci[1] > 1.5
+    verdict = compare_pairs(base, cur, factor=1.5, final=True)
+    assert verdict.state == "not_confirmed" and verdict.reason.startswith("a difference within x1.5")
