@@ -9,6 +9,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+from tuned_records import tuned_and_slower
 
 from models.graph import GraphBuilder
 from pipeline.board.profile import load_board
@@ -22,6 +23,7 @@ from pipeline.nightly.history import History
 from pipeline.nightly.loop import Matrix, MatrixEntry, real_confirm, real_deploy, run_nightly
 from pipeline.nightly.provenance import RunProvenance
 from pipeline.nightly.report import nightly_summary_lines
+from pipeline.records.store import load_store
 from pipeline.releases.catalog import get_release
 from pipeline.releases.upgrade_check import build_under
 
@@ -192,3 +194,41 @@ def test_a_tvm_upgrade_that_is_not_the_cause_is_ruled_out_by_experiment(
         f"TVM version changed ({built_026.tvm_version} -> {tonight.tvm_version}): not the cause, "
         "tonight's model built with TVM 0.26 runs "
     )
+
+
+def test_records_that_made_tonight_slower_are_named_the_cause_by_experiment(
+    embedded_endpoint: SshEndpoint,
+    much_slower_versions: tuple[Path, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+    history: History,
+    tmp_path: Path,
+) -> None:
+    """The baseline night ran a net with the tuned record of its larger conv; tonight's store has a slower
+    record for it (the slowest schedule the tuning run measured). The A/B session confirms the
+    regression, and tonight's model built with the baseline's records (the copy the nightly kept) runs as
+    fast as the baseline."""
+    _, net = much_slower_versions
+    tuned, slower = tuned_and_slower(resolve_model(str(net)), "fused_conv2d1_add_relu", tmp_path_factory)
+    versions = [load_store(store).version for store in (tuned, slower)]
+    matrix = Matrix(matrix=[MatrixEntry(boards=["local"], models=[str(net)], runs=10, warmup=1)])
+    nights = [
+        run_nightly(
+            matrix,
+            real_deploy(results_dir=tmp_path / "results", records_dir=store),
+            history,
+            RunProvenance(pipeline_commit="abc", record_store_version=version),
+            confirm=real_confirm(matrix),
+            lock_dir=tmp_path / "locks",
+        )
+        for store, version in zip((tuned, slower), versions, strict=True)
+    ]
+    assert nights[1].exit_code == 1
+    [point] = nights[1].with_change("regression")
+    assert [cause.kind for cause in point.causes if cause.kind == "record_store"] == ["record_store"]
+    assert point.confirmation is not None
+    [experiment] = point.confirmation.experiments
+    assert experiment.startswith(
+        f"tuning records changed ({versions[0]} -> {versions[1]}): confirmed, tonight's model built with the "
+        f"records {versions[0]} (the baseline's build) restores "
+    )
+    assert any(task.startswith("fused_conv2d1_add_relu +") for task in point.tasks)

@@ -13,7 +13,7 @@ import pytest
 from pipeline.board.profile import BoardProfile, load_board
 from pipeline.build.model_file import ModelSpec, resolve_model
 from pipeline.paths import ROOT
-from pipeline.records.store import load_store
+from pipeline.records.store import load_store, record_from_tuning, save_record, workload_module
 from pipeline.tuning.tuner import tune
 
 TUNED_TASK = "fused_conv2d_add_relu"  # the stem conv: 3 -> 16 channels, 3x3, 32x32
@@ -64,3 +64,26 @@ def tuned_under_026(tmp_path_factory: pytest.TempPathFactory) -> Path:
     [record] = load_store(store).records
     assert record.record.provenance.tvm_version.startswith("0.26")
     return store
+
+
+def tuned_and_slower(model: ModelSpec, task: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two stores with one record each for `task` on the local board, from one short tuning run: its
+    fastest schedule (the search starts from the default schedule) and its slowest measured one, as a
+    record replaced by a slower one would be."""
+    from tvm.s_tir import meta_schedule as ms
+
+    tuned = tmp_path_factory.mktemp("records-tuned")
+    cache = tmp_path_factory.mktemp("tuning-cache")
+    tune(model, local(), TRIALS, records_dir=tuned, cache_dir=cache, only=(task,))
+    [stored] = load_store(tuned).records
+    [work] = {path.parent for path in cache.rglob("records.json")}
+    database = ms.database.JSONDatabase(
+        path_workload=str(work / "workloads.json"), path_tuning_record=str(work / "records.json")
+    )
+    measured = database.get_top_k(database.commit_workload(workload_module(stored.record)), 1 << 20)
+    assert len(measured) > 1
+    record = stored.record
+    slowest = record_from_tuning(measured[-1], record.workload, record.target, "local", model.name, task, TRIALS, False)
+    slower = tmp_path_factory.mktemp("records-slower")
+    save_record(slowest, slower)
+    return tuned, slower

@@ -18,7 +18,7 @@ from pipeline.build.model_file import resolve_model
 from pipeline.deploy import check, execute, inputs, results, timing
 from pipeline.deploy.execute import ProgressCallback as RunCallback
 from pipeline.deploy.layout import push_model
-from pipeline.paths import RESULTS_DIR
+from pipeline.paths import RECORDS_DIR, RESULTS_DIR
 from pipeline.records.coverage import check_policy, coverage_lines, resolve_policy
 from pipeline.records.store import load_store
 from pipeline.releases.catalog import get_release
@@ -81,13 +81,14 @@ def deploy_once(
     profile_runs: int = 0,
     callbacks: DeployCallbacks = SILENT,
     results_dir: Path = RESULTS_DIR,
+    records_dir: Path = RECORDS_DIR,
 ) -> DeployOutcome:
     """Deploy and time `model` on `board`; None means the profile's default. The result is written even
     when the output check fails, so the caller decides what a failed check means. Progress and the
     coverage table go to `callbacks`; `coverage` and `min_tuned_flops` override the profile's coverage
     policy, whose `refuse` stops the deploy before anything is pushed. `profile_runs` more inferences
     after the timed ones time every kernel call (the result's `kernel_times`). `input_shape` fixes the
-    model input's symbolic dimensions."""
+    model input's symbolic dimensions; `records_dir` is the record store the build applies."""
     profile = load_board(board)
     spec = resolve_model(model, input_shape)
     warmup_runs = profile.timing.warmup if warmup is None else warmup
@@ -97,7 +98,7 @@ def deploy_once(
 
     building = f"Building {spec.name} for {profile.target.mtriple} ({profile.target.mcpu})..."
     with callbacks.on_step(Step("build", building)):
-        artifact = builder.build(spec, profile)
+        artifact = builder.build(spec, profile, records_dir=records_dir)
     for line in coverage_lines(artifact.coverage) + artifact.winograd.lines():
         callbacks.on_line(line)
     warning = check_policy(artifact.coverage, coverage_settings, profile.name, model)
@@ -157,7 +158,7 @@ def deploy_once(
         check=verdict,
         coverage=artifact.coverage.result_entries(),
         coverage_tuned_share=artifact.coverage.tuned_share,
-        record_store_version=load_store().version,
+        record_store_version=load_store(records_dir).version,
         peak_rss_kb=outcome.peak_rss_kb,
         kernel_times=outcome.profile,
     )

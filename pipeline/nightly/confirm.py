@@ -8,8 +8,9 @@ Both builds are pushed once, side by side (each build has its own folder on the 
 runs with the threads its result was measured with. The decision on the pairs is compare_pairs's; an
 inconclusive one gets more pairs while the time budget lasts. A confirmed change is then profiled on
 both sides (every kernel call timed), so the report can name the tasks whose time moved. When the TVM
-release changed, tonight's model built under the baseline's release runs in the same session too: an
-experiment on the likely cause.
+release or the record store changed, tonight's model built under the baseline's release or with the
+baseline's records (pipeline/records/snapshots.py) runs in the same session too: an experiment on the
+likely cause.
 """
 
 import json
@@ -36,6 +37,8 @@ from pipeline.deploy.layout import Deployment, push_model
 from pipeline.deploy.results import DeployResult
 from pipeline.errors import PipelineError
 from pipeline.nightly.compare import DEFAULT_FACTOR, PairedVerdict, compare_pairs
+from pipeline.paths import RECORDS_DIR
+from pipeline.records.snapshots import find_snapshot
 from pipeline.releases.catalog import Release, get_release, release_name, running_release
 from pipeline.releases.environment import release_root
 from pipeline.releases.upgrade_check import build_under
@@ -59,7 +62,7 @@ class ConfirmSettings(BaseModel):
     batch_runs: int = Field(10, ge=1)  # timed runs per sample at least ...
     sample_ms: float = Field(200.0, ge=0)  # ... and enough of them to take this long: fast models are noisy
     warmup: int = Field(1, ge=0)
-    profile_runs: int = Field(3, ge=0)  # per side, after a confirmed change
+    profile_runs: int = Field(3, ge=0)  # profiled runs per side after a confirmed change, fastest kept
 
 
 DEFAULT_SETTINGS = ConfirmSettings()
@@ -143,7 +146,8 @@ def confirm_on_board(
     _, input_file = inputs.make_input(new.input_shape)
     experiments, notes = _experiments(baseline, current, old, board, model, profile, show)
     with open_board(profile) as session:
-        builds = [(baseline.threads, old), (current.threads, new), *((current.threads, e.build) for e in experiments)]
+        extra = [e.build for e in experiments if e.build is not None]
+        builds = [(baseline.threads, old), (current.threads, new), *((current.threads, build) for build in extra)]
         sides = [
             _Side(_with_threads(session, threads), _push(session, profile, build, input_file), build.input_shape)
             for threads, build in builds
@@ -178,13 +182,13 @@ def confirm_on_board(
         tasks: list[list[KernelTime]] = [[], []]
         if verdict.state == "confirmed" and settings.profile_runs:
             show(f"Timing each task of both builds ({settings.profile_runs} profiled runs each)...")
-            tasks = [side.profile(settings.profile_runs, profile.timing.timeout_s) for side in sides[:2]]
+            tasks = _fastest_tasks(sides[:2], settings.profile_runs, profile.timing.timeout_s)
     seconds = time.monotonic() - started
     if verdict.state == "confirmed":
-        notes += [
-            experiment.outcome(samples[0], samples[1], extra, factor)
-            for experiment, extra in zip(experiments, samples[2:])
-        ]
+        timed = iter(samples[2:])
+        for experiment in experiments:
+            its_samples = samples[0] if experiment.build is None else next(timed)
+            notes.append(experiment.outcome(samples[0], samples[1], its_samples, factor))
     return Confirmation(
         verdict.state,
         _sentence(verdict, seconds, settings, rebuilt),
@@ -206,7 +210,7 @@ class _Experiment:
 
     cause: str  # how the likely cause reads, e.g. "TVM version changed"
     what: str
-    build: BuildArtifact
+    build: BuildArtifact | None  # None: it is the baseline's build, so the baseline's side times it
 
     def outcome(self, base: list[float], cur: list[float], extra: list[float], factor: float) -> str:
         faster = compare_pairs(extra, cur, factor, final=True)  # tonight against the experiment
@@ -214,7 +218,7 @@ class _Experiment:
         still_slower = compare_pairs(base, extra, factor, final=True)
         back = not (still_slower.state == "confirmed" and still_slower.change == "regression")
         ms = float(np.median(extra))
-        built = f"tonight's model built with {self.what}"
+        built = f"tonight's model built with {self.what}" + (" (the baseline's build)" if self.build is None else "")
         if restores and back:
             return f"{self.cause}: confirmed, {built} restores {ms:.2f} ms (tonight {float(np.median(cur)):.2f} ms)"
         if restores:
@@ -231,29 +235,53 @@ def _experiments(
     profile: BoardProfile,
     on_progress: Progress,
 ) -> tuple[list[_Experiment], list[str]]:
-    """When the TVM release changed, tonight's model is also built under the baseline's release (when that
-    release's environment is installed). Notes say why an experiment was not run."""
-    old_release, new_release = release_name(baseline.tvm_version), release_name(current.tvm_version)
-    if old_release == new_release or current.timings.stats.median_ms <= baseline.timings.stats.median_ms:
+    """When the TVM release or the record store changed and tonight is slower, tonight's model is also
+    built with the baseline's release (when that release's environment is installed) or with the
+    baseline's records (when a nightly kept a copy of that store). Notes say why an experiment was not
+    run, or what its build alone shows."""
+    if current.timings.stats.median_ms <= baseline.timings.stats.median_ms:
         return [], []
-    cause = f"TVM version changed ({baseline.tvm_version} -> {current.tvm_version})"
-    try:
-        release = _installed_release(baseline.tvm_version)
-        on_progress(f"Building tonight's model under TVM {release.name} too, to test the release as the cause...")
-        build = build_under(release, board, profile, resolve_model(model, current.build.input_shape), True, on_progress)
-    except (BaselineGone, PipelineError) as error:
-        return [], [f"{cause}: not tested ({error})"]
-    if build.key == old.key:
-        return [], [f"{cause}: tonight's model under TVM {release.name} is the baseline's build, so the A/B tests it"]
-    return [_Experiment(cause, f"TVM {release.name}", build)], []
+    spec = resolve_model(model, current.build.input_shape)
+    experiments: list[_Experiment] = []
+    notes: list[str] = []
+    old_release, new_release = release_name(baseline.tvm_version), release_name(current.tvm_version)
+    if old_release != new_release:
+        cause = f"TVM version changed ({baseline.tvm_version} -> {current.tvm_version})"
+        try:
+            release = _installed_release(baseline.tvm_version)
+            on_progress(f"Building tonight's model under TVM {release.name} too, to test the release as the cause...")
+            build = build_under(release, board, profile, spec, True, on_progress)
+        except (BaselineGone, PipelineError) as error:
+            notes.append(f"{cause}: not tested ({error})")
+        else:
+            experiments.append(_Experiment(cause, f"TVM {release.name}", None if build.key == old.key else build))
+    old_store, new_store = baseline.record_store_version, current.record_store_version
+    if old_store != new_store:
+        cause = f"tuning records changed ({old_store} -> {new_store})"
+        previous = find_snapshot(old_store)
+        if previous is None:
+            notes.append(f"{cause}: not tested (no copy of the records {old_store} was kept)")
+            return experiments, notes
+        on_progress(f"Building tonight's model with the records {old_store} too, to test the records as the cause...")
+        try:
+            release = get_release(new_release)
+            build = build_under(release, board, profile, spec, True, on_progress, records_dir=previous)
+        except PipelineError as error:
+            notes.append(f"{cause}: not tested ({error})")
+            return experiments, notes
+        if build.key == current.build.key:
+            notes.append(f"{cause}: not the cause, tonight's model builds the same with the records {old_store}")
+        else:
+            experiments.append(_Experiment(cause, f"the records {old_store}", None if build.key == old.key else build))
+    return experiments, notes
 
 
 def baseline_build(
     baseline: DeployResult, board: str, model: str, profile: BoardProfile, on_progress: Progress
 ) -> tuple[BuildArtifact, bool]:
     """The baseline's build from the cache, else rebuilt (True) under its TVM release (in that release's
-    environment when it is installed) if a build today is the same build: same key, so same model
-    bytes, target, TVM version, records and recipe. Anything else is not the build that was measured,
+    environment when it is installed) with its records (the copy a nightly kept, else today's), if that
+    is the same build: same key, so same model bytes, target, TVM version, records and recipe. Anything else is not the build that was measured,
     and confirming against it would answer another question."""
     wanted = baseline.build
     if (wanted.directory / BUILD_INFO_NAME).is_file():
@@ -262,9 +290,10 @@ def baseline_build(
             return cached, False
     release = _installed_release(wanted.tvm_version)
     on_progress(f"Rebuilding the baseline's build {wanted.key} under TVM {release.name} (not in the cache)...")
+    records = find_snapshot(baseline.record_store_version) or RECORDS_DIR
     try:
         spec = resolve_model(model, wanted.input_shape)
-        rebuilt = build_under(release, board, profile, spec, True, on_progress)
+        rebuilt = build_under(release, board, profile, spec, True, on_progress, records_dir=records)
     except PipelineError as error:
         raise BaselineGone(f"rebuilding it failed: {error.problem}") from None
     if rebuilt.key != wanted.key:
@@ -306,6 +335,23 @@ class _Side:
             self.board, self.deployment, self.input_shape, warmup=1, runs=1, profile_runs=runs, timeout_s=timeout_s
         )
         return outcome.profile
+
+
+def _fastest_tasks(sides: Sequence[_Side], rounds: int, timeout_s: float) -> list[list[KernelTime]]:
+    """Each side's time per task: the fastest of `rounds` profiled runs, one runner process each, taken
+    in turns (A B, B A, ...): on a shared host one slowed run would otherwise name a task that did not change."""
+    measured: list[list[list[KernelTime]]] = [[] for _ in sides]
+    for index in range(rounds):
+        for side in range(len(sides)) if index % 2 == 0 else reversed(range(len(sides))):
+            measured[side].append(sides[side].profile(1, timeout_s))
+    fastest: list[list[KernelTime]] = []
+    for profiles in measured:
+        best: dict[str, KernelTime] = {}
+        for kernel in (kernel for profile in profiles for kernel in profile):
+            if kernel.name not in best or kernel.ms < best[kernel.name].ms:
+                best[kernel.name] = kernel
+        fastest.append(list(best.values()))
+    return fastest
 
 
 def _round(

@@ -31,7 +31,9 @@ from pipeline.nightly.compare import DEFAULT_FACTOR, DEFAULT_WINDOW, Verdict, co
 from pipeline.nightly.confirm import Confirmation, ConfirmSettings, confirm_on_board, same_deployment
 from pipeline.nightly.history import DEFAULT_PATH, Comparison, History
 from pipeline.nightly.provenance import RunProvenance
-from pipeline.paths import CACHE_DIR, RESULTS_DIR, ROOT
+from pipeline.paths import CACHE_DIR, RECORDS_DIR, RESULTS_DIR, ROOT
+from pipeline.records.snapshots import keep_snapshot
+from pipeline.records.store import load_store
 
 if TYPE_CHECKING:  # the deploy (and with it the build) loads only when the real deploy runs
     from pipeline.deploy.flow import DeployCallbacks
@@ -272,9 +274,12 @@ def _measure(
     return PointOutcome(point, result_id, median_ms, verdict, causes, confirmation=confirmation, tasks=tasks)
 
 
-def real_deploy(callbacks: "DeployCallbacks | None" = None, results_dir: Path = RESULTS_DIR) -> DeployPoint:
+def real_deploy(
+    callbacks: "DeployCallbacks | None" = None, results_dir: Path = RESULTS_DIR, records_dir: Path = RECORDS_DIR
+) -> DeployPoint:
     """The deploy `invoke deploy --profile` does, as the loop calls it (each result also goes to results/
-    as JSON, with its per-task times); its progress goes to `callbacks` (none shown without)."""
+    as JSON, with its per-task times); its progress goes to `callbacks` (none shown without). The record
+    store it used is kept by version, so a later A/B session can build with these records again."""
     from pipeline.deploy.flow import SILENT, deploy_once
 
     def deploy_point(point: Point) -> DeployResult:
@@ -288,7 +293,9 @@ def real_deploy(callbacks: "DeployCallbacks | None" = None, results_dir: Path = 
             profile_runs=PROFILE_RUNS,
             callbacks=callbacks or SILENT,
             results_dir=results_dir,
+            records_dir=records_dir,
         )
+        keep_snapshot(load_store(records_dir))
         return outcome.result
 
     return deploy_point

@@ -7,6 +7,7 @@ on the latency is the nightly's (pipeline/nightly/compare.py); coverage is count
 new release passes when it is not slower and loses no coverage."""
 
 import json
+import os
 import subprocess
 import uuid
 from dataclasses import asdict, dataclass
@@ -23,7 +24,7 @@ from pipeline.deploy import check, execute, inputs, results, timing
 from pipeline.deploy.layout import push_model
 from pipeline.errors import PipelineError, write_log
 from pipeline.nightly.compare import Verdict, compare_samples
-from pipeline.paths import RESULTS_DIR, ROOT
+from pipeline.paths import RECORDS_DIR, RESULTS_DIR, ROOT
 from pipeline.records.coverage import Coverage
 from pipeline.releases.catalog import Release, get_release, running_release
 from pipeline.releases.environment import Progress, release_python
@@ -252,11 +253,17 @@ def _decide(old: Side, new: Side, verdict: Verdict) -> tuple[bool, str]:
 
 
 def build_under(
-    release: Release, board_arg: str, board: BoardProfile, spec: ModelSpec, migrate: bool, show: Progress
+    release: Release,
+    board_arg: str,
+    board: BoardProfile,
+    spec: ModelSpec,
+    migrate: bool,
+    show: Progress,
+    records_dir: Path = RECORDS_DIR,
 ) -> BuildArtifact:
     """In this process for the running release, else in the release's environment (read back from build.json)."""
     if release == running_release():
-        return builder.build(spec, board, migrate=migrate)
+        return builder.build(spec, board, records_dir=records_dir, migrate=migrate)
     python = release_python(release, show)
     command = [
         str(python),
@@ -266,7 +273,8 @@ def build_under(
         spec.name if spec.builtin else str(spec.path),
         *([] if migrate else ["--no-migrate"]),
     ]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    env = {**os.environ, "PIPELINE_RECORDS": str(records_dir.resolve())}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         if lines and lines[-1].startswith("error: "):
