@@ -13,6 +13,11 @@ Real deploys and real A/B sessions on this machine, on a private history databas
    a history of the narrow one: how many are confirmed, and whether the slower conv tasks are named.
 4. `--trials` A/B sessions of an unchanged build with the current side's samples scaled by 1.10 (an
    injected +10%): how many are confirmed as a regression.
+5. `--trials` nights of resnet18 where the record of its largest direct conv was replaced by a slower
+   one (a short `invoke tune` of that conv on `local` gives the tuned record, its fastest measured
+   schedule, and the slower one, its slowest), each against three nights with the tuned record: how
+   many are confirmed, how many name the record store, how many confirm it by experiment (tonight's
+   model built with the baseline's records), and how many name the conv as a slower task.
 
     PIPELINE_SSHD_PORT=2222 .venv/bin/python benchmarks/nightly_alarms.py [--nights 11] [--trials 10]
 """
@@ -49,10 +54,12 @@ from pipeline.nightly.loop import (  # noqa: E402
     run_nightly,
 )
 from pipeline.nightly.provenance import RunProvenance  # noqa: E402
+from pipeline.nightly.report import point_line  # noqa: E402
 
 PROVENANCE = RunProvenance(pipeline_commit="benchmark", record_store_version="unchanged")
 RUNS = 20
 WARMUP = 3
+RECORD_TRIALS = 8  # a short tuning run: its slowest schedule is the "slower record"
 
 
 def main() -> None:
@@ -61,7 +68,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=10, help="slowed nights, and injected +10%% A/B sessions")
     parser.add_argument("--models", default="tiny,mobilenet_v2,resnet18", help="comma-separated")
     parser.add_argument("--slow-models", default="mobilenet_v2,resnet18", help="models of the threads trials")
-    parser.add_argument("--parts", default="nights,threads,wider,injected", help="comma-separated parts to run")
+    parser.add_argument("--parts", default="nights,threads,wider,injected,records", help="comma-separated parts")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="nightly-alarms-"))
     models = args.models.split(",")
@@ -76,6 +83,8 @@ def main() -> None:
                 wider_trials(work, args.trials)
             if "injected" in parts:
                 injected_trials(work, models, args.trials)
+            if "records" in parts:
+                records_trials(work, args.trials)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -128,8 +137,6 @@ def unchanged_nights(work: Path, models: list[str], nights: int) -> Path:
 
 
 def night_lines(outcome: NightlyOutcome) -> list[str]:
-    from pipeline.nightly.report import point_line
-
     return [point_line(point) for point in outcome.outcomes]
 
 
@@ -218,6 +225,58 @@ def injected_trials(work: Path, models: list[str], trials: int) -> None:
     print(
         f"Injected +10% ({', '.join(models)}): {outcomes['regression']} of {trials} confirmed "
         f"({dict(outcomes)}; median {statistics.median(pairs):.0f} pairs)"
+    )
+
+
+def records_trials(work: Path, trials: int) -> None:
+    """Each trial: resnet18's history with the tuned record (three nights), then a night with the slower one."""
+    from pipeline.build import builder
+    from pipeline.build.model_file import resolve_model
+    from pipeline.records.store import load_store, save_record
+    from pipeline.tuning.tuner import measured_schedules, tune
+
+    model, board = resolve_model("resnet18"), load_board("local")
+    direct = builder.build(model, board, records_dir=work / "no-records")
+    convs = [e for e in direct.coverage.result_entries() if e.workload.startswith("conv2d NCHW")]
+    task = max(convs, key=lambda entry: entry.flops).task
+    tuned, slower = work / "records-tuned", work / "records-slower"
+    started = time.monotonic()
+    tune(model, board, RECORD_TRIALS, records_dir=tuned, cache_dir=work / "tuning", only=(task,))
+    measured = measured_schedules(model, board, task, cache_dir=work / "tuning")
+    save_record(measured[-1], slower)
+    fastest, slowest = (record.provenance.latency_us / 1000 for record in (measured[0], measured[-1]))
+    print(
+        f"    tuned {task} with {RECORD_TRIALS} trials in {time.monotonic() - started:.0f} s: {len(measured)} "
+        f"schedules measured, kept {fastest:.2f} ms, the slower record {slowest:.2f} ms",
+        flush=True,
+    )
+    matrix = matrix_for("local", ["resnet18"])
+    history_path = work / "records.sqlite"
+
+    def night(store: Path, history: History) -> NightlyOutcome:
+        provenance = RunProvenance(pipeline_commit="benchmark", record_store_version=load_store(store).version)
+        deploy = real_deploy(results_dir=work / "results", records_dir=store)
+        return run_nightly(matrix, deploy, history, provenance, confirm=real_confirm(matrix), lock_dir=work / "locks")
+
+    with History(history_path) as history:
+        for _ in range(3):
+            night(tuned, history)
+    confirmed = named = tested = conv_named = 0
+    for trial in range(trials):
+        shutil.copy(history_path, work / f"records-{trial}.sqlite")
+        with History(work / f"records-{trial}.sqlite") as history:
+            [point] = night(slower, history).outcomes
+        confirmed += point.alarm == "regression"
+        named += any(cause.kind == "record_store" for cause in point.causes)
+        experiments = point.confirmation.experiments if point.confirmation is not None else []
+        tested += any(note.startswith("tuning records changed") and ": confirmed," in note for note in experiments)
+        conv_named += any(line.startswith(f"{task} +") for line in point.tasks)
+        print(f"    records trial {trial + 1}: {point_line(point)}", flush=True)
+        for note in experiments:
+            print(f"        experiment: {note}", flush=True)
+    print(
+        f"Record of {task} replaced by a slower one (resnet18): {confirmed} of {trials} confirmed, record store "
+        f"named in {named}, confirmed by experiment in {tested}, the conv named a slower task in {conv_named}"
     )
 
 

@@ -13,8 +13,8 @@ import pytest
 from pipeline.board.profile import BoardProfile, load_board
 from pipeline.build.model_file import ModelSpec, resolve_model
 from pipeline.paths import ROOT
-from pipeline.records.store import load_store, record_from_tuning, save_record, workload_module
-from pipeline.tuning.tuner import tune
+from pipeline.records.store import load_store, save_record
+from pipeline.tuning.tuner import measured_schedules, tune
 
 TUNED_TASK = "fused_conv2d_add_relu"  # the stem conv: 3 -> 16 channels, 3x3, 32x32
 TRIALS = 4
@@ -70,20 +70,11 @@ def tuned_and_slower(model: ModelSpec, task: str, tmp_path_factory: pytest.TempP
     """Two stores with one record each for `task` on the local board, from one short tuning run: its
     fastest schedule (the search starts from the default schedule) and its slowest measured one, as a
     record replaced by a slower one would be."""
-    from tvm.s_tir import meta_schedule as ms
-
     tuned = tmp_path_factory.mktemp("records-tuned")
     cache = tmp_path_factory.mktemp("tuning-cache")
     tune(model, local(), TRIALS, records_dir=tuned, cache_dir=cache, only=(task,))
-    [stored] = load_store(tuned).records
-    [work] = {path.parent for path in cache.rglob("records.json")}
-    database = ms.database.JSONDatabase(
-        path_workload=str(work / "workloads.json"), path_tuning_record=str(work / "records.json")
-    )
-    measured = database.get_top_k(database.commit_workload(workload_module(stored.record)), 1 << 20)
-    assert len(measured) > 1
-    record = stored.record
-    slowest = record_from_tuning(measured[-1], record.workload, record.target, "local", model.name, task, TRIALS, False)
+    measured = measured_schedules(model, local(), task, cache_dir=cache)
+    assert len(measured) > 1 and load_store(tuned).records[0].record.tvm_record == measured[0].tvm_record
     slower = tmp_path_factory.mktemp("records-slower")
-    save_record(slowest, slower)
+    save_record(measured[-1], slower)
     return tuned, slower

@@ -26,7 +26,7 @@ from pipeline.build.model_file import ModelSpec
 from pipeline.build.tensor_intrinsics import register_cpu_intrinsics
 from pipeline.errors import PipelineError
 from pipeline.paths import CACHE_DIR, RECORDS_DIR
-from pipeline.records.store import load_store, record_from_tuning, save_record, target_slug, to_database
+from pipeline.records.store import Record, load_store, record_from_tuning, save_record, target_slug, to_database
 from pipeline.releases.catalog import release_name
 from pipeline.tuning.board_python import board_python
 from pipeline.tuning.rpc import RpcBoard, board_rpc
@@ -74,8 +74,7 @@ def tune(
         raise PipelineError(
             f"no conv/dense task of {model.name} is named {', '.join(unknown)}", "see invoke build's table"
         )
-    # Per release: TVM cannot read a work database that another release wrote.
-    work_dir = cache_dir / "tuning" / release_name(tvm.__version__) / target_slug(target) / model.name
+    work_dir = _work_dir(cache_dir, target, model)
     work_dir.mkdir(parents=True, exist_ok=True)
     database = _work_database(work_dir)
     saved = _export(tasks, database, model, board, target, records_dir)  # what an interrupted run measured
@@ -289,18 +288,50 @@ def _export(
     tasks: list[lowering.Task], database: Any, model: ModelSpec, board: BoardProfile, target: dict[str, Any], root: Path
 ) -> list[Path]:
     """The best measured schedule of each task into the store (which keeps a faster record it already has)."""
-    import tvm
-
-    normalize = tvm.get_global_func("tvm.s_tir.meta_schedule.normalize_mod")
     saved = []
     for task in tasks:
-        mod = normalize(task.extracted.dispatched[0])
-        if not database.has_workload(mod):
-            continue
-        measured = database.get_top_k(database.commit_workload(mod), 1 << 20)
+        measured = _measured(task, database)
         if measured:
-            record = record_from_tuning(
-                measured[0], task.key, target, board.name, model.name, task.name, len(measured), board.emulated
-            )
-            saved.append(save_record(record, root))
+            saved.append(save_record(_record(measured[0], len(measured), task, model, board, target), root))
     return saved
+
+
+def measured_schedules(
+    model: ModelSpec, board: BoardProfile, task_name: str, cache_dir: Path = CACHE_DIR
+) -> list[Record]:
+    """Every schedule `invoke tune` measured for one task, fastest first, as records: the first is the
+    one tuning keeps; the others are what the search rejected (a benchmark's slower record)."""
+    import tvm
+
+    target = resolved_target(board)
+    tvm_target = tvm.target.Target(target)
+    fused = lowering.fuse(lowering.import_model(model, board.winograd, tvm_target)[0], tvm_target)
+    tasks = [t for t in lowering.extract_tasks(fused, tvm_target) if t.name == task_name]
+    if not tasks:
+        raise PipelineError(f"{model.name} has no task named {task_name}", "see invoke build's table")
+    measured = _measured(tasks[0], _work_database(_work_dir(cache_dir, target, model)))
+    return [_record(m, len(measured), tasks[0], model, board, target) for m in measured]
+
+
+def _work_dir(cache_dir: Path, target: dict[str, Any], model: ModelSpec) -> Path:
+    """MetaSchedule's work database of a model on a target, per release: TVM cannot read one that
+    another release wrote."""
+    import tvm
+
+    return cache_dir / "tuning" / release_name(tvm.__version__) / target_slug(target) / model.name
+
+
+def _measured(task: lowering.Task, database: Any) -> list[Any]:
+    """The task's measured TuningRecords in the work database, fastest first."""
+    import tvm
+
+    mod = tvm.get_global_func("tvm.s_tir.meta_schedule.normalize_mod")(task.extracted.dispatched[0])
+    if not database.has_workload(mod):
+        return []
+    return list(database.get_top_k(database.commit_workload(mod), 1 << 20))
+
+
+def _record(
+    tuning: Any, trials: int, task: lowering.Task, model: ModelSpec, board: BoardProfile, target: dict[str, Any]
+) -> Record:
+    return record_from_tuning(tuning, task.key, target, board.name, model.name, task.name, trials, board.emulated)
