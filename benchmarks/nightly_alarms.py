@@ -13,11 +13,11 @@ Real deploys and real A/B sessions on this machine, on a private history databas
    a history of the narrow one: how many are confirmed, and whether the slower conv tasks are named.
 4. `--trials` A/B sessions of an unchanged build with the current side's samples scaled by 1.10 (an
    injected +10%): how many are confirmed as a regression.
-5. `--trials` nights of resnet18 where the record of its largest direct conv was replaced by a slower
-   one (a short `invoke tune` of that conv on `local` gives the tuned record, its fastest measured
-   schedule, and the slower one, its slowest), each against three nights with the tuned record: how
-   many are confirmed, how many name the record store, how many confirm it by experiment (tonight's
-   model built with the baseline's records), and how many name the conv as a slower task.
+5. resnet18 with the tuned record of its largest direct conv (a short `invoke tune` of that conv on
+   `local`, its search starting from the default schedule), three nights; then `--trials` nights each
+   with the record replaced by the slowest schedule tuning measured, by the next-fastest one, and
+   removed: the A/B outcomes, how many name the record store, how many confirm it by experiment
+   (tonight's model built with the baseline's records), and how many name the conv as a slower task.
 
     PIPELINE_SSHD_PORT=2222 .venv/bin/python benchmarks/nightly_alarms.py [--nights 11] [--trials 10]
 """
@@ -229,7 +229,9 @@ def injected_trials(work: Path, models: list[str], trials: int) -> None:
 
 
 def records_trials(work: Path, trials: int) -> None:
-    """Each trial: resnet18's history with the tuned record (three nights), then a night with the slower one."""
+    """resnet18's history with the tuned record of its largest direct conv (three nights), then `trials`
+    nights for each change of the store: the record replaced by the slowest schedule tuning measured, by
+    the next-fastest one, and removed (the conv then gets its default schedule, where the search began)."""
     from pipeline.build import builder
     from pipeline.build.model_file import resolve_model
     from pipeline.records.store import load_store, save_record
@@ -239,17 +241,20 @@ def records_trials(work: Path, trials: int) -> None:
     direct = builder.build(model, board, records_dir=work / "no-records")
     convs = [e for e in direct.coverage.result_entries() if e.workload.startswith("conv2d NCHW")]
     task = max(convs, key=lambda entry: entry.flops).task
-    tuned, slower = work / "records-tuned", work / "records-slower"
+    tuned = work / "records-tuned"
     started = time.monotonic()
     tune(model, board, RECORD_TRIALS, records_dir=tuned, cache_dir=work / "tuning", only=(task,))
     measured = measured_schedules(model, board, task, cache_dir=work / "tuning")
-    save_record(measured[-1], slower)
-    fastest, slowest = (record.provenance.latency_us / 1000 for record in (measured[0], measured[-1]))
     print(
-        f"    tuned {task} with {RECORD_TRIALS} trials in {time.monotonic() - started:.0f} s: {len(measured)} "
-        f"schedules measured, kept {fastest:.2f} ms, the slower record {slowest:.2f} ms",
+        f"    tuned {task} with {RECORD_TRIALS} trials in {time.monotonic() - started:.0f} s; measured: "
+        + ", ".join(f"{record.provenance.latency_us / 1000:.2f}" for record in measured)
+        + " ms",
         flush=True,
     )
+    stores = {"slowest": work / "records-slowest", "next-fastest": work / "records-next", "removed": work / "empty"}
+    save_record(measured[-1], stores["slowest"])
+    save_record(measured[1], stores["next-fastest"])
+    stores["removed"].mkdir()
     matrix = matrix_for("local", ["resnet18"])
     history_path = work / "records.sqlite"
 
@@ -261,23 +266,27 @@ def records_trials(work: Path, trials: int) -> None:
     with History(history_path) as history:
         for _ in range(3):
             night(tuned, history)
-    confirmed = named = tested = conv_named = 0
-    for trial in range(trials):
-        shutil.copy(history_path, work / f"records-{trial}.sqlite")
-        with History(work / f"records-{trial}.sqlite") as history:
-            [point] = night(slower, history).outcomes
-        confirmed += point.alarm == "regression"
-        named += any(cause.kind == "record_store" for cause in point.causes)
-        experiments = point.confirmation.experiments if point.confirmation is not None else []
-        tested += any(note.startswith("tuning records changed") and ": confirmed," in note for note in experiments)
-        conv_named += any(line.startswith(f"{task} +") for line in point.tasks)
-        print(f"    records trial {trial + 1}: {point_line(point)}", flush=True)
-        for note in experiments:
-            print(f"        experiment: {note}", flush=True)
-    print(
-        f"Record of {task} replaced by a slower one (resnet18): {confirmed} of {trials} confirmed, record store "
-        f"named in {named}, confirmed by experiment in {tested}, the conv named a slower task in {conv_named}"
-    )
+    for change, store in stores.items():
+        outcomes: Counter[str] = Counter()
+        named = tested = conv_named = 0
+        for trial in range(trials):
+            shutil.copy(history_path, work / f"records-{change}-{trial}.sqlite")
+            with History(work / f"records-{change}-{trial}.sqlite") as history:
+                [point] = night(store, history).outcomes
+            confirmation = point.confirmation
+            outcomes[(confirmation.confirmed_change or confirmation.state) if confirmation else "no A/B"] += 1
+            named += any(cause.kind == "record_store" for cause in point.causes)
+            experiments = confirmation.experiments if confirmation is not None else []
+            tested += any(note.startswith("tuning records changed") and ": confirmed," in note for note in experiments)
+            conv_named += any(line.startswith(f"{task} +") for line in point.tasks)
+            print(f"    records {change} trial {trial + 1}: {point_line(point)}", flush=True)
+            for note in experiments:
+                print(f"        experiment: {note}", flush=True)
+        print(
+            f"Record of {task} {change} (resnet18): A/B {dict(outcomes)} of {trials}; record store named in "
+            f"{named}, confirmed by experiment in {tested}, the conv named a slower task in {conv_named}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
