@@ -1,8 +1,8 @@
 """A/B confirmation on the board: when a point's deployment changed since its baseline (or its
 comparison with the history flags a change), the baseline's build and tonight's run interleaved on the
 same board in one session (A B, B A, ...), each sample a short batch of runs of one deployment in a
-few runner processes of its own. Noise of the moment (another process, the clock, the heat) then hits both sides of
-a pair alike, where a comparison of two nights measures the machine.
+few runner processes of its own. Noise of the moment (another process, the clock, the heat) then hits
+both sides of a pair alike, where a comparison of two nights measures the machine.
 
 Both builds are pushed once, side by side (each build has its own folder on the board), and each side
 runs with the threads its result was measured with. The decision on the pairs is compare_pairs's; an
@@ -283,8 +283,8 @@ def baseline_build(
 ) -> tuple[BuildArtifact, bool]:
     """The baseline's build from the cache, else rebuilt (True) under its TVM release (in that release's
     environment when it is installed) with its records (the copy a nightly kept, else today's), if that
-    is the same build: same key, so same model bytes, target, TVM version, records and recipe. Anything else is not the build that was measured,
-    and confirming against it would answer another question."""
+    is the same build: same key, so same model bytes, target, TVM version, records and recipe. Anything
+    else is not the build that was measured, and confirming against it would answer another question."""
     wanted = baseline.build
     if (wanted.directory / BUILD_INFO_NAME).is_file():
         cached = builder.load_build(wanted.directory)
@@ -377,7 +377,7 @@ def _round(
         f"echo {MARKER} && {sides[side].command(output, warmup, each)}" for side in order for _ in range(processes)
     ]
     script = " && ".join(["mkdir -p outputs", *steps])
-    timeout_s = profile.timing.timeout_s * len(order)
+    timeout_s = profile.timing.timeout_s * len(steps)
     try:
         result = session.run(script, timeout_s=timeout_s, cwd=session.remote_dir)
     finally:
