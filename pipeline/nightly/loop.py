@@ -32,7 +32,7 @@ from pipeline.nightly.confirm import Confirmation, ConfirmSettings, confirm_on_b
 from pipeline.nightly.history import DEFAULT_PATH, Comparison, History
 from pipeline.nightly.provenance import RunProvenance
 from pipeline.paths import CACHE_DIR, RECORDS_DIR, RESULTS_DIR, ROOT
-from pipeline.records.snapshots import keep_snapshot
+from pipeline.records.snapshots import find_snapshot, keep_snapshot
 from pipeline.records.store import load_store
 
 if TYPE_CHECKING:  # the deploy (and with it the build) loads only when the real deploy runs
@@ -295,7 +295,8 @@ def real_deploy(
             results_dir=results_dir,
             records_dir=records_dir,
         )
-        keep_snapshot(load_store(records_dir))
+        if find_snapshot(outcome.result.record_store_version) is None:  # read the store again only when new
+            keep_snapshot(load_store(records_dir))
         return outcome.result
 
     return deploy_point

@@ -67,13 +67,7 @@ def tune(
     started = time.perf_counter()
     target = resolved_target(board)
     tvm_target = tvm.target.Target(target)
-    fused = lowering.fuse(lowering.import_model(model, board.winograd, tvm_target)[0], tvm_target)
-    tasks = [t for t in lowering.extract_tasks(fused, tvm_target) if t.key.heavy and (not only or t.name in only)]
-    unknown = sorted(set(only) - {t.name for t in tasks})  # a misspelt name must not be skipped silently
-    if unknown:
-        raise PipelineError(
-            f"no conv/dense task of {model.name} is named {', '.join(unknown)}", "see invoke build's table"
-        )
+    tasks = _heavy_tasks(model, board, tvm_target, only)
     work_dir = _work_dir(cache_dir, target, model)
     work_dir.mkdir(parents=True, exist_ok=True)
     database = _work_database(work_dir)
@@ -304,13 +298,21 @@ def measured_schedules(
     import tvm
 
     target = resolved_target(board)
-    tvm_target = tvm.target.Target(target)
+    [task] = _heavy_tasks(model, board, tvm.target.Target(target), (task_name,))
+    measured = _measured(task, _work_database(_work_dir(cache_dir, target, model)))
+    return [_record(m, len(measured), task, model, board, target) for m in measured]
+
+
+def _heavy_tasks(model: ModelSpec, board: BoardProfile, tvm_target: Any, only: tuple[str, ...]) -> list[lowering.Task]:
+    """The model's conv/dense tasks as the build lowers them, those named in `only` when it names any."""
     fused = lowering.fuse(lowering.import_model(model, board.winograd, tvm_target)[0], tvm_target)
-    tasks = [t for t in lowering.extract_tasks(fused, tvm_target) if t.name == task_name]
-    if not tasks:
-        raise PipelineError(f"{model.name} has no task named {task_name}", "see invoke build's table")
-    measured = _measured(tasks[0], _work_database(_work_dir(cache_dir, target, model)))
-    return [_record(m, len(measured), tasks[0], model, board, target) for m in measured]
+    tasks = [t for t in lowering.extract_tasks(fused, tvm_target) if t.key.heavy and (not only or t.name in only)]
+    unknown = sorted(set(only) - {t.name for t in tasks})  # a misspelt name must not be skipped silently
+    if unknown:
+        raise PipelineError(
+            f"no conv/dense task of {model.name} is named {', '.join(unknown)}", "see invoke build's table"
+        )
+    return tasks
 
 
 def _work_dir(cache_dir: Path, target: dict[str, Any], model: ModelSpec) -> Path:
