@@ -22,10 +22,10 @@ pytestmark = pytest.mark.board  # sshd, qemu or TVM builds: the slow tier
 
 OTHER_CONVS = {
     "fused_conv2d1_subtract_divide_multiply_add1_relu1",
-    "fused_conv2d2_add1_maximum_minimum",
-    "fused_conv2d3_add1_add2",
+    "fused_conv2d2_add2_maximum_minimum",
+    "fused_conv2d3_add2_add3",
 }
-DENSE = "fused_matmul_add3"
+DENSE = "fused_matmul_add4"
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +73,12 @@ def test_a_result_records_each_task_by_its_workload_key_and_status(tuned_build: 
 
 
 def test_a_miss_names_the_nearest_record_and_what_differs(tuned_build: BuildArtifact) -> None:
-    pointwise = rows(tuned_build.coverage)["fused_conv2d3_add1_add2"]
+    pointwise = rows(tuned_build.coverage)["fused_conv2d3_add2_add3"]
     assert pointwise.nearest.endswith(".json")
     assert "input shape 1x32x16x16 != 1x3x32x32" in pointwise.differs
     assert "padding 0x0x0x0 != 1x1x1x1" in pointwise.differs
     assert "epilogue add_add != add_relu" in pointwise.differs
-    depthwise = rows(tuned_build.coverage)["fused_conv2d2_add1_maximum_minimum"]
+    depthwise = rows(tuned_build.coverage)["fused_conv2d2_add2_maximum_minimum"]
     assert depthwise.nearest == "" and depthwise.differs == ("no record for group_conv2d",)
 
 

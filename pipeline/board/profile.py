@@ -112,6 +112,8 @@ class BoardProfile(_Strict):
     tuning: TuningSettings = TuningSettings()
     # Rewrite eligible 3x3 convs into Winograd F(4x4, 3x3) (pipeline/build/winograd.py, docs/winograd.md).
     winograd: bool = True
+    # Compute strided convs (7x7 stems, 3x3 stride 2) channels-last (pipeline/build/channels_last.py).
+    channels_last: bool = True
 
     @property
     def arch(self) -> Arch:

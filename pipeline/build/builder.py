@@ -74,7 +74,7 @@ def resolved_target(board: BoardProfile) -> dict[str, Any]:
 def build_key(model: ModelSpec, board: BoardProfile, records: Sequence[StoredRecord] = (), migrate: bool = True) -> str:
     """Content hash of everything that changes the built library: the model's bytes, the target,
     the cross compiler, the TVM version, the records that may apply (older releases' ones too when they
-    may be migrated), the profile's Winograd setting and this build recipe itself."""
+    may be migrated), the profile's Winograd and channels-last settings and this build recipe itself."""
     import tvm
 
     digest = hashlib.sha256()
@@ -90,6 +90,7 @@ def build_key(model: ModelSpec, board: BoardProfile, records: Sequence[StoredRec
         "records": sorted(r.digest for r in records),
         "migrate": migrate,
         "winograd": board.winograd,
+        "channels_last": board.channels_last,
         "recipe": recipe_digest(),
     }
     digest.update(json.dumps(recipe, sort_keys=True).encode())
@@ -157,7 +158,7 @@ def _compile_into(
     started = time.perf_counter()
     target = resolved_target(board)
     tvm_target = tvm.target.Target(target)
-    mod, params, winograd = lowering.import_model_reporting(model, board.winograd, tvm_target)
+    mod, params, winograd = lowering.import_model_reporting(model, board.winograd, tvm_target, board.channels_last)
     doing = f"TVM could not build {model.name} for {target['mtriple']}"
     fix = f"check that '{board.cross_compiler}' is installed (scripts/install.sh) and the profile's target"
     with tvm_errors(doing, fix):

@@ -10,6 +10,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.build.channels_last import rewrite as strided_channels_last
 from pipeline.build.model_file import ModelSpec
 from pipeline.build.tvm_errors import reason, tvm_errors
 from pipeline.build.winograd import WinogradReport, multiply_adds, report, rewrite, var_name
@@ -30,16 +31,19 @@ class Task:
     extracted: Any  # MetaSchedule's ExtractedTask, for tuning
 
 
-def import_model(model: ModelSpec, winograd: bool = False, target: Any = None) -> tuple[Any, dict[str, list[Any]]]:
+def import_model(
+    model: ModelSpec, winograd: bool = False, target: Any = None, channels_last: bool = False
+) -> tuple[Any, dict[str, list[Any]]]:
     """The model as a Relax module whose weights are runtime parameters (so the library stays small),
     with whatever depends on weights alone already computed (see lift_weight_transforms); with
-    `winograd`, eligible 3x3 convs rewritten first (pipeline/build/winograd.py)."""
-    mod, params, _ = import_model_reporting(model, winograd, target)
+    `winograd`, eligible 3x3 convs rewritten first (pipeline/build/winograd.py), with `channels_last`
+    strided convs (pipeline/build/channels_last.py)."""
+    mod, params, _ = import_model_reporting(model, winograd, target, channels_last)
     return mod, params
 
 
 def import_model_reporting(
-    model: ModelSpec, winograd: bool, target: Any = None
+    model: ModelSpec, winograd: bool, target: Any = None, channels_last: bool = False
 ) -> tuple[Any, dict[str, list[Any]], WinogradReport]:
     """import_model, also saying which convs the Winograd rewrite took and how accurate each is; with
     a `target` that runs on this host, each eligible conv shape is timed both ways (winograd_choice.py)."""
@@ -58,6 +62,8 @@ def import_model_reporting(
     ):
         mod, params = relax.frontend.detach_params(mod)
         mod = relax.transform.DecomposeOpsForInference()(mod)
+        if channels_last:
+            mod, _ = strided_channels_last(mod)
         mod, summary = _winograd(mod, params, target) if winograd else (mod, WinogradReport.off(multiply_adds(mod)))
         mod, params = lift_weight_transforms(mod, params)
         return mod, params, summary
@@ -66,8 +72,12 @@ def import_model_reporting(
 def _winograd(mod: Any, params: dict[str, list[Any]], target: Any) -> tuple[Any, WinogradReport]:
     """The rewrite, and its report with each rewritten conv's error on its own weights."""
     from pipeline.build.winograd_choice import chooser
+    from pipeline.build.winograd_schedules import gemm_width
 
-    rewritten, done = rewrite(mod, chooser(target) if target is not None else None)
+    if target is None:
+        rewritten, done = rewrite(mod)
+    else:
+        rewritten, done = rewrite(mod, chooser(target), width=gemm_width(target))
     main = mod["main"]
     names = [var_name(var) for var in main.params[int(main.attrs["num_input"]) :]]
     wanted = {layer.weight for layer in done}

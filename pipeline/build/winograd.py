@@ -285,11 +285,13 @@ def eligible(call: Any) -> ConvShape | None:
 
 
 def rewrite(
-    mod: Any, measure: Callable[[ConvShape], Timing] | None = None, tile: int | None = None
+    mod: Any, measure: Callable[[ConvShape], Timing] | None = None, tile: int | None = None, width: int = 32
 ) -> tuple[Any, list[Rewritten]]:
     """Every eligible conv2d of every Relax function in `mod` as Winograd stages, with the tile size
     `measure` times fastest on the build host (kept direct when that is faster), else `tile`, else the
-    rule's (tile_size); the rest unchanged. Returns the eligible convs, rewritten or not."""
+    rule's (tile_size); the rest unchanged. `width`: output channels of the GEMM's register tile on
+    the target (winograd_schedules.gemm_width), the blocks the transformed weight is packed in. Returns
+    the eligible convs, rewritten or not."""
     import tvm
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
@@ -313,7 +315,9 @@ def rewrite(
             m = (timing.best_tile() if timing else None) or tile or tile_size(shape)
             candidate = Rewritten(f"conv2d #{counter['conv']}", Plan(shape, m), var_name(call.args[1]), timing)
             done.append(candidate)
-            return _winograd(self.builder_, call.args[0], call.args[1], candidate.plan) if candidate.chosen else call
+            if not candidate.chosen:
+                return call
+            return _winograd(self.builder_, call.args[0], call.args[1], candidate.plan, width)
 
     rewriter = WinogradMutator(mod)
     for gv, func in mod.functions.items():
@@ -329,8 +333,10 @@ def var_name(var: Any) -> str:
     return str(getattr(var, "name", None) or getattr(var, "name_hint", ""))
 
 
-def _winograd(builder: Any, data: Any, weight: Any, plan: Plan) -> Any:
-    """The four stages for one conv; the weight transform is plain Relax ops on the weight."""
+def _winograd(builder: Any, data: Any, weight: Any, plan: Plan, width: int) -> Any:
+    """The four stages for one conv; the weight transform is plain Relax ops on the weight, and packs
+    U into blocks of output channels (U[e, k // b, c, k % b]): the GEMM then reads each block's
+    weights as one contiguous stream (512 channels at 7x7: 0.74 -> 0.55 ms against U[e, c, k])."""
     from tvm import relax
 
     t = transforms(plan.m)
@@ -340,7 +346,9 @@ def _winograd(builder: Any, data: Any, weight: Any, plan: Plan) -> Any:
     gw = builder.emit(relax.op.matmul(g, weight))  # K C n 3
     u = builder.emit(relax.op.matmul(gw, g_t))  # K C n n
     u = builder.emit(relax.op.permute_dims(u, [2, 3, 1, 0]))  # n n C K
-    u = builder.emit(relax.op.reshape(u, (n * n, shape.channels, shape.out_channels)))
+    block = max(b for b in range(1, min(width, shape.out_channels) + 1) if shape.out_channels % b == 0)
+    u = builder.emit(relax.op.reshape(u, (n * n, shape.channels, shape.out_channels // block, block)))
+    u = builder.emit(relax.op.permute_dims(u, [0, 2, 1, 3]))
     v = builder.emit(
         builder.call_te(
             partial(input_transform, plan=plan),
@@ -407,15 +415,16 @@ def input_transform(data: Any, plan: Plan) -> Any:
 
 
 def batched_gemm(v: Any, u: Any) -> Any:
-    """M[e, p, k] = sum_c V[e, p, c] U[e, c, k]: one GEMM per tile position, vectorizable over k."""
+    """M[e, p, k] = sum_c V[e, p, c] U[e, k // b, c, k % b]: one GEMM per tile position, with U packed
+    in blocks of b output channels; vectorizable over k."""
     from tvm import te
 
     positions, tiles, channels = (int(d) for d in v.shape)
-    out_channels = int(u.shape[2])
+    blocks, block = int(u.shape[1]), int(u.shape[3])
     c = te.reduce_axis((0, channels), name="c")
     return te.compute(
-        (positions, tiles, out_channels),
-        lambda e, p, k: te.sum(v[e, p, c] * u[e, c, k], axis=c),
+        (positions, tiles, blocks * block),
+        lambda e, p, k: te.sum(v[e, p, c] * u[e, k // block, c, k % block], axis=c),
         name=GEMM_STAGE,
     )
 
@@ -474,8 +483,8 @@ def multiply_adds(mod: Any) -> int:
         name = _op_name(expr)
         out = _static_shape(expr) if name else ()
         if name == "relax.nn.conv2d" and out:
-            weight = _static_shape(expr.args[1])
-            total[0] += _product(out) * _product(weight[1:])
+            out_channels = out[str(expr.attrs.out_layout).index("C")]
+            total[0] += _product(out) * _product(_static_shape(expr.args[1])) // out_channels
         elif name == "relax.matmul" and out:
             total[0] += _product(out) * _static_shape(expr.args[0])[-1]
 

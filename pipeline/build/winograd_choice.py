@@ -34,11 +34,13 @@ def chooser(target: Any, cache_dir: Path = CACHE_DIR) -> Callable[[ConvShape], T
 
     if not runs_here(target):
         return None
-    path = cache_dir / "winograd" / f"v2-{target.attrs['mcpu']}-{int(target.attrs['num-cores'])}cores.json"
+    path = cache_dir / "winograd" / f"v3-{target.attrs['mcpu']}-{int(target.attrs['num-cores'])}cores.json"
     return lambda shape: _timing(shape, target, path)
 
 
 def _timing(shape: ConvShape, target: Any, path: Path) -> Timing:
+    from pipeline.build.winograd_schedules import gemm_width
+
     """Direct and Winograd times (each tile size) of one conv + bias + ReLU of this shape, measured once per CPU.
     Why each tile size: F(2x2)'s transformed weights are 16/36 of F(4x4)'s, which wins where the GEMM
     streams its weights for few tiles (512 channels at 7x7), although it does more multiply-adds."""
@@ -46,7 +48,8 @@ def _timing(shape: ConvShape, target: Any, path: Path) -> Timing:
     key = json.dumps(asdict(shape))
     if key not in known:
         direct = _conv_module(shape)
-        winograd = {m: _best_ms(rewrite(direct, tile=m)[0], shape, target) for m in sorted(POINTS)}
+        width = gemm_width(target)
+        winograd = {m: _best_ms(rewrite(direct, tile=m, width=width)[0], shape, target) for m in sorted(POINTS)}
         known = json.loads(path.read_text()) if path.is_file() else {}  # another build may have added some
         known[key] = {"direct_ms": _best_ms(direct, shape, target), "winograd_ms": winograd}
         path.parent.mkdir(parents=True, exist_ok=True)

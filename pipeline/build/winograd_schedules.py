@@ -95,15 +95,25 @@ def _input(sch: Schedule, lanes: int) -> None:
     sch.vectorize(sch.get_loops(tiles)[-1])
 
 
+def gemm_width(target: Target) -> int:
+    """Output channels of the GEMM's register tile: two vectors on a CPU with 32 vector registers,
+    else one. The rewrite packs the transformed weight in blocks of this width."""
+    traits = cpu_traits(target)
+    return traits.lanes * (2 if traits.registers >= 32 else 1)
+
+
 def _gemm(sch: Schedule, lanes: int, registers: int) -> str:
-    """Per tile position e and block of output-channel vectors (the parallel chunks), all tiles in
-    register tiles of up to 8 tiles x 2 vectors, all input channels innermost but for the tile: each
-    chunk's slice of U stays in cache while every tile passes through it."""
+    """Per tile position e and block of output channels (the parallel chunks), all tiles in register
+    tiles of up to 8 tiles x the block (its weight packed contiguously, gemm_width), all input channels
+    innermost but for the tile: each chunk's slice of U stays in cache while every tile passes through it."""
+    from pipeline.releases.compat import region_buffer
+
     block = sch.get_sblock(GEMM_STAGE)
     position, tile, channel, reduce = sch.get_loops(block)
-    tiles, channels = int(sch.get(tile).extent), int(sch.get(channel).extent)
-    vector = largest_divisor(channels, lanes)
-    vectors = 2 if channels % (2 * vector) == 0 and registers >= 32 else 1
+    tiles = int(sch.get(tile).extent)
+    width = int(region_buffer(sch.get(block).reads[1]).shape[3])
+    vector = largest_divisor(width, lanes)
+    vectors = width // vector
     rows = largest_divisor(tiles, 8 if vectors == 2 else min(8, registers // 2))
     channel_outer, channel_vectors, channel_lanes = sch.split(channel, [None, vectors, vector])
     tile_outer, tile_rows = sch.split(tile, [None, rows])

@@ -69,7 +69,7 @@ def migrate_model(
 
     target = resolved_target(board)
     tvm_target = tvm.target.Target(target)
-    fused = lowering.fuse(lowering.import_model(model, board.winograd, tvm_target)[0], tvm_target)
+    fused = lowering.fuse(lowering.import_model(model, board.winograd, tvm_target, board.channels_last)[0], tvm_target)
     tasks = lowering.extract_tasks(fused, tvm_target)
     store = load_store(records_dir)
     covered = set(to_database(store.for_target(target, tvm.__version__))[1])

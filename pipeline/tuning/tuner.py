@@ -305,7 +305,7 @@ def measured_schedules(
 
 def _heavy_tasks(model: ModelSpec, board: BoardProfile, tvm_target: Any, only: tuple[str, ...]) -> list[lowering.Task]:
     """The model's conv/dense tasks as the build lowers them, those named in `only` when it names any."""
-    fused = lowering.fuse(lowering.import_model(model, board.winograd, tvm_target)[0], tvm_target)
+    fused = lowering.fuse(lowering.import_model(model, board.winograd, tvm_target, board.channels_last)[0], tvm_target)
     tasks = [t for t in lowering.extract_tasks(fused, tvm_target) if t.key.heavy and (not only or t.name in only)]
     unknown = sorted(set(only) - {t.name for t in tasks})  # a misspelt name must not be skipped silently
     if unknown:
