@@ -326,7 +326,7 @@ def build(
         f"{artifact.model} for {artifact.target['mtriple']} ({artifact.arch}) with TVM {artifact.tvm_version}: {state}"
     )
     print(f"library {artifact.library}")
-    print("\n".join(coverage_lines(artifact.coverage) + artifact.winograd.lines()))
+    print("\n".join(coverage_lines(artifact.coverage) + artifact.layout_lines()))
     warning = check_policy(artifact.coverage, settings, profile.name, model)
     if warning:
         print(warning, file=sys.stderr)

@@ -15,7 +15,7 @@ with TVM's runtime, timed with the same thread count as ONNX Runtime:
             one beats the default
   tuned     records/ as shipped (skipped when it holds no record of this model)
   onnxruntime   intra-op thread spinning off: spinning threads slow whatever runs next on 2 cores by up to 2x
-                (TVM's thread pool spinning is off too, TVM_THREAD_POOL_SPIN_COUNT=0, for the same reason)
+                (TVM's thread pool spins only briefly, TVM_THREAD_POOL_SPIN_COUNT=3000, for the same reason)
   openvino      f32 forced (its default on AVX-512 machines silently runs bf16), when it is installed
 Every round runs each variant once, in a new random order (seeded), so machine noise and whatever ran
 just before hit all of them alike; the table gives medians and minima over rounds, ratios of medians
@@ -47,12 +47,14 @@ def main() -> int:
     parser.add_argument("--naive", action="store_true", help="also time TVM's naive loops (VGG-16: ~20 s a run)")
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
-    # TVM's thread pool spins after each run too. In one process with ONNX Runtime, ORT's ResNet-18 ran
+    # TVM's thread pool spins after each kernel too. In one process with ONNX Runtime, ORT's ResNet-18 ran
     # 16.5 ms (median) after a TVM variant with TVM's default spinning, 8.8 ms with it off, the same as
-    # alone; a pause of 0.5 s between them did not help. So both runtimes run with spinning off here
-    # (it costs TVM on models of many small kernels: MobileNetV2 3.7 -> 6.1 ms); the board's runner keeps
-    # TVM's default, as it runs alone.
-    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
+    # alone. With no spinning at all TVM's workers sleep between its ~60 kernels per inference (ResNet-18
+    # alone: 7.4-7.8 ms against 6.4-6.7 ms with the default spinning, the board's runner's setting). A
+    # short spin (3000 pause loops, tens of microseconds) keeps the workers awake through one inference and
+    # lets them sleep right after it: TVM alone 6.7-6.9 ms, ORT after it unchanged (8.5 ms best; with
+    # 30000 its median doubled).
+    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "3000")
 
     from pipeline.board.profile import load_board
     from pipeline.build import builder

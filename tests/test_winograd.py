@@ -176,7 +176,8 @@ def test_coverage_table_names_the_winograd_stages_and_the_build_reports_them(tmp
     stages = {t.operator: t for t in artifact.coverage.tasks if t.operator.startswith("conv2d_winograd")}
     assert set(stages) == {"conv2d_winograd_input", "conv2d_winograd_gemm", "conv2d_winograd_output"}
     assert all(t.schedule == "winograd" and t.heavy for t in stages.values())
-    assert stages["conv2d_winograd_gemm"].workload.startswith("conv2d_winograd_gemm 36x16x32 * 36x1x32x32 -> 36x16x32")
+    # U packed in blocks of two NEON vectors of output channels (4 x 8)
+    assert stages["conv2d_winograd_gemm"].workload.startswith("conv2d_winograd_gemm 36x16x32 * 36x4x32x8 -> 36x16x32")
     assert not artifact.coverage.naive
     table = "\n".join(coverage_lines(artifact.coverage) + report.lines())
     assert "WINOGRAD" in table

@@ -13,6 +13,7 @@ from typing import Any
 
 from pipeline.board.profile import Arch, BoardProfile
 from pipeline.build import lowering
+from pipeline.build.channels_last import ChannelsLastReport
 from pipeline.build.elf import elf_arch
 from pipeline.build.model_file import ModelSpec
 from pipeline.build.tvm_errors import tvm_errors
@@ -53,6 +54,12 @@ class BuildArtifact:
     coverage: Coverage
     # Which convs run Winograd, multiply-adds before/after, per-layer error (off: a build read back without one).
     winograd: WinogradReport = field(default_factory=lambda: WinogradReport.off(0))
+    # How many strided convs run channels-last, or why none could (pipeline/build/channels_last.py).
+    channels_last: ChannelsLastReport = field(default_factory=lambda: ChannelsLastReport(False))
+
+    def layout_lines(self) -> list[str]:
+        """The build's report of its layout rewrites, for the console."""
+        return self.winograd.lines() + self.channels_last.lines()
 
     @property
     def release(self) -> str:
@@ -158,7 +165,9 @@ def _compile_into(
     started = time.perf_counter()
     target = resolved_target(board)
     tvm_target = tvm.target.Target(target)
-    mod, params, winograd = lowering.import_model_reporting(model, board.winograd, tvm_target, board.channels_last)
+    mod, params, winograd, layout = lowering.import_model_reporting(
+        model, board.winograd, tvm_target, board.channels_last
+    )
     doing = f"TVM could not build {model.name} for {target['mtriple']}"
     fix = f"check that '{board.cross_compiler}' is installed (scripts/install.sh) and the profile's target"
     with tvm_errors(doing, fix):
@@ -210,6 +219,7 @@ def _compile_into(
         "compile_seconds": round(time.perf_counter() - started, 3),
         "coverage": asdict(coverage),
         "winograd": asdict(winograd),
+        "channels_last": asdict(layout),
     }
     (out_dir / BUILD_INFO_NAME).write_text(json.dumps(info, indent=2))
     return info
@@ -249,4 +259,5 @@ def _artifact_from_info(directory: Path, info: dict[str, Any], store: RecordStor
         compile_seconds=info["compile_seconds"],
         coverage=replace(coverage, problems=store.problems + coverage.problems),
         winograd=WinogradReport.from_json(info.get("winograd")),
+        channels_last=ChannelsLastReport.from_json(info.get("channels_last")),
     )

@@ -16,9 +16,11 @@ conv, a flatten); the weight's transpose depends on the weight alone, so the bui
 does it once.
 """
 
+from dataclasses import dataclass
 from typing import Any
 
 CONV2D = "relax.nn.conv2d"
+DROPOUT = "relax.nn.dropout"
 
 
 def eligible(call: Any) -> bool:
@@ -40,24 +42,90 @@ def eligible(call: Any) -> bool:
     return int(attrs.groups) == 1 and max(int(s) for s in attrs.strides) > 1 and max(kernel) > 1
 
 
-def rewrite(mod: Any) -> tuple[Any, int]:
+@dataclass(frozen=True)
+class ChannelsLastReport:
+    """What the rewrite did to one model, for the build's report."""
+
+    enabled: bool
+    convs: int = 0  # convs computed channels-last
+    failure: str = ""  # why TVM could not convert this model's layout: its convs then stay NCHW
+
+    def lines(self) -> list[str]:
+        if self.failure:
+            return [f"Channels-last: not applied ({self.failure}); strided convs run NCHW"]
+        return [f"Channels-last: {self.convs} strided convs run NHWC"] if self.convs else []
+
+    @staticmethod
+    def from_json(data: dict[str, Any] | None) -> "ChannelsLastReport":
+        return ChannelsLastReport(**data) if data else ChannelsLastReport(False)
+
+
+def rewrite(mod: Any) -> tuple[Any, ChannelsLastReport]:
     """Every eligible conv2d of `mod` computed channels-last, and the ops after it that do not care
     about the layout (bias, batch-norm, ReLU, pooling) with it, up to the next op that needs NCHW
-    (Relax's ConvertLayout places the transposes); the other convs unchanged. Returns the module and
-    how many convs it rewrote."""
+    (Relax's ConvertLayout places the transposes); the other convs unchanged. Where ConvertLayout
+    fails on a model, the model is left as it is and the report says why: the layout is a speed-up,
+    never a reason for a build to fail."""
     import tvm
     from tvm import relax
 
-    rewritten = [0]
+    from pipeline.releases.compat import TVM_ERRORS
+
+    taken = [call for call in _calls(mod, CONV2D) if eligible(call)]
+    if not taken:
+        return mod, ChannelsLastReport(True)
 
     def desired(call: Any) -> dict[str, list[str]]:
         if call.op.name != CONV2D:
             return {}
         if eligible(call):
-            rewritten[0] += 1
             return {CONV2D: ["NHWC", "HWIO"]}
         return {CONV2D: [str(call.attrs.data_layout), str(call.attrs.kernel_layout)]}
 
     passes = [relax.transform.ConvertLayout({}, desired), relax.transform.EliminateCommonSubexpr()]
-    converted = tvm.transform.Sequential(passes)(mod)
-    return (converted, rewritten[0]) if rewritten[0] else (mod, 0)
+    try:
+        converted = tvm.transform.Sequential(passes)(mod)
+    except TVM_ERRORS as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        return mod, ChannelsLastReport(True, failure=f"TVM's ConvertLayout failed: {reason[:120]}")
+    return converted, ChannelsLastReport(True, convs=len(taken))
+
+
+def without_dropout(mod: Any) -> Any:
+    """The module with every dropout replaced by its input: dropout is the identity at inference, yet
+    TVM keeps it as a copy, and ConvertLayout cannot pass its (output, mask) tuple."""
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class DropoutRemover(PyExprMutator):
+        def visit_tuple_getitem_(self, op: Any) -> Any:
+            source = op.tuple_value
+            bound = self.lookup_binding(source) if isinstance(source, relax.Var) else source
+            if op.index == 0 and isinstance(bound, relax.Call) and getattr(bound.op, "name", "") == DROPOUT:
+                return self.visit_expr(bound.args[0])
+            return super().visit_tuple_getitem_(op)
+
+    if not _calls(mod, DROPOUT):
+        return mod
+    remover = DropoutRemover(mod)
+    for gv, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            remover.builder_.update_func(gv, remover.visit_expr(func))
+    return relax.transform.DeadCodeElimination()(remover.builder_.get())
+
+
+def _calls(mod: Any, op_name: str) -> list[Any]:
+    """Every call of the operator in the module's Relax functions."""
+    from tvm import relax
+
+    found: list[Any] = []
+
+    def visit(expr: Any) -> None:
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == op_name:
+            found.append(expr)
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return found

@@ -10,6 +10,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.build.channels_last import ChannelsLastReport, without_dropout
 from pipeline.build.channels_last import rewrite as strided_channels_last
 from pipeline.build.model_file import ModelSpec
 from pipeline.build.tvm_errors import reason, tvm_errors
@@ -38,15 +39,16 @@ def import_model(
     with whatever depends on weights alone already computed (see lift_weight_transforms); with
     `winograd`, eligible 3x3 convs rewritten first (pipeline/build/winograd.py), with `channels_last`
     strided convs (pipeline/build/channels_last.py)."""
-    mod, params, _ = import_model_reporting(model, winograd, target, channels_last)
+    mod, params, _, _ = import_model_reporting(model, winograd, target, channels_last)
     return mod, params
 
 
 def import_model_reporting(
     model: ModelSpec, winograd: bool, target: Any = None, channels_last: bool = False
-) -> tuple[Any, dict[str, list[Any]], WinogradReport]:
-    """import_model, also saying which convs the Winograd rewrite took and how accurate each is; with
-    a `target` that runs on this host, each eligible conv shape is timed both ways (winograd_choice.py)."""
+) -> tuple[Any, dict[str, list[Any]], WinogradReport, ChannelsLastReport]:
+    """import_model, also saying which convs the Winograd rewrite took and how accurate each is, and
+    which run channels-last; with a `target` that runs on this host, each eligible conv shape is
+    timed both ways (winograd_choice.py)."""
     import onnx
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
@@ -62,11 +64,13 @@ def import_model_reporting(
     ):
         mod, params = relax.frontend.detach_params(mod)
         mod = relax.transform.DecomposeOpsForInference()(mod)
+        mod = without_dropout(mod)
+        layout = ChannelsLastReport(False)
         if channels_last:
-            mod, _ = strided_channels_last(mod)
+            mod, layout = strided_channels_last(mod)
         mod, summary = _winograd(mod, params, target) if winograd else (mod, WinogradReport.off(multiply_adds(mod)))
         mod, params = lift_weight_transforms(mod, params)
-        return mod, params, summary
+        return mod, params, summary, layout
 
 
 def _winograd(mod: Any, params: dict[str, list[Any]], target: Any) -> tuple[Any, WinogradReport]:

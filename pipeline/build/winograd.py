@@ -8,14 +8,15 @@ GFLOP/s) only fewer multiply-adds make it faster.
 
 A conv becomes four steps (e = one of the n x n positions of a tile, n = m + 2; p = one tile):
   U[e, c, k] = G g G^T   weight transform: Relax ops on the weight alone, so the build's weight
-                         lifting (lowering.lift_weight_transforms) computes it once, at build time;
-  V[e, c, p] = B^T d B   input transform over overlapping n x n tiles of the padded input;
-  M[e, p, k] = sum_c V[e, c, p] U[e, c, k]   a batched GEMM, one per tile position: the hot stage;
+                         lifting (lowering.lift_weight_transforms) computes it once, at build time,
+                         packed in blocks of output channels (U[e, k // b, c, k % b]);
+  V[e, p, c] = B^T d B   input transform over overlapping n x n tiles of the padded input;
+  M[e, p, k] = sum_c V[e, p, c] U[e, c, k]   a batched GEMM, one per tile position: the hot stage;
   Y = A^T M A            output transform, cropped to the output size; the conv's epilogue (bias,
                          ReLU, residual add) fuses into it.
 The three runtime stages are PrimFuncs of their own (named conv2d_winograd_*), so each is a task
 with its own workload key that `invoke tune` can search; without a record each gets a schedule
-from this module (the transforms) or from the default rules (the GEMM), never naive loops.
+from winograd_schedules.py, never naive loops.
 """
 
 from collections.abc import Callable

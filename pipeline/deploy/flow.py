@@ -99,7 +99,7 @@ def deploy_once(
     building = f"Building {spec.name} for {profile.target.mtriple} ({profile.target.mcpu})..."
     with callbacks.on_step(Step("build", building)):
         artifact = builder.build(spec, profile, records_dir=records_dir)
-    for line in coverage_lines(artifact.coverage) + artifact.winograd.lines():
+    for line in coverage_lines(artifact.coverage) + artifact.layout_lines():
         callbacks.on_line(line)
     warning = check_policy(artifact.coverage, coverage_settings, profile.name, model)
     if warning:
