@@ -5,9 +5,9 @@ vector's inputs lie s apart, so a vector load covers only lanes / s outputs: the
 of ResNet-18 ran at about 82 GMAC/s and its 7x7 stride-2 stem at 87. Channels-last (NHWC data, HWIO
 weight) puts the output channels innermost: the vector runs over them, contiguous in the weight, and
 each input value is broadcast, whatever the stride. Measured on `local` (2 threads, conv + bias + ReLU
-with both transposes): 3x3 stride-2 convs 0.70 -> 0.37 ms (64 and 128 input channels) and
-0.70 -> 0.56 ms (256), the 7x7 stem 1.35 -> 1.13 ms; 1x1 stride-2 convs were slower (0.09 -> 0.16 ms),
-so they stay NCHW, as do grouped convs.
+with both transposes, docs/winograd.md): 3x3 stride-2 convs 0.66-0.68 -> 0.33-0.36 ms, the 7x7 stem
+1.20 -> 1.05 ms; 1x1 stride-2 convs were slower (0.09 -> 0.16 ms), so they stay NCHW, as do grouped
+convs and convs with few multiply-adds per output (MIN_MULTIPLY_ADDS).
 
 The rewrite is Relax's own ConvertLayout, asked for NHWC/HWIO on these convs and for their own layout
 on every other conv: the ops after a rewritten conv that work in any layout (batch-norm, ReLU,
@@ -20,11 +20,18 @@ from dataclasses import dataclass
 from typing import Any
 
 CONV2D = "relax.nn.conv2d"
+# Multiply-adds per output below which a conv stays NCHW: such a conv is bound by writing its output,
+# and the transpose back to NCHW reads and writes that output once more. MobileNetV2's 3x3 stem on 3
+# channels (27 per output) took 0.33 ms NCHW against 0.44 ms NHWC plus 0.39 ms for the transpose that
+# its ReLU6 (an opaque call_tir, which ConvertLayout cannot pass) forced; ResNet-18's 7x7 stem (147)
+# and 3x3 stride-2 convs (576 and more) gain.
+MIN_MULTIPLY_ADDS = 64
 DROPOUT = "relax.nn.dropout"
 
 
 def eligible(call: Any) -> bool:
-    """An NCHW/OIHW float32 conv2d with static shapes, one group, a kernel larger than 1x1 and a stride."""
+    """An NCHW/OIHW float32 conv2d with static shapes, one group, a kernel larger than 1x1, a stride
+    and at least MIN_MULTIPLY_ADDS per output."""
     from pipeline.releases.compat import TensorType, expr_type
 
     attrs = call.attrs
@@ -38,8 +45,12 @@ def eligible(call: Any) -> bool:
     dims = list(data.shape) + list(weight.shape)
     if not all(isinstance(d, int) or hasattr(d, "value") for d in dims):
         return False
+    per_output = 1
+    for d in list(weight.shape)[1:]:
+        per_output *= int(d)
     kernel = [int(d) for d in list(weight.shape)[2:]]
-    return int(attrs.groups) == 1 and max(int(s) for s in attrs.strides) > 1 and max(kernel) > 1
+    strided = max(int(s) for s in attrs.strides) > 1
+    return int(attrs.groups) == 1 and strided and max(kernel) > 1 and per_output >= MIN_MULTIPLY_ADDS
 
 
 @dataclass(frozen=True)
