@@ -32,25 +32,14 @@ DROPOUT = "relax.nn.dropout"
 def eligible(call: Any) -> bool:
     """An NCHW/OIHW float32 conv2d with static shapes, one group, a kernel larger than 1x1, a stride
     and at least MIN_MULTIPLY_ADDS per output."""
-    from pipeline.releases.compat import TensorType, expr_type
+    from pipeline.build.winograd import static_nchw_float32
 
-    attrs = call.attrs
-    data, weight = (expr_type(arg) for arg in call.args)
-    if not all(isinstance(info, TensorType) and info.shape is not None for info in (data, weight)):
+    shapes = static_nchw_float32(call)
+    if shapes is None:
         return False
-    if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW"):
-        return False
-    if {str(data.dtype), str(weight.dtype), str(attrs.out_dtype or "float32")} != {"float32"}:
-        return False
-    dims = list(data.shape) + list(weight.shape)
-    if not all(isinstance(d, int) or hasattr(d, "value") for d in dims):
-        return False
-    per_output = 1
-    for d in list(weight.shape)[1:]:
-        per_output *= int(d)
-    kernel = [int(d) for d in list(weight.shape)[2:]]
-    strided = max(int(s) for s in attrs.strides) > 1
-    return int(attrs.groups) == 1 and strided and max(kernel) > 1 and per_output >= MIN_MULTIPLY_ADDS
+    _, (_, channels, kh, kw) = shapes
+    strided = max(int(s) for s in call.attrs.strides) > 1
+    return int(call.attrs.groups) == 1 and strided and max(kh, kw) > 1 and channels * kh * kw >= MIN_MULTIPLY_ADDS
 
 
 @dataclass(frozen=True)

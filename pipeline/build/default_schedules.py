@@ -34,7 +34,7 @@ from pipeline.releases.compat import TVM_ERRORS, SBlock, SBlockRealize, detect_l
 DEFAULT_RECORD_RUN_SECS = 1.0e6
 
 _DATA_PARALLEL = 0  # tirx.IterVar.DataPar
-INNER_TAPS = 9
+INNER_TAPS = 9  # kernel taps kept inside the register tile at most: a 3x3 kernel whole, a 7x7 one by its columns
 _ROOT = -1  # SampleComputeLocation decision: keep the producer (padding) at the root
 
 

@@ -260,9 +260,9 @@ class WinogradReport:
         ] + kept_lines
 
 
-def eligible(call: Any) -> ConvShape | None:
-    """The conv's shape when the rewrite applies: NCHW/OIHW float32, 3x3, stride 1, dilation 1,
-    one group, static shapes and at least MIN_CHANNELS input and output channels; else None."""
+def static_nchw_float32(call: Any) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """The data and weight shapes of a conv2d call that is NCHW/OIHW, float32 and of static shape;
+    else None: the convs that the layout rewrites (this one, channels_last.py) may take."""
     from pipeline.releases.compat import TensorType, expr_type
 
     attrs = call.attrs
@@ -273,12 +273,21 @@ def eligible(call: Any) -> ConvShape | None:
         return None
     if {str(data.dtype), str(weight.dtype), str(attrs.out_dtype or "float32")} != {"float32"}:
         return None
-    if any(int(s) != 1 for s in attrs.strides) or any(int(d) != 1 for d in attrs.dilation) or int(attrs.groups) != 1:
-        return None
     if not all(isinstance(d, int) or hasattr(d, "value") for d in list(data.shape) + list(weight.shape)):
         return None
-    batch, channels, height, width = (int(d) for d in data.shape)
-    out_channels, _, kh, kw = (int(d) for d in weight.shape)
+    return tuple(int(d) for d in data.shape), tuple(int(d) for d in weight.shape)
+
+
+def eligible(call: Any) -> ConvShape | None:
+    """The conv's shape when the rewrite applies: NCHW/OIHW float32, 3x3, stride 1, dilation 1,
+    one group, static shapes and at least MIN_CHANNELS input and output channels; else None."""
+    attrs = call.attrs
+    shapes = static_nchw_float32(call)
+    if shapes is None:
+        return None
+    if any(int(s) != 1 for s in attrs.strides) or any(int(d) != 1 for d in attrs.dilation) or int(attrs.groups) != 1:
+        return None
+    (batch, channels, height, width), (out_channels, _, kh, kw) = shapes
     if (kh, kw) != (KERNEL, KERNEL) or min(channels, out_channels) < MIN_CHANNELS:
         return None
     padding = tuple(int(p) for p in attrs.padding)
