@@ -19,6 +19,8 @@ does it once.
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.build.winograd import calls_of, static_nchw_float32
+
 CONV2D = "relax.nn.conv2d"
 # Multiply-adds per output below which a conv stays NCHW: such a conv is bound by writing its output,
 # and the transpose back to NCHW reads and writes that output once more. MobileNetV2's 3x3 stem on 3
@@ -32,8 +34,6 @@ DROPOUT = "relax.nn.dropout"
 def eligible(call: Any) -> bool:
     """An NCHW/OIHW float32 conv2d with static shapes, one group, a kernel larger than 1x1, a stride
     and at least MIN_MULTIPLY_ADDS per output."""
-    from pipeline.build.winograd import static_nchw_float32
-
     shapes = static_nchw_float32(call)
     if shapes is None:
         return False
@@ -71,7 +71,7 @@ def rewrite(mod: Any) -> tuple[Any, ChannelsLastReport]:
 
     from pipeline.releases.compat import TVM_ERRORS
 
-    taken = [call for call in _calls(mod, CONV2D) if eligible(call)]
+    taken = [call for call in calls_of(mod, CONV2D) if eligible(call)]
     if not taken:
         return mod, ChannelsLastReport(True)
 
@@ -106,26 +106,10 @@ def without_dropout(mod: Any) -> Any:
                 return self.visit_expr(bound.args[0])
             return super().visit_tuple_getitem_(op)
 
-    if not _calls(mod, DROPOUT):
+    if not calls_of(mod, DROPOUT):
         return mod
     remover = DropoutRemover(mod)
     for gv, func in mod.functions.items():
         if isinstance(func, relax.Function):
             remover.builder_.update_func(gv, remover.visit_expr(func))
     return relax.transform.DeadCodeElimination()(remover.builder_.get())
-
-
-def _calls(mod: Any, op_name: str) -> list[Any]:
-    """Every call of the operator in the module's Relax functions."""
-    from tvm import relax
-
-    found: list[Any] = []
-
-    def visit(expr: Any) -> None:
-        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == op_name:
-            found.append(expr)
-
-    for func in mod.functions.values():
-        if isinstance(func, relax.Function):
-            relax.analysis.post_order_visit(func, visit)
-    return found

@@ -349,6 +349,8 @@ def _winograd(builder: Any, data: Any, weight: Any, plan: Plan, width: int) -> A
     weights as one contiguous stream (512 channels at 7x7: 0.74 -> 0.55 ms against U[e, c, k])."""
     from tvm import relax
 
+    from pipeline.build.default_schedules import largest_divisor
+
     t = transforms(plan.m)
     n, shape = plan.n, plan.shape
     g = relax.const(t.g.astype("float32"))
@@ -356,7 +358,7 @@ def _winograd(builder: Any, data: Any, weight: Any, plan: Plan, width: int) -> A
     gw = builder.emit(relax.op.matmul(g, weight))  # K C n 3
     u = builder.emit(relax.op.matmul(gw, g_t))  # K C n n
     u = builder.emit(relax.op.permute_dims(u, [2, 3, 1, 0]))  # n n C K
-    block = max(b for b in range(1, min(width, shape.out_channels) + 1) if shape.out_channels % b == 0)
+    block = largest_divisor(shape.out_channels, width)
     u = builder.emit(relax.op.reshape(u, (n * n, shape.channels, shape.out_channels // block, block)))
     u = builder.emit(relax.op.permute_dims(u, [0, 2, 1, 3]))
     v = builder.emit(
@@ -484,24 +486,17 @@ def layer_error(plan: Plan, weight: np.ndarray, seed: int = 0) -> float:
 def multiply_adds(mod: Any) -> int:
     """Multiply-adds of the conv2d and matmul calls in a Relax module's functions (static shapes):
     the work that decides the speed of a compute-bound board."""
-    from tvm import relax
-    from tvm.relax.analysis import post_order_visit
-
-    total = [0]
-
-    def visit(expr: Any) -> None:
-        name = _op_name(expr)
-        out = _static_shape(expr) if name else ()
-        if name == "relax.nn.conv2d" and out:
-            out_channels = out[str(expr.attrs.out_layout).index("C")]
-            total[0] += _product(out) * _product(_static_shape(expr.args[1])) // out_channels
-        elif name == "relax.matmul" and out:
-            total[0] += _product(out) * _static_shape(expr.args[0])[-1]
-
-    for func in mod.functions.values():
-        if isinstance(func, relax.Function):
-            post_order_visit(func, visit)
-    return total[0]
+    total = 0
+    for conv in calls_of(mod, "relax.nn.conv2d"):
+        out = _static_shape(conv)
+        if out:
+            out_channels = out[str(conv.attrs.out_layout).index("C")]
+            total += _product(out) * _product(_static_shape(conv.args[1])) // out_channels
+    for matmul in calls_of(mod, "relax.matmul"):
+        out = _static_shape(matmul)
+        if out:
+            total += _product(out) * _static_shape(matmul.args[0])[-1]
+    return total
 
 
 def _op_name(expr: Any) -> str:
@@ -551,20 +546,21 @@ def report(mod: Any, done: list[Rewritten], weights: dict[str, np.ndarray]) -> W
     layers = tuple(layer(c) for c in done if c.chosen)
     kept = tuple(layer(c) for c in done if not c.chosen)
     after = before - sum(x.direct_multiply_adds - x.winograd_multiply_adds for x in layers)
-    return WinogradReport(True, _count_convs(mod), layers, kept, before, after)
+    return WinogradReport(True, len(calls_of(mod, "relax.nn.conv2d")), layers, kept, before, after)
 
 
-def _count_convs(mod: Any) -> int:
+def calls_of(mod: Any, op_name: str) -> list[Any]:
+    """Every call of the operator ("relax.nn.conv2d") in the module's Relax functions."""
     from tvm import relax
     from tvm.relax.analysis import post_order_visit
 
-    count = [0]
+    found: list[Any] = []
 
     def visit(expr: Any) -> None:
-        if _op_name(expr) == "relax.nn.conv2d":
-            count[0] += 1
+        if _op_name(expr) == op_name:
+            found.append(expr)
 
     for func in mod.functions.values():
         if isinstance(func, relax.Function):
             post_order_visit(func, visit)
-    return count[0]
+    return found
