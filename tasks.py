@@ -162,7 +162,7 @@ PROFILE_RUNS = 3  # profiled inferences for invoke deploy --profile: averaged, a
 
 def _shape(value: str | None) -> tuple[int, ...] | None:
     """--input-shape 1,3,224,224; its rank and fixed sizes are checked against the model's input."""
-    from pipeline.build.model_file import parse_input_shape
+    from pipeline.compiler.importer.model_file import parse_input_shape
 
     return None if value is None else parse_input_shape(value)
 
@@ -197,8 +197,8 @@ def _under_release(tvm: str | None) -> bool:
     import subprocess
 
     from pipeline.paths import ROOT
-    from pipeline.releases.catalog import get_release, running_release
-    from pipeline.releases.environment import release_python
+    from pipeline.tvm_release.catalog import get_release, running_release
+    from pipeline.tvm_release.environment import release_python
 
     release = get_release(tvm)
     if release == running_release():
@@ -313,9 +313,9 @@ def build(
     if _under_release(tvm):
         return
     from pipeline.board.profile import load_board
-    from pipeline.build import builder
-    from pipeline.build.model_file import resolve_model
-    from pipeline.records.coverage import check_policy, coverage_lines, resolve_policy
+    from pipeline.compiler import builder
+    from pipeline.compiler.coverage import check_policy, coverage_lines, resolve_policy
+    from pipeline.compiler.importer.model_file import resolve_model
 
     shape = _shape(input_shape)
     profile = load_board(board)
@@ -345,8 +345,8 @@ def doctor(c: Context, board: str = "rk3399-emu", model: str | None = None) -> N
     from pipeline.board.bundle import runtime_bundle
     from pipeline.board.profile import load_board
     from pipeline.board.session import open_board
-    from pipeline.build import builder
-    from pipeline.build.model_file import resolve_model
+    from pipeline.compiler import builder
+    from pipeline.compiler.importer.model_file import resolve_model
 
     profile = load_board(board)
     files = dict(runtime_bundle(profile.arch).files)
@@ -389,7 +389,7 @@ def tune(
     if _under_release(tvm):
         return
     from pipeline.board.profile import load_board
-    from pipeline.build.model_file import resolve_model
+    from pipeline.compiler.importer.model_file import resolve_model
     from pipeline.records.store import shown
     from pipeline.tuning.tuner import tune as tune_model
 
@@ -446,9 +446,9 @@ def migrate(c: Context, board: str = "local", model: str = "tiny") -> None:
     """Measure the schedules migrated from older TVM releases' records on the board and keep, as records of
     this release, those that are not slower than the default schedule."""
     from pipeline.board.profile import load_board
-    from pipeline.build.model_file import resolve_model
+    from pipeline.compiler.importer.model_file import resolve_model
     from pipeline.records.store import shown
-    from pipeline.releases.migrate import migrate_model
+    from pipeline.upgrade.migrate import migrate_model
 
     profile = load_board(board)
     console = Console(stderr=True)
@@ -496,8 +496,8 @@ def upgrade_check(
     """Build the model under two TVM releases, run both interleaved on the board, and say whether the upgrade
     keeps latency and coverage (exit 0) or not (exit 1, with the reason); the comparison goes to results/."""
     from pipeline.errors import shown
-    from pipeline.releases.upgrade_check import KINDS
-    from pipeline.releases.upgrade_check import upgrade_check as check_upgrade
+    from pipeline.upgrade.upgrade_check import KINDS
+    from pipeline.upgrade.upgrade_check import upgrade_check as check_upgrade
 
     if not to:
         raise PipelineError("--to is missing", "name the release to upgrade to, e.g. --to 0.27")

@@ -35,9 +35,10 @@ def main() -> None:
     import tvm
     from tvm.target import codegen
 
-    from pipeline.build.default_schedules import default_schedules
-    from pipeline.build.lowering import fuse, import_model
-    from pipeline.build.model_file import resolve_model
+    from pipeline.compiler.importer.model_file import resolve_model
+    from pipeline.compiler.lowering import import_model
+    from pipeline.compiler.passes import fuse
+    from pipeline.compiler.schedules.default_schedules import default_schedules
 
     target = tvm.target.Target(
         {
@@ -84,7 +85,7 @@ def _with_records(workload: object, records: list, flops: float, target: object)
     import tvm_ffi
     from tvm.s_tir import Schedule
 
-    from pipeline.build.schedule_transfer import donors, transferred_schedules
+    from pipeline.compiler.schedules.schedule_transfer import donors, transferred_schedules
 
     own_hash = tvm_ffi.structural_hash(workload)
     own = [r for r in records if tvm_ffi.structural_hash(r.workload.mod) == own_hash]
@@ -104,7 +105,7 @@ def _flops(func: object) -> float:
     """TVM's count of the task's floating-point operations (the conv's multiply-adds dominate)."""
     from tvm.s_tir.analysis import estimate_tir_flops
 
-    from pipeline.build.default_schedules import normalize
+    from pipeline.compiler.schedules.default_schedules import normalize
 
     return float(estimate_tir_flops(normalize(func)))
 

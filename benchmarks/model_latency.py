@@ -9,7 +9,7 @@ with the same thread count as ONNX Runtime:
   naive     (--naive) TVM's lowering with no schedule at all: what a record miss cost before defaults
   default   an empty record store: every conv/dense task gets the rule-based default schedule (direct convs:
             the board profile's `winograd` set to false)
-  winograd  an empty record store with the Winograd rewrite (pipeline/build/winograd.py): eligible 3x3 convs
+  winograd  an empty record store with the Winograd rewrite (pipeline/compiler/rewrites/winograd.py): eligible 3x3 convs
             as F(4x4, 3x3) stages with their own schedules, the rest as in default
   transfer  a store with the other models' records only: tasks take a transferred schedule where
             one beats the default
@@ -63,8 +63,8 @@ def main() -> int:
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # the variants' processes inherit it
 
     from pipeline.board.profile import load_board
-    from pipeline.build import builder
-    from pipeline.build.model_file import resolve_model
+    from pipeline.compiler import builder
+    from pipeline.compiler.importer.model_file import resolve_model
     from pipeline.deploy.inputs import make_input
     from pipeline.paths import RECORDS_DIR
     from pipeline.records.store import load_store
@@ -197,12 +197,12 @@ def naive_runner(spec: object, board: object, data: object) -> Callable[[], obje
     import tvm
     from tvm import relax
 
-    from pipeline.build import lowering
-    from pipeline.build.builder import resolved_target
+    from pipeline.compiler import lowering, passes
+    from pipeline.compiler.builder import resolved_target
 
     target = tvm.target.Target(resolved_target(board))
     mod, params = lowering.import_model(spec)
-    vm = relax.VirtualMachine(lowering.build_executable(lowering.fuse(mod, target), target), tvm.cpu())
+    vm = relax.VirtualMachine(passes.build_executable(passes.fuse(mod, target), target), tvm.cpu())
     arguments = [tvm.runtime.tensor(data), *params["main"]]
     return lambda: vm["main"](*arguments)
 

@@ -41,7 +41,6 @@ sys.path.insert(0, str(ROOT))
 from pipeline.board.profile import load_board  # noqa: E402
 from pipeline.board.sshd import board_endpoint  # noqa: E402
 from pipeline.deploy.flow import deploy_once  # noqa: E402
-from pipeline.nightly.compare import PairedVerdict, compare_pairs, compare_samples  # noqa: E402
 from pipeline.nightly.confirm import confirm_on_board  # noqa: E402
 from pipeline.nightly.history import History  # noqa: E402
 from pipeline.nightly.loop import (  # noqa: E402
@@ -55,6 +54,7 @@ from pipeline.nightly.loop import (  # noqa: E402
 )
 from pipeline.nightly.provenance import RunProvenance  # noqa: E402
 from pipeline.nightly.report import point_line  # noqa: E402
+from pipeline.stats import PairedVerdict, compare_pairs, compare_samples  # noqa: E402
 
 PROVENANCE = RunProvenance(pipeline_commit="benchmark", record_store_version="unchanged")
 RUNS = 20
@@ -232,8 +232,8 @@ def records_trials(work: Path, trials: int) -> None:
     """resnet18's history with the tuned record of its largest direct conv (three nights), then `trials`
     nights for each change of the store: the record replaced by the slowest schedule tuning measured, by
     the next-fastest one, and removed (the conv then gets its default schedule, where the search began)."""
-    from pipeline.build import builder
-    from pipeline.build.model_file import resolve_model
+    from pipeline.compiler import builder
+    from pipeline.compiler.importer.model_file import resolve_model
     from pipeline.records.store import load_store, save_record
     from pipeline.tuning.tuner import measured_schedules, tune
 

@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.nightly.compare import compare_samples  # noqa: E402
 from pipeline.nightly.history import History  # noqa: E402
+from pipeline.stats import compare_samples  # noqa: E402
 
 
 def nightly(matrix: Path, records: Path) -> subprocess.CompletedProcess[str]:

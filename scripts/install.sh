@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 TVM_VERSION=0.27.0.post1
 TVM_FFI_VERSION=0.1.14.post1
-# Other TVM releases, side by side with the default above (their pins: pipeline/releases/catalog.py).
+# Other TVM releases, side by side with the default above (their pins: pipeline/tvm_release/catalog.py).
 OTHER_RELEASES=(0.26)
 # What TVM's RPC server imports on a board besides TVM (the host's versions, see requirements.txt).
 BOARD_WHEELS=(numpy==2.4.6 ml_dtypes==0.6.0 typing_extensions==4.16.0 cloudpickle==3.1.3 psutil==7.2.2)
@@ -115,11 +115,11 @@ download_bullseye_userland() {
 
 install_bundle() {
   .venv/bin/python -m pipeline.board.bundle
-  .venv/bin/python -m pipeline.tuning.board_python
+  .venv/bin/python -m pipeline.board.tuning_python
 }
 
 install_releases() {
-  .venv/bin/python -m pipeline.releases "${OTHER_RELEASES[@]}"
+  .venv/bin/python -m pipeline.board.bundle "${OTHER_RELEASES[@]}"
 }
 
 for step in "${steps[@]}"; do

@@ -9,11 +9,11 @@ import numpy as np
 
 from pipeline.board.facts import BoardFacts
 from pipeline.board.sync import PushReport
-from pipeline.build.builder import BuildArtifact
+from pipeline.compiler.builder import BuildArtifact
+from pipeline.compiler.coverage import Coverage, CoverageEntry
 from pipeline.deploy.check import CheckResult
 from pipeline.deploy.results import DeployResult, Timings
 from pipeline.deploy.timing import summarize
-from pipeline.records.coverage import Coverage, CoverageEntry
 
 RK3399_TARGET = {
     "kind": "llvm",

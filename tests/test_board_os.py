@@ -15,10 +15,10 @@ from elftools.elf.elffile import ELFFile
 from pipeline.board.abi import archive_versions, needed_versions, parse_version, version_text
 from pipeline.board.bundle import GLIBC_FLOOR, RUNNER, RUNTIME_LIB, RuntimeBundle, runtime_bundle
 from pipeline.board.profile import Arch, load_board
-from pipeline.build import builder
-from pipeline.build.model_file import resolve_model
+from pipeline.board.tuning_python import environment_archive
+from pipeline.compiler import builder
+from pipeline.compiler.importer.model_file import resolve_model
 from pipeline.paths import CACHE_DIR
-from pipeline.tuning.board_python import environment_archive
 
 FLOOR = parse_version(GLIBC_FLOOR)
 # Ubuntu 18.04's libstdc++ (gcc 8) defines GLIBCXX up to 3.4.25: TVM's libraries must not need more.

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from pipeline.board.profile import load_board
-from pipeline.build import builder
-from pipeline.build.elf import elf_arch
-from pipeline.build.model_file import resolve_model
+from pipeline.compiler import builder
+from pipeline.compiler.elf import elf_arch
+from pipeline.compiler.importer.model_file import resolve_model
 from pipeline.deploy.check import compare
 from pipeline.deploy.timing import summarize
 from pipeline.errors import PipelineError
@@ -87,7 +87,8 @@ def test_timing_summary() -> None:
 def test_what_depends_on_weights_alone_is_computed_at_build_time_not_on_every_run() -> None:
     import tvm
 
-    from pipeline.build.lowering import fuse, import_model
+    from pipeline.compiler.lowering import import_model
+    from pipeline.compiler.passes import fuse
 
     target = tvm.target.Target(builder.resolved_target(load_board("local")))
     mod, params = import_model(resolve_model("tiny"))
@@ -103,7 +104,7 @@ def test_a_cold_build_registers_only_the_cpu_tensor_intrinsics(tmp_path: Path) -
 
     script = (
         "import sys; from pathlib import Path; from pipeline.build import builder; from pipeline.board.profile import load_board;"
-        "from pipeline.build.model_file import resolve_model;"
+        "from pipeline.compiler.importer.model_file import resolve_model;"
         f"builder.build(resolve_model('tiny'), load_board('local'), cache_dir=Path({str(tmp_path)!r}));"
         "print(sorted(m for m in sys.modules if m.startswith('tvm.s_tir.tensor_intrin.')))"
     )

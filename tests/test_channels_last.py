@@ -16,8 +16,10 @@ from tvm.s_tir import Schedule
 from models.graph import GraphBuilder
 from models.light_zoo import light_model_path
 from pipeline.board.profile import load_board
-from pipeline.build import builder, channels_last, default_schedules, lowering
-from pipeline.build.model_file import resolve_model
+from pipeline.compiler import builder, lowering
+from pipeline.compiler.importer.model_file import resolve_model
+from pipeline.compiler.rewrites import channels_last
+from pipeline.compiler.schedules import default_schedules
 from pipeline.deploy.check import compare, reference_output
 
 

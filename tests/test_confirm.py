@@ -14,8 +14,8 @@ from tuned_records import tuned_and_slower
 from models.graph import GraphBuilder
 from pipeline.board.profile import load_board
 from pipeline.board.sshd import SshEndpoint
-from pipeline.build.model_file import resolve_model
-from pipeline.build.winograd import MIN_CHANNELS
+from pipeline.compiler.importer.model_file import resolve_model
+from pipeline.compiler.rewrites.winograd import MIN_CHANNELS
 from pipeline.deploy.results import DeployResult
 from pipeline.deploy.timing import summarize
 from pipeline.nightly.confirm import ConfirmSettings, confirm_on_board
@@ -24,8 +24,8 @@ from pipeline.nightly.loop import Matrix, MatrixEntry, real_confirm, real_deploy
 from pipeline.nightly.provenance import RunProvenance
 from pipeline.nightly.report import nightly_summary_lines
 from pipeline.records.store import load_store
-from pipeline.releases.catalog import get_release
-from pipeline.releases.upgrade_check import build_under
+from pipeline.tvm_release.catalog import get_release
+from pipeline.upgrade.upgrade_check import build_under
 
 PROVENANCE = RunProvenance(pipeline_commit="abc", record_store_version=None)
 

@@ -12,10 +12,10 @@ from tuned_records import TUNED_TASK, copy_store, local, tiny, tuned_store
 from tvm import relax
 
 from pipeline.board.profile import CoverageSettings, load_board
-from pipeline.build.builder import BuildArtifact, build, resolved_target
+from pipeline.compiler.builder import BuildArtifact, build, resolved_target
+from pipeline.compiler.coverage import Coverage, TaskCoverage, check_policy, coverage_lines, resolve_policy
 from pipeline.deploy.check import compare, reference_output
 from pipeline.errors import PipelineError
-from pipeline.records.coverage import Coverage, TaskCoverage, check_policy, coverage_lines, resolve_policy
 from pipeline.records.store import compressed_ir, load_store, save_record, structural_hash, workload_module
 
 pytestmark = pytest.mark.board  # sshd, qemu or TVM builds: the slow tier

@@ -20,7 +20,8 @@ from tvm.tirx import PrimFunc
 from models import tiny
 from models.graph import GraphBuilder, Tensor
 from pipeline.board.bundle import runtime_bundle
-from pipeline.build.default_schedules import (
+from pipeline.compiler.passes import build_executable, fuse, lift_weight_transforms
+from pipeline.compiler.schedules.default_schedules import (
     TaskSchedule,
     apply_schedules,
     commit_schedules,
@@ -28,8 +29,7 @@ from pipeline.build.default_schedules import (
     default_schedule,
     default_schedules,
 )
-from pipeline.build.lowering import build_executable, fuse, lift_weight_transforms
-from pipeline.build.schedule_transfer import adapt_tile, donors, fallback_database, transferred_schedules
+from pipeline.compiler.schedules.schedule_transfer import adapt_tile, donors, fallback_database, transferred_schedules
 
 pytestmark = pytest.mark.board  # sshd, qemu or TVM builds: the slow tier
 

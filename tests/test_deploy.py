@@ -19,7 +19,7 @@ from interrupt import interrupt_when
 from pipeline.board.profile import BOARDS_DIR
 from pipeline.board.remote import run
 from pipeline.board.sshd import SshEndpoint
-from pipeline.build.model_file import resolve_model
+from pipeline.compiler.importer.model_file import resolve_model
 from pipeline.deploy.flow import DeployCallbacks, Step, deploy_once
 from pipeline.deploy.results import load_result
 from pipeline.paths import ROOT

@@ -8,8 +8,8 @@ from invoke import Exit
 
 import tasks
 from pipeline import paths
-from pipeline.build.tvm_errors import tvm_errors
 from pipeline.errors import MAX_LINE, PipelineError, error_line
+from pipeline.tvm_release.errors import tvm_errors
 
 
 @pytest.fixture

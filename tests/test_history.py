@@ -17,11 +17,11 @@ from synthetic import latencies, synthetic_result, vgg16_coverage
 from pipeline.deploy.execute import KernelTime
 from pipeline.errors import PipelineError
 from pipeline.nightly.causes import Cause
-from pipeline.nightly.compare import compare_pairs, compare_samples
 from pipeline.nightly.confirm import Confirmation, State
 from pipeline.nightly.history import Comparison, History
 from pipeline.nightly.provenance import RunProvenance, pipeline_commit
 from pipeline.paths import ROOT
+from pipeline.stats import compare_pairs, compare_samples
 
 PROVENANCE = RunProvenance(pipeline_commit="c0ffee" * 6 + "abcd", record_store_version="records-v3")
 

@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 from tuned_records import TUNED_TASK, local, tiny, tuned_under_026
 
-from pipeline.build import lowering
-from pipeline.build.builder import BuildArtifact, build, resolved_target
+from pipeline.compiler import lowering, passes
+from pipeline.compiler.builder import BuildArtifact, build, resolved_target
+from pipeline.compiler.coverage import TaskCoverage, coverage_lines
+from pipeline.compiler.schedules import tasks as schedule_tasks
 from pipeline.paths import ROOT
-from pipeline.records.coverage import TaskCoverage, coverage_lines
 from pipeline.records.store import load_store
-from pipeline.releases import migration_table
-from pipeline.releases.migration_table import NoTableEntry, Renames, translate_trace
+from pipeline.tvm_release import trace_renames as migration_table
+from pipeline.tvm_release.trace_renames import NoTableEntry, Renames, translate_trace
 
 
 def invoke(*args: str, records: Path, timeout: float = 1200) -> subprocess.CompletedProcess[str]:
@@ -93,7 +94,7 @@ def test_a_trace_of_another_operator_is_rejected_with_a_reason(store_026: Path, 
 
     target = tvm.target.Target(resolved_target(local()))
     mod = lowering.import_model(tiny(), channels_last=local().channels_last)[0]  # as the build imports it
-    tasks = lowering.extract_tasks(lowering.fuse(mod, target), target)
+    tasks = schedule_tasks.extract_tasks(passes.fuse(mod, target), target)
     other = next(t for t in tasks if t.key.operator == "conv2d" and t.key.strides == (2, 2))  # a conv, not the stem
 
     def relabel(data: dict) -> None:  # the stem conv's trace, claimed for the stride-2 conv's workload

@@ -14,7 +14,13 @@ from onnx import TensorProto, helper
 
 from models import tiny
 from pipeline import paths
-from pipeline.build.model_file import BUILTIN_MODELS, SOURCE_DIGEST_KEY, ModelSpec, parse_input_shape, resolve_model
+from pipeline.compiler.importer.model_file import (
+    BUILTIN_MODELS,
+    SOURCE_DIGEST_KEY,
+    ModelSpec,
+    parse_input_shape,
+    resolve_model,
+)
 from pipeline.errors import PipelineError
 
 OUTPUT_CLASSES = {"vgg16": 1000, "resnet18": 1000, "mobilenet_v2": 1000, "tiny": 10}

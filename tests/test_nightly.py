@@ -17,10 +17,9 @@ from synthetic import latencies, synthetic_result, vgg16_coverage
 
 from pipeline.board.remote import run
 from pipeline.board.sshd import SshEndpoint
-from pipeline.build.model_file import resolve_model
+from pipeline.compiler.importer.model_file import resolve_model
 from pipeline.deploy.results import DeployResult
 from pipeline.errors import PipelineError
-from pipeline.nightly.compare import compare_pairs
 from pipeline.nightly.confirm import Confirmation
 from pipeline.nightly.history import History
 from pipeline.nightly.loop import (
@@ -39,6 +38,7 @@ from pipeline.nightly.loop import (
 from pipeline.nightly.provenance import RunProvenance
 from pipeline.nightly.report import REPORT_NAME, SUMMARY_NAME, nightly_summary_lines, write_report
 from pipeline.paths import ROOT
+from pipeline.stats import compare_pairs
 
 PROVENANCE = RunProvenance(pipeline_commit="abc", record_store_version=None)
 MATRIX = Matrix(matrix=[MatrixEntry(boards=["rk3399", "rk3399-b"], models=["vgg16", "resnet18"], runs=20)])

@@ -17,8 +17,8 @@ from onnx import TensorProto, helper, numpy_helper, version_converter
 from models import tiny
 from pipeline.board.profile import load_board
 from pipeline.board.sshd import SshEndpoint
-from pipeline.build import builder, lowering
-from pipeline.build.model_file import ModelSpec, resolve_model
+from pipeline.compiler import builder, lowering
+from pipeline.compiler.importer.model_file import ModelSpec, resolve_model
 from pipeline.deploy.flow import DeployOutcome, deploy_once
 from pipeline.errors import MAX_LINE, PipelineError
 from pipeline.paths import ROOT

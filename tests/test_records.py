@@ -11,8 +11,10 @@ import tvm
 from tuned_records import TUNED_TASK, copy_store, local, tiny, tuned_store, work_dir
 
 from pipeline.board.profile import load_board
-from pipeline.build.builder import resolved_target
-from pipeline.build.lowering import extract_tasks, fuse, import_model
+from pipeline.compiler.builder import resolved_target
+from pipeline.compiler.lowering import import_model
+from pipeline.compiler.passes import fuse
+from pipeline.compiler.schedules.tasks import extract_tasks
 from pipeline.records.store import (
     FORMAT,
     load_store,
@@ -183,9 +185,9 @@ def test_tuning_starts_from_the_measured_default_schedule_so_it_never_ends_slowe
 ) -> None:
     from tvm.s_tir import meta_schedule as ms
 
-    from pipeline.build.default_schedules import default_schedule
+    from pipeline.compiler.schedules.default_schedules import default_schedule
     from pipeline.records.store import target_slug
-    from pipeline.releases.catalog import release_name
+    from pipeline.tvm_release.catalog import release_name
 
     target = tvm.target.Target(resolved_target(local()))
     (task,) = [t for t in extract_tasks(fuse(import_model(tiny())[0], target), target) if t.name == TUNED_TASK]

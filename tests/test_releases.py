@@ -16,8 +16,8 @@ from pipeline.board.profile import load_board
 from pipeline.board.remote import run
 from pipeline.errors import PipelineError
 from pipeline.paths import ROOT
-from pipeline.releases.catalog import RELEASES, get_release, running_release
-from pipeline.releases.environment import pinned_requirements, release_python
+from pipeline.tvm_release.catalog import RELEASES, get_release, running_release
+from pipeline.tvm_release.environment import pinned_requirements, release_python
 
 INVOKE = [sys.executable, "-m", "invoke"]
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from synthetic import latencies
 
-from pipeline.nightly.compare import (
+from pipeline.stats import (
     DEFAULT_WINDOW,
     compare_pairs,
     compare_samples,

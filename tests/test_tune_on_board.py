@@ -12,11 +12,11 @@ from tuned_records import TUNED_TASK, local, tiny, work_dir
 from pipeline.board.profile import BoardProfile, SshSettings, TuningSettings, load_board
 from pipeline.board.remote import run
 from pipeline.board.sshd import SshEndpoint
-from pipeline.build.builder import BuildArtifact, build
+from pipeline.board.tuning_python import environment_archive
+from pipeline.compiler.builder import BuildArtifact, build
+from pipeline.compiler.coverage import coverage_lines
 from pipeline.errors import PipelineError
-from pipeline.records.coverage import coverage_lines
 from pipeline.records.store import load_store
-from pipeline.tuning.board_python import environment_archive
 from pipeline.tuning.tuner import TuneResult, tune
 
 pytestmark = pytest.mark.board  # sshd, qemu or TVM builds: the slow tier

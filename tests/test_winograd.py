@@ -14,10 +14,11 @@ import pytest
 
 from models.graph import GraphBuilder
 from pipeline.board.profile import load_board
-from pipeline.build import builder, winograd
-from pipeline.build.model_file import resolve_model
+from pipeline.compiler import builder
+from pipeline.compiler.coverage import coverage_lines
+from pipeline.compiler.importer.model_file import resolve_model
+from pipeline.compiler.rewrites import winograd
 from pipeline.paths import ROOT
-from pipeline.records.coverage import coverage_lines
 
 INVOKE = [sys.executable, "-m", "invoke"]
 
@@ -74,8 +75,9 @@ def test_rewritten_conv_matches_the_direct_conv_with_the_builds_schedules(
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
-    from pipeline.build import lowering
-    from pipeline.build.schedule_transfer import fallback_database
+    from pipeline.compiler import passes
+    from pipeline.compiler.schedules import tasks as schedule_tasks
+    from pipeline.compiler.schedules.schedule_transfer import fallback_database
 
     mod = conv_module(shape, out_channels)
     rewritten, done = winograd.rewrite(mod)
@@ -87,14 +89,14 @@ def test_rewritten_conv_matches_the_direct_conv_with_the_builds_schedules(
     target = tvm.target.Target({"kind": "llvm", "num-cores": 2})
     outputs, kinds = [], []
     for module in (mod, rewritten):
-        lifted, params = lowering.lift_weight_transforms(
+        lifted, params = passes.lift_weight_transforms(
             module, {"main": [tvm.runtime.tensor(weight), tvm.runtime.tensor(bias)]}
         )
-        fused = lowering.fuse(lifted, target)
+        fused = passes.fuse(lifted, target)
         database, choices = fallback_database(fused, target, ms.database.MemoryDatabase())
         kinds.append({choice.task: choice.kind for choice in choices})
         machine = relax.VirtualMachine(
-            lowering.build_executable(lowering.apply_database(fused, database, target), target), tvm.cpu()
+            passes.build_executable(schedule_tasks.apply_database(fused, database, target), target), tvm.cpu()
         )
         outputs.append(machine["main"](tvm.runtime.tensor(data), *params["main"]).numpy())
     direct, fast = outputs

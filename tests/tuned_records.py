@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.board.profile import BoardProfile, load_board
-from pipeline.build.model_file import ModelSpec, resolve_model
+from pipeline.compiler.importer.model_file import ModelSpec, resolve_model
 from pipeline.paths import ROOT
 from pipeline.records.store import load_store, save_record
 from pipeline.tuning.tuner import measured_schedules, tune

@@ -25,8 +25,8 @@ from typing import get_args
 from pipeline.board.profile import Arch
 from pipeline.errors import PipelineError
 from pipeline.paths import CACHE_DIR, ROOT
-from pipeline.releases.catalog import Release, running_release
-from pipeline.releases.environment import site_packages
+from pipeline.tvm_release.catalog import Release, get_release, running_release
+from pipeline.tvm_release.environment import release_python, site_packages
 
 RUNNER_SOURCE = ROOT / "runner" / "tvm_runner.cc"
 RUNNER = "tvm_runner"
@@ -212,18 +212,26 @@ def _build(bundle: RuntimeBundle, versions: dict[str, str], key: dict[str, objec
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def main() -> int:
-    """Build (or confirm) both bundles of the running release; the install script runs this."""
-    for arch in get_args(Arch):
+def main(names: list[str]) -> int:
+    """Build (or confirm) both bundles of the running release, or of each named release (its environment
+    created first); the install script runs this, so that CI and the first `--tvm` step do not pay for it."""
+    releases = [get_release(name) for name in names] or [running_release()]
+    for release in releases:
         try:
-            bundle = runtime_bundle(arch)
+            if release != running_release():
+                python = release_python(release, on_progress=lambda line: print(f"install: {line}", flush=True))
+                print(f"install: TVM {release.name} runs under {python}")
+            for arch in get_args(Arch):
+                bundle = runtime_bundle(arch, release)
+                sizes = ", ".join(f"{name} {path.stat().st_size / 1e6:.2f} MB" for name, path in bundle.files.items())
+                print(
+                    f"bundle: TVM {bundle.release} {arch} in {bundle.root} ({bundle.size_bytes / 1e6:.1f} MB: {sizes})"
+                )
         except PipelineError as exc:
-            print(f"bundle: {arch}: {exc}", file=sys.stderr)
+            print(exc.line(), file=sys.stderr)
             return 1
-        sizes = ", ".join(f"{name} {path.stat().st_size / 1e6:.2f} MB" for name, path in bundle.files.items())
-        print(f"bundle: TVM {bundle.release} {arch} in {bundle.root} ({bundle.size_bytes / 1e6:.1f} MB: {sizes})")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -317,8 +317,8 @@ def _mhz(khz: int | None) -> str:
 
 
 def check_tuning_python(board: Board, state: BoardState) -> Check:
-    """The Python `invoke tune` runs TVM's RPC server with (see pipeline/tuning/board_python.py)."""
-    from pipeline.tuning.board_python import environment_archive
+    """The Python `invoke tune` runs TVM's RPC server with (see pipeline/board/tuning_python.py)."""
+    from pipeline.board.tuning_python import environment_archive
 
     profile = board.profile
     tvm = importlib.metadata.version("apache-tvm")

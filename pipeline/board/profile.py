@@ -110,9 +110,9 @@ class BoardProfile(_Strict):
     timing: TimingDefaults = TimingDefaults()
     coverage: CoverageSettings | None = None
     tuning: TuningSettings = TuningSettings()
-    # Rewrite eligible 3x3 convs into Winograd F(4x4, 3x3) (pipeline/build/winograd.py, docs/winograd.md).
+    # Rewrite eligible 3x3 convs into Winograd F(4x4, 3x3) (pipeline/compiler/rewrites/winograd.py, docs/winograd.md).
     winograd: bool = True
-    # Compute strided convs (7x7 stems, 3x3 stride 2) channels-last (pipeline/build/channels_last.py).
+    # Compute strided convs (7x7 stems, 3x3 stride 2) channels-last (pipeline/compiler/rewrites/channels_last.py).
     channels_last: bool = True
 
     @property

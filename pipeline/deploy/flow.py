@@ -13,15 +13,15 @@ from pipeline.board.bundle import runtime_bundle
 from pipeline.board.profile import load_board
 from pipeline.board.session import open_board
 from pipeline.board.sync import Progress as UploadCallback
-from pipeline.build import builder
-from pipeline.build.model_file import resolve_model
+from pipeline.compiler import builder
+from pipeline.compiler.coverage import check_policy, coverage_lines, resolve_policy
+from pipeline.compiler.importer.model_file import resolve_model
 from pipeline.deploy import check, execute, inputs, results, timing
 from pipeline.deploy.execute import ProgressCallback as RunCallback
 from pipeline.deploy.layout import push_model
 from pipeline.paths import RECORDS_DIR, RESULTS_DIR
-from pipeline.records.coverage import check_policy, coverage_lines, resolve_policy
 from pipeline.records.store import load_store
-from pipeline.releases.catalog import get_release
+from pipeline.tvm_release.catalog import get_release
 
 StepKind = Literal["build", "push", "probe", "run", "check"]
 

@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 from pipeline.board.bundle import RuntimeBundle
 from pipeline.board.session import Board
 from pipeline.board.sync import Progress, PushReport
-from pipeline.build.builder import LIBRARY_NAME, PARAMS_NAME, BuildArtifact
+from pipeline.compiler.builder import LIBRARY_NAME, PARAMS_NAME, BuildArtifact
 from pipeline.errors import PipelineError
 
 RUNTIME_DIR = "runtime"

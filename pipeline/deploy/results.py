@@ -25,13 +25,13 @@ from pydantic import TypeAdapter, ValidationError
 from pipeline.atomic import write_atomically
 from pipeline.board.facts import BoardFacts
 from pipeline.board.sync import PushReport
-from pipeline.build.builder import BuildArtifact
+from pipeline.compiler.builder import BuildArtifact
+from pipeline.compiler.coverage import CoverageEntry
 from pipeline.deploy.check import CheckResult
 from pipeline.deploy.execute import KernelTime
 from pipeline.deploy.timing import TimingStats
 from pipeline.errors import PipelineError, write_log
 from pipeline.paths import RESULTS_DIR
-from pipeline.records.coverage import CoverageEntry
 
 SCHEMA_VERSION = 2
 UNKNOWN_STORE = "unknown"  # the record store version of results written before it was recorded

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pipeline.board.facts import BoardFacts
+from pipeline.compiler.coverage import CoverageEntry
 from pipeline.deploy.execute import KernelTime
 from pipeline.deploy.results import DeployResult
 from pipeline.nightly.provenance import RunProvenance
-from pipeline.records.coverage import CoverageEntry
 
 HOT_C = 70.0  # the RK3399's first passive trip point: above it the kernel lowers the big cores' clock
 TEMPERATURE_RISE_C = 10.0

@@ -28,20 +28,20 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.board.bundle import runtime_bundle
 from pipeline.board.profile import BoardProfile, load_board
 from pipeline.board.session import Board, open_board
-from pipeline.build import builder
-from pipeline.build.builder import BUILD_INFO_NAME, BuildArtifact
-from pipeline.build.model_file import resolve_model
+from pipeline.compiler import builder
+from pipeline.compiler.builder import BUILD_INFO_NAME, BuildArtifact
+from pipeline.compiler.importer.model_file import resolve_model
+from pipeline.compiler.other_release import build_under
 from pipeline.deploy import execute, inputs
 from pipeline.deploy.execute import KernelTime
 from pipeline.deploy.layout import Deployment, push_model
 from pipeline.deploy.results import DeployResult
 from pipeline.errors import PipelineError
-from pipeline.nightly.compare import DEFAULT_FACTOR, PairedVerdict, compare_pairs
 from pipeline.paths import RECORDS_DIR
 from pipeline.records.snapshots import find_snapshot
-from pipeline.releases.catalog import Release, get_release, release_name, running_release
-from pipeline.releases.environment import release_root
-from pipeline.releases.upgrade_check import build_under
+from pipeline.stats import DEFAULT_FACTOR, PairedVerdict, compare_pairs
+from pipeline.tvm_release.catalog import Release, get_release, release_name, running_release
+from pipeline.tvm_release.environment import release_root
 
 # same_build: tonight ran the baseline's very build with its settings, so there is nothing to run A/B:
 # the build against itself can only measure noise, never confirm a change of the deployment.

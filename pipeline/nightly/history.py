@@ -29,10 +29,10 @@ from pipeline.deploy.execute import KernelTime
 from pipeline.deploy.results import DeployResult
 from pipeline.errors import PipelineError
 from pipeline.nightly.causes import Cause
-from pipeline.nightly.compare import Verdict
 from pipeline.nightly.confirm import Confirmation
 from pipeline.nightly.provenance import RunProvenance
 from pipeline.paths import RESULTS_DIR
+from pipeline.stats import Verdict
 
 SCHEMA_VERSION = 3
 DEFAULT_PATH = RESULTS_DIR / "history.sqlite"

@@ -27,13 +27,13 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 from pipeline.deploy.results import DeployResult, utc_now
 from pipeline.errors import PipelineError
 from pipeline.nightly.causes import Cause, changed_tasks, likely_causes
-from pipeline.nightly.compare import DEFAULT_FACTOR, DEFAULT_WINDOW, Verdict, compare_window
 from pipeline.nightly.confirm import Confirmation, ConfirmSettings, confirm_on_board, same_deployment
 from pipeline.nightly.history import DEFAULT_PATH, Comparison, History
 from pipeline.nightly.provenance import RunProvenance
 from pipeline.paths import CACHE_DIR, RECORDS_DIR, RESULTS_DIR, ROOT
 from pipeline.records.snapshots import find_snapshot, keep_snapshot
 from pipeline.records.store import load_store
+from pipeline.stats import DEFAULT_FACTOR, DEFAULT_WINDOW, Verdict, compare_window
 
 if TYPE_CHECKING:  # the deploy (and with it the build) loads only when the real deploy runs
     from pipeline.deploy.flow import DeployCallbacks

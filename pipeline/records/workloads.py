@@ -13,7 +13,7 @@ from typing import Any
 HEAVY_OPERATORS = ("conv", "matmul", "dense")
 
 _LAYOUT_LETTERS = set("NCDHW")
-# Blocks of the Winograd stages (pipeline/build/winograd.py): conv2d_winograd_input, _gemm, _output.
+# Blocks of the Winograd stages (pipeline/compiler/rewrites/winograd.py): conv2d_winograd_input, _gemm, _output.
 WINOGRAD_PREFIX = "conv2d_winograd"
 
 
@@ -120,7 +120,7 @@ def _buffers_key(operator: str, buffers: list[Any], *, weight_shape: tuple[int, 
 
 
 def _matmul_key(task_name: str, anchor: Any) -> WorkloadKey:
-    from pipeline.releases.compat import region_buffer
+    from pipeline.tvm_release.compat import region_buffer
 
     data, weight = region_buffer(anchor.reads[0]), region_buffer(anchor.reads[1])
     output = region_buffer(anchor.writes[0])
@@ -142,7 +142,7 @@ def _matmul_key(task_name: str, anchor: Any) -> WorkloadKey:
 def _conv_key(task_name: str, anchor: Any, blocks: list[Any]) -> WorkloadKey:
     """Strides and dilation are the coefficients of the output and window variables in the data index;
     padding is the offset and the growth of the pad block that feeds the conv."""
-    from pipeline.releases.compat import detect_linear_equation, region_buffer
+    from pipeline.tvm_release.compat import detect_linear_equation, region_buffer
 
     layout = _layout(anchor.name_hint)
     data_region, weight = anchor.reads[0], region_buffer(anchor.reads[1])
@@ -221,7 +221,7 @@ def _vars(expr: Any) -> list[Any]:
 
 
 def _constant_term(expr: Any) -> int:
-    from pipeline.releases.compat import detect_linear_equation
+    from pipeline.tvm_release.compat import detect_linear_equation
 
     coeffs = detect_linear_equation(expr, _vars(expr))
     return int(coeffs[-1]) if coeffs else 0

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from pipeline.board.remote import Background
 from pipeline.board.session import Board
+from pipeline.board.tuning_python import BoardPython
 from pipeline.errors import PipelineError
-from pipeline.tuning.board_python import BoardPython
 
 TRACKER_START_S = 60.0
 

@@ -20,16 +20,17 @@ from typing import Any
 
 from pipeline.board.profile import BoardProfile
 from pipeline.board.session import open_board
-from pipeline.build import lowering
-from pipeline.build.builder import resolved_target
-from pipeline.build.model_file import ModelSpec
-from pipeline.build.tensor_intrinsics import register_cpu_intrinsics
+from pipeline.board.tuning_python import board_python
+from pipeline.compiler import lowering, passes
+from pipeline.compiler.builder import resolved_target
+from pipeline.compiler.importer.model_file import ModelSpec
+from pipeline.compiler.schedules import tasks as schedule_tasks
+from pipeline.compiler.schedules.tensor_intrinsics import register_cpu_intrinsics
 from pipeline.errors import PipelineError
 from pipeline.paths import CACHE_DIR, RECORDS_DIR
 from pipeline.records.store import Record, load_store, record_from_tuning, save_record, target_slug, to_database
-from pipeline.releases.catalog import release_name
-from pipeline.tuning.board_python import board_python
 from pipeline.tuning.rpc import RpcBoard, board_rpc
+from pipeline.tvm_release.catalog import release_name
 
 MeasuredCallback = Callable[[int, int], None]
 """Called as (candidates measured so far, candidates planned) about once a second while the search runs."""
@@ -214,7 +215,9 @@ def _lines(path: Path) -> int:
         return 0
 
 
-def plan_trials(tasks: list[lowering.Task], trials: int, least: int = 16) -> tuple[list[lowering.Task], int]:
+def plan_trials(
+    tasks: list[schedule_tasks.Task], trials: int, least: int = 16
+) -> tuple[list[schedule_tasks.Task], int]:
     """The largest tasks that `trials` can give at least `least` trials each (up to 64 per round when
     the budget is ample), and the trials per round."""
     per_task = max(min(least, trials), min(64, trials // max(len(tasks), 1)))
@@ -222,7 +225,7 @@ def plan_trials(tasks: list[lowering.Task], trials: int, least: int = 16) -> tup
 
 
 def start_from_defaults(
-    tasks: list[lowering.Task], database: Any, builder: Any, runner: Any, target: Any
+    tasks: list[schedule_tasks.Task], database: Any, builder: Any, runner: Any, target: Any
 ) -> tuple[str, ...]:
     """Measure each task's default schedule on the board and commit it to the work database.
 
@@ -233,8 +236,8 @@ def start_from_defaults(
     Returns the tasks whose default was measured; the others start from random samples."""
     from tvm.s_tir import meta_schedule as ms
 
-    from pipeline.build.default_schedules import default_schedule
-    from pipeline.build.winograd_schedules import winograd_schedule
+    from pipeline.compiler.schedules.default_schedules import default_schedule
+    from pipeline.compiler.schedules.winograd_schedules import winograd_schedule
 
     seeded = []
     for task in tasks:
@@ -279,7 +282,12 @@ def _work_database(work_dir: Path) -> Any:
 
 
 def _export(
-    tasks: list[lowering.Task], database: Any, model: ModelSpec, board: BoardProfile, target: dict[str, Any], root: Path
+    tasks: list[schedule_tasks.Task],
+    database: Any,
+    model: ModelSpec,
+    board: BoardProfile,
+    target: dict[str, Any],
+    root: Path,
 ) -> list[Path]:
     """The best measured schedule of each task into the store (which keeps a faster record it already has)."""
     saved = []
@@ -303,10 +311,12 @@ def measured_schedules(
     return [_record(m, len(measured), task, model, board, target) for m in measured]
 
 
-def _heavy_tasks(model: ModelSpec, board: BoardProfile, tvm_target: Any, only: tuple[str, ...]) -> list[lowering.Task]:
+def _heavy_tasks(
+    model: ModelSpec, board: BoardProfile, tvm_target: Any, only: tuple[str, ...]
+) -> list[schedule_tasks.Task]:
     """The model's conv/dense tasks as the build lowers them, those named in `only` when it names any."""
-    fused = lowering.fuse(lowering.import_model(model, board.winograd, tvm_target, board.channels_last)[0], tvm_target)
-    tasks = [t for t in lowering.extract_tasks(fused, tvm_target) if t.key.heavy and (not only or t.name in only)]
+    fused = passes.fuse(lowering.import_model(model, board.winograd, tvm_target, board.channels_last)[0], tvm_target)
+    tasks = [t for t in schedule_tasks.extract_tasks(fused, tvm_target) if t.key.heavy and (not only or t.name in only)]
     unknown = sorted(set(only) - {t.name for t in tasks})  # a misspelt name must not be skipped silently
     if unknown:
         raise PipelineError(
@@ -323,7 +333,7 @@ def _work_dir(cache_dir: Path, target: dict[str, Any], model: ModelSpec) -> Path
     return cache_dir / "tuning" / release_name(tvm.__version__) / target_slug(target) / model.name
 
 
-def _measured(task: lowering.Task, database: Any) -> list[Any]:
+def _measured(task: schedule_tasks.Task, database: Any) -> list[Any]:
     """The task's measured TuningRecords in the work database, fastest first."""
     import tvm
 
@@ -334,6 +344,6 @@ def _measured(task: lowering.Task, database: Any) -> list[Any]:
 
 
 def _record(
-    tuning: Any, trials: int, task: lowering.Task, model: ModelSpec, board: BoardProfile, target: dict[str, Any]
+    tuning: Any, trials: int, task: schedule_tasks.Task, model: ModelSpec, board: BoardProfile, target: dict[str, Any]
 ) -> Record:
     return record_from_tuning(tuning, task.key, target, board.name, model.name, task.name, trials, board.emulated)

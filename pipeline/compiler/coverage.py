@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 from pipeline.board.profile import CoveragePolicy, CoverageSettings
-from pipeline.build.lowering import Task
+from pipeline.compiler.schedules.tasks import Task
 from pipeline.errors import PipelineError
 from pipeline.records.store import RecordStore, StoredRecord, same_release, same_target, shown
 
 if TYPE_CHECKING:  # tvm is imported only where a build runs
-    from pipeline.build.schedule_transfer import ScheduleChoice
+    from pipeline.compiler.schedules.schedule_transfer import ScheduleChoice
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class TaskCoverage:
     # workload, replayed and checked; tuned only once `invoke migrate` measured it on the board),
     # "transferred" (a record of another shape),
     # "default" (pipeline/default_schedules.py's rules), "winograd" (a stage of a conv rewritten into
-    # Winograd, pipeline/build/winograd_schedules.py), "naive" (conv/dense left to TVM's naive
+    # Winograd, pipeline/compiler/schedules/winograd_schedules.py), "naive" (conv/dense left to TVM's naive
     # loops), or "unscheduled" (nothing to tile: TVM's own lowering of elementwise, pooling, ...)
     schedule: str = ""
     source: str = ""  # the release and record of a migration, the donor of a transfer, the rule of a default, why naive

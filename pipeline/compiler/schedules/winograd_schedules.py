@@ -1,4 +1,4 @@
-"""Schedules without tuning for the Winograd stages (pipeline/build/winograd.py).
+"""Schedules without tuning for the Winograd stages (pipeline/compiler/rewrites/winograd.py).
 
 All three are written out here, with the same ingredients as the default rules (default_schedules.py:
 the CPU's vector lanes and registers, parallel outer chunks, an unrolled register tile):
@@ -20,8 +20,9 @@ from tvm.s_tir import Schedule
 from tvm.target import Target
 from tvm.tirx import PrimFunc
 
-from pipeline.build.default_schedules import TaskSchedule, cpu_traits, largest_divisor, normalize
-from pipeline.build.winograd import GEMM_STAGE, INPUT_STAGE, OUTPUT_STAGE, PAD_BLOCK, TILES_BLOCK
+from pipeline.compiler.rewrites.winograd import GEMM_STAGE, INPUT_STAGE, OUTPUT_STAGE, PAD_BLOCK, TILES_BLOCK
+from pipeline.compiler.schedules.default_schedules import TaskSchedule, cpu_traits, normalize
+from pipeline.tiling import largest_divisor
 
 KIND = "winograd"
 
@@ -39,7 +40,7 @@ def transform_flops(func: PrimFunc | IRModule) -> float | None:
     sum (36x too many for the input transform). None for anything else (the GEMM's estimate is right)."""
     import numpy as np
 
-    from pipeline.build.winograd import transforms
+    from pipeline.compiler.rewrites.winograd import transforms
 
     which = stage(func)
     if which not in (INPUT_STAGE, OUTPUT_STAGE):
@@ -106,7 +107,7 @@ def _gemm(sch: Schedule, lanes: int, registers: int) -> str:
     """Per tile position e and block of output channels (the parallel chunks), all tiles in register
     tiles of up to 8 tiles x the block (its weight packed contiguously, gemm_width), all input channels
     innermost but for the tile: each chunk's slice of U stays in cache while every tile passes through it."""
-    from pipeline.releases.compat import region_buffer
+    from pipeline.tvm_release.compat import region_buffer
 
     block = sch.get_sblock(GEMM_STAGE)
     position, tile, channel, reduce = sch.get_loops(block)
@@ -151,7 +152,7 @@ def _later_blocks(sch: Schedule, block: object) -> list[object]:
 
 def _tile_size(sch: Schedule, block: object) -> int:
     """m of the output transform: its input M has n*n = (m + 2)^2 positions."""
-    from pipeline.releases.compat import region_buffer
+    from pipeline.tvm_release.compat import region_buffer
 
     reads = sch.get(block).reads
     positions = int(region_buffer(reads[0]).shape[0])

@@ -4,7 +4,7 @@ Why: TVM keys a record by a structural hash of the task's IR and stores the IR i
 both change between releases (0.26's IR does not even parse under 0.27), so TVM's own lookup drops every
 record on an upgrade. The schedule itself survives: the semantic workload key (pipeline/records/workloads.py)
 still names the task, and the record's trace replays on the new release's task once the instruction and
-attribute names that changed are translated (pipeline/releases/migration_table.py). A replayed schedule is
+attribute names that changed are translated (pipeline/tvm_release/trace_renames.py). A replayed schedule is
 applied only when its output matches the default schedule's on random inputs; any other outcome is
 reported with its reason and the task gets its usual fallback. Migrated is not tuned: `invoke migrate`
 measures it on the board and only then keeps it as a record of this release.
@@ -20,12 +20,12 @@ from tvm.s_tir import Schedule
 from tvm.s_tir.schedule import Trace
 from tvm.target import Target
 
-from pipeline.build.default_schedules import TaskSchedule, default_schedule, normalize
-from pipeline.build.lowering import Task
+from pipeline.compiler.schedules.default_schedules import TaskSchedule, default_schedule, normalize
+from pipeline.compiler.schedules.tasks import Task
 from pipeline.records.store import RecordStore, StoredRecord, release_key, shown
-from pipeline.releases.catalog import release_name
-from pipeline.releases.compat import TVM_ERRORS
-from pipeline.releases.migration_table import NoTableEntry, translate_trace
+from pipeline.tvm_release.catalog import release_name
+from pipeline.tvm_release.compat import TVM_ERRORS
+from pipeline.tvm_release.trace_renames import NoTableEntry, translate_trace
 
 _CHECK_ATOL = 1e-4  # relative to the largest output magnitude, as for a transferred schedule
 
@@ -102,7 +102,7 @@ def output_difference(candidate: IRModule, reference: IRModule, target: Target) 
     """ "" when both give the same output on the same random inputs, else how far apart they are. Both are
     compiled for this host when the target's code cannot run here: what a schedule computes does not
     depend on the CPU it is compiled for."""
-    from pipeline.build.schedule_transfer import _random_inputs, runs_here
+    from pipeline.compiler.schedules.schedule_transfer import _random_inputs, runs_here
 
     host = target if runs_here(target) else Target({"kind": "llvm", "num-cores": 1})
     inputs = _random_inputs(reference)

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.board.profile import BoardProfile
-from pipeline.build import lowering
-from pipeline.build.builder import resolved_target
-from pipeline.build.model_file import ModelSpec
+from pipeline.compiler import lowering, passes
+from pipeline.compiler.builder import resolved_target
+from pipeline.compiler.importer.model_file import ModelSpec
+from pipeline.compiler.schedules import tasks as schedule_tasks
 from pipeline.errors import PipelineError
 from pipeline.paths import RECORDS_DIR
 from pipeline.records.store import load_store, record_from_tuning, save_record, to_database
@@ -62,15 +63,15 @@ def migrate_model(
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from pipeline.build.default_schedules import default_schedule
-    from pipeline.build.migration import migrate, migration_candidates
-    from pipeline.releases.catalog import release_name
+    from pipeline.compiler.schedules.default_schedules import default_schedule
+    from pipeline.compiler.schedules.record_migration import migrate, migration_candidates
     from pipeline.tuning.tuner import _exporter, _interruptible, _on_board
+    from pipeline.tvm_release.catalog import release_name
 
     target = resolved_target(board)
     tvm_target = tvm.target.Target(target)
-    fused = lowering.fuse(lowering.import_model(model, board.winograd, tvm_target, board.channels_last)[0], tvm_target)
-    tasks = lowering.extract_tasks(fused, tvm_target)
+    fused = passes.fuse(lowering.import_model(model, board.winograd, tvm_target, board.channels_last)[0], tvm_target)
+    tasks = schedule_tasks.extract_tasks(fused, tvm_target)
     store = load_store(records_dir)
     covered = set(to_database(store.for_target(target, tvm.__version__))[1])
     candidates = migration_candidates(tasks, covered, store.older_releases(target, tvm.__version__))

@@ -8,7 +8,7 @@ under the newer one by `invoke build` (docs/releases.md); each rename here is on
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.releases.catalog import release_name
+from pipeline.tvm_release.catalog import release_name
 
 
 @dataclass(frozen=True)

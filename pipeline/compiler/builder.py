@@ -12,23 +12,25 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.board.profile import Arch, BoardProfile
-from pipeline.build import lowering
-from pipeline.build.channels_last import ChannelsLastReport
-from pipeline.build.elf import elf_arch
-from pipeline.build.model_file import ModelSpec
-from pipeline.build.tvm_errors import tvm_errors
-from pipeline.build.winograd import WinogradReport
+from pipeline.compiler import lowering, passes
+from pipeline.compiler.coverage import Coverage, measure_coverage
+from pipeline.compiler.elf import elf_arch
+from pipeline.compiler.importer.model_file import ModelSpec
+from pipeline.compiler.rewrites.channels_last import ChannelsLastReport
+from pipeline.compiler.rewrites.winograd import WinogradReport
+from pipeline.compiler.schedules import tasks as schedule_tasks
 from pipeline.errors import PipelineError
 from pipeline.paths import CACHE_DIR, RECORDS_DIR
-from pipeline.records.coverage import Coverage, measure_coverage
 from pipeline.records.store import RecordStore, StoredRecord, load_store, shown, to_database
-from pipeline.releases.catalog import release_name
+from pipeline.tvm_release.catalog import release_name
+from pipeline.tvm_release.errors import tvm_errors
 
 # The build's output depends on its recipe as well as on its inputs: every source of the build and
 # records packages is hashed, so editing any of them rebuilds (no hand-kept list to forget).
-RECIPE_PACKAGES = tuple(Path(__file__).parent.parent / name for name in ("build", "records"))
-# Of the releases package, what changes a build: the release shims and the migration table.
-RECIPE_MODULES = tuple(Path(__file__).parent.parent / "releases" / name for name in ("compat.py", "migration_table.py"))
+PACKAGE = Path(__file__).resolve().parent.parent
+RECIPE_PACKAGES = tuple(PACKAGE / name for name in ("compiler", "records"))
+# Of the ground floors, what changes a build: the release shims, the trace renames and the tiling arithmetic.
+RECIPE_MODULES = (PACKAGE / "tvm_release" / "compat.py", PACKAGE / "tvm_release" / "trace_renames.py", PACKAGE / "tiling.py")
 
 LIBRARY_NAME = "model.so"
 PARAMS_NAME = "params.bin"
@@ -54,7 +56,7 @@ class BuildArtifact:
     coverage: Coverage
     # Which convs run Winograd, multiply-adds before/after, per-layer error (off: a build read back without one).
     winograd: WinogradReport = field(default_factory=lambda: WinogradReport.off(0))
-    # How many strided convs run channels-last, or why none could (pipeline/build/channels_last.py).
+    # How many strided convs run channels-last, or why none could (pipeline/compiler/rewrites/channels_last.py).
     channels_last: ChannelsLastReport = field(default_factory=lambda: ChannelsLastReport(False))
 
     def layout_lines(self) -> list[str]:
@@ -109,7 +111,7 @@ def recipe_digest() -> str:
     digest = hashlib.sha256()
     sources = [path for package in RECIPE_PACKAGES for path in package.rglob("*.py")] + list(RECIPE_MODULES)
     for source in sorted(sources):
-        digest.update(str(source.relative_to(source.parents[2])).encode())
+        digest.update(str(source.relative_to(PACKAGE)).encode())
         digest.update(source.read_bytes())
     return digest.hexdigest()
 
@@ -123,7 +125,7 @@ def build(
 ) -> BuildArtifact:
     """Return the cached build for this exact input, or compile it and store it atomically.
     The records for the board's target and TVM release are applied; with `migrate`, a task without one
-    gets an older release's record of its workload, replayed and checked (pipeline/build/migration.py).
+    gets an older release's record of its workload, replayed and checked (pipeline/compiler/schedules/record_migration.py).
     The artifact says which tasks they covered."""
     import tvm
 
@@ -159,8 +161,8 @@ def _compile_into(
 ) -> dict[str, Any]:
     import tvm
 
-    from pipeline.build.migration import migrations
-    from pipeline.build.schedule_transfer import fallback_database
+    from pipeline.compiler.schedules.record_migration import migrations
+    from pipeline.compiler.schedules.schedule_transfer import fallback_database
 
     started = time.perf_counter()
     target = resolved_target(board)
@@ -171,12 +173,12 @@ def _compile_into(
     doing = f"TVM could not build {model.name} for {target['mtriple']}"
     fix = f"check that '{board.cross_compiler}' is installed (scripts/install.sh) and the profile's target"
     with tvm_errors(doing, fix):
-        fused = lowering.fuse(mod, tvm_target)
-        tasks = lowering.extract_tasks(fused, tvm_target)
+        fused = passes.fuse(mod, tvm_target)
+        tasks = schedule_tasks.extract_tasks(fused, tvm_target)
     tuned, applicable, rejected = to_database(records)
     # Tasks without a record of this release get an older release's record of the same workload when it
     # replays and computes the same; else a schedule transferred from a record of another shape or the
-    # default rules' (pipeline/build/default_schedules.py), never TVM's naive loops; one apply step.
+    # default rules' (pipeline/compiler/schedules/default_schedules.py), never TVM's naive loops; one apply step.
     migrated, not_migrated = (
         migrations(fused, tasks, tvm_target, store, target, set(applicable)) if migrate else ({}, [])
     )
@@ -184,10 +186,10 @@ def _compile_into(
         fused, tvm_target, tuned, {h: shown(s.path) for h, s in applicable.items()}, migrated
     )
     with tvm_errors(doing, fix):
-        applied = lowering.apply_database(fused, database, tvm_target)
+        applied = schedule_tasks.apply_database(fused, database, tvm_target)
     coverage = measure_coverage(
         tasks,
-        lowering.scheduled_functions(applied),
+        passes.scheduled_functions(applied),
         applicable,
         store,
         target,
@@ -197,7 +199,7 @@ def _compile_into(
     )
     library = out_dir / LIBRARY_NAME
     with tvm_errors(doing, fix):
-        executable = lowering.build_executable(applied, tvm_target)
+        executable = passes.build_executable(applied, tvm_target)
         executable.export_library(str(library), fcompile=_compiler_for(board))
     tvm.runtime.save_param_dict_to_file(
         {f"p{i:05d}": tensor for i, tensor in enumerate(params.get("main", []))}, str(out_dir / PARAMS_NAME)

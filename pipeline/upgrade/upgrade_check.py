@@ -3,31 +3,28 @@
 The model is built under both releases (each in its own environment; the newer one migrating the older
 one's records unless told not to), both builds and both runtimes are pushed, and the two run interleaved
 on the board (A B A B ..., one timed run each per round) so that board noise hits both alike. The verdict
-on the latency is the nightly's (pipeline/nightly/compare.py); coverage is counted per schedule kind. The
+on the latency is the nightly's (pipeline/stats.py); coverage is counted per schedule kind. The
 new release passes when it is not slower and loses no coverage."""
 
 import json
-import os
-import subprocess
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.atomic import write_atomically
 from pipeline.board.bundle import runtime_bundle
-from pipeline.board.profile import BoardProfile, load_board
+from pipeline.board.profile import load_board
 from pipeline.board.session import open_board
-from pipeline.build import builder
-from pipeline.build.builder import BuildArtifact
-from pipeline.build.model_file import ModelSpec, resolve_model
+from pipeline.compiler.coverage import Coverage
+from pipeline.compiler.importer.model_file import resolve_model
+from pipeline.compiler.other_release import build_under
 from pipeline.deploy import check, execute, inputs, results, timing
 from pipeline.deploy.layout import push_model
-from pipeline.errors import PipelineError, write_log
-from pipeline.nightly.compare import Verdict, compare_samples
-from pipeline.paths import RECORDS_DIR, RESULTS_DIR, ROOT
-from pipeline.records.coverage import Coverage
-from pipeline.releases.catalog import Release, get_release, running_release
-from pipeline.releases.environment import Progress, release_python
+from pipeline.errors import PipelineError
+from pipeline.paths import RESULTS_DIR
+from pipeline.stats import Verdict, compare_samples
+from pipeline.tvm_release.catalog import Release, get_release, running_release
+from pipeline.tvm_release.environment import Progress
 
 KINDS = ("tuned", "migrated", "transferred", "default", "winograd", "naive")
 PROFILE_RUNS = 3  # per release, after the interleaved rounds: each task's time per inference
@@ -250,38 +247,6 @@ def _decide(old: Side, new: Side, verdict: Verdict) -> tuple[bool, str]:
         True,
         f"TVM {new.release} is not slower ({verdict.change}, median ratio {verdict.ratio:.2f}) and loses no coverage",
     )
-
-
-def build_under(
-    release: Release,
-    board_arg: str,
-    board: BoardProfile,
-    spec: ModelSpec,
-    migrate: bool,
-    show: Progress,
-    records_dir: Path = RECORDS_DIR,
-) -> BuildArtifact:
-    """In this process for the running release, else in the release's environment (read back from build.json)."""
-    if release == running_release():
-        return builder.build(spec, board, records_dir=records_dir, migrate=migrate)
-    python = release_python(release, show)
-    command = [
-        str(python),
-        "-m",
-        "pipeline.releases.worker",
-        board_arg,
-        spec.name if spec.builtin else str(spec.path),
-        *([] if migrate else ["--no-migrate"]),
-    ]
-    env = {**os.environ, "PIPELINE_RECORDS": str(records_dir.resolve())}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        lines = [line for line in done.stderr.splitlines() if line.strip()]
-        if lines and lines[-1].startswith("error: "):
-            raise PipelineError(f"under TVM {release.name}: {lines[-1].removeprefix('error: ')}")
-        log = write_log(f"build-{release.name}", done.stdout + done.stderr)
-        raise PipelineError(f"the build under TVM {release.name} failed", "see the log", log)
-    return builder.load_build(Path(json.loads(done.stdout.strip().splitlines()[-1])["directory"]))
 
 
 def _write(report: UpgradeCheck, results_dir: Path) -> Path:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError, write_log
 from pipeline.paths import CACHE_DIR, ROOT
-from pipeline.releases.catalog import Release, running_release
+from pipeline.tvm_release.catalog import Release, running_release
 
 REQUIREMENTS = ROOT / "requirements.txt"
 STAMP = "release.json"
@@ -48,20 +48,7 @@ def release_python(release: Release, on_progress: Progress | None = None) -> Pat
         if not _is_current(venv, key):
             show = on_progress or (lambda line: None)
             _create(release, venv, key, show)
-            _build_bundles(release, show)
     return venv / "bin" / "python"
-
-
-def _build_bundles(release: Release, on_progress: Progress) -> None:
-    """The release's runtime for every board architecture, from its own libraries and wheels."""
-    from typing import get_args
-
-    from pipeline.board.bundle import runtime_bundle
-    from pipeline.board.profile import Arch
-
-    for arch in get_args(Arch):
-        on_progress(f"TVM {release.name}: building the {arch} runtime bundle")
-        runtime_bundle(arch, release)
 
 
 def site_packages(release: Release) -> Path | None:

@@ -8,7 +8,7 @@ GFLOP/s) only fewer multiply-adds make it faster.
 
 A conv becomes four steps (e = one of the n x n positions of a tile, n = m + 2; p = one tile):
   U[e, c, k] = G g G^T   weight transform: Relax ops on the weight alone, so the build's weight
-                         lifting (lowering.lift_weight_transforms) computes it once, at build time,
+                         lifting (passes.lift_weight_transforms) computes it once, at build time,
                          packed in blocks of output channels (U[e, k // b, c, k % b]);
   V[e, p, c] = B^T d B   input transform over overlapping n x n tiles of the padded input;
   M[e, p, k] = sum_c V[e, p, c] U[e, c, k]   a batched GEMM, one per tile position: the hot stage;
@@ -263,7 +263,7 @@ class WinogradReport:
 def static_nchw_float32(call: Any) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
     """The data and weight shapes of a conv2d call that is NCHW/OIHW, float32 and of static shape;
     else None: the convs that the layout rewrites (this one, channels_last.py) may take."""
-    from pipeline.releases.compat import TensorType, expr_type
+    from pipeline.tvm_release.compat import TensorType, expr_type
 
     attrs = call.attrs
     data, weight = (expr_type(arg) for arg in call.args)
@@ -349,7 +349,7 @@ def _winograd(builder: Any, data: Any, weight: Any, plan: Plan, width: int) -> A
     weights as one contiguous stream (512 channels at 7x7: 0.74 -> 0.55 ms against U[e, c, k])."""
     from tvm import relax
 
-    from pipeline.build.default_schedules import largest_divisor
+    from pipeline.tiling import largest_divisor
 
     t = transforms(plan.m)
     n, shape = plan.n, plan.shape
@@ -508,7 +508,7 @@ def _op_name(expr: Any) -> str:
 
 
 def _static_shape(expr: Any) -> tuple[int, ...]:
-    from pipeline.releases.compat import expr_type
+    from pipeline.tvm_release.compat import expr_type
 
     info = expr_type(expr)
     shape = getattr(info, "shape", None)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.atomic import write_atomically
-from pipeline.build.winograd import POINTS, ConvShape, Timing, rewrite
+from pipeline.compiler.rewrites.winograd import POINTS, ConvShape, Timing, rewrite
 from pipeline.paths import CACHE_DIR
 
 _RUNS = 20
@@ -30,7 +30,7 @@ _RUNS = 20
 def chooser(target: Any, cache_dir: Path = CACHE_DIR) -> Callable[[ConvShape], Timing] | None:
     """A per-conv measurement for `rewrite`, or None (the rule alone) when this host cannot run the
     target's code (another architecture or CPU: an ARM board, emulated or real)."""
-    from pipeline.build.schedule_transfer import runs_here
+    from pipeline.compiler.schedules.schedule_transfer import runs_here
 
     if not runs_here(target):
         return None
@@ -39,7 +39,7 @@ def chooser(target: Any, cache_dir: Path = CACHE_DIR) -> Callable[[ConvShape], T
 
 
 def _timing(shape: ConvShape, target: Any, path: Path) -> Timing:
-    from pipeline.build.winograd_schedules import gemm_width
+    from pipeline.compiler.schedules.winograd_schedules import gemm_width
 
     """Direct and Winograd times (each tile size) of one conv + bias + ReLU of this shape, measured once per CPU.
     Why each tile size: F(2x2)'s transformed weights are 16/36 of F(4x4)'s, which wins where the GEMM
@@ -61,7 +61,7 @@ def _timing(shape: ConvShape, target: Any, path: Path) -> Timing:
 def _conv_module(shape: ConvShape) -> Any:
     from tvm import relax
 
-    from pipeline.releases.compat import TensorType as tensor
+    from pipeline.tvm_release.compat import TensorType as tensor
 
     builder = relax.BlockBuilder()
     x = relax.Var("x", tensor((shape.batch, shape.channels, shape.height, shape.width), "float32"))
@@ -81,19 +81,20 @@ def _best_ms(mod: Any, shape: ConvShape, target: Any) -> float:
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
-    from pipeline.build import lowering
-    from pipeline.build.schedule_transfer import fallback_database
+    from pipeline.compiler import passes
+    from pipeline.compiler.schedules import tasks as schedule_tasks
+    from pipeline.compiler.schedules.schedule_transfer import fallback_database
 
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((shape.out_channels, shape.channels, 3, 3)).astype("float32")
     bias = rng.standard_normal((1, shape.out_channels, 1, 1)).astype("float32")
-    lifted, params = lowering.lift_weight_transforms(
+    lifted, params = passes.lift_weight_transforms(
         mod, {"main": [tvm.runtime.tensor(weight), tvm.runtime.tensor(bias)]}
     )
-    fused = lowering.fuse(lifted, target)
+    fused = passes.fuse(lifted, target)
     database, _ = fallback_database(fused, target, ms.database.MemoryDatabase())
     machine = relax.VirtualMachine(
-        lowering.build_executable(lowering.apply_database(fused, database, target), target), tvm.cpu()
+        passes.build_executable(schedule_tasks.apply_database(fused, database, target), target), tvm.cpu()
     )
     data = tvm.runtime.tensor(
         rng.standard_normal((shape.batch, shape.channels, shape.height, shape.width)).astype("float32")

@@ -19,7 +19,7 @@ does it once.
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.build.winograd import calls_of, static_nchw_float32
+from pipeline.compiler.rewrites.winograd import calls_of, static_nchw_float32
 
 CONV2D = "relax.nn.conv2d"
 # Multiply-adds per output below which a conv stays NCHW: such a conv is bound by writing its output,
@@ -69,7 +69,7 @@ def rewrite(mod: Any) -> tuple[Any, ChannelsLastReport]:
     import tvm
     from tvm import relax
 
-    from pipeline.releases.compat import TVM_ERRORS
+    from pipeline.tvm_release.compat import TVM_ERRORS
 
     taken = [call for call in calls_of(mod, CONV2D) if eligible(call)]
     if not taken:

@@ -26,8 +26,9 @@ from tvm.s_tir.schedule import Instruction, Trace
 from tvm.target import Target
 from tvm.tirx import BufferRegion, PrimFunc, SeqStmt, Var
 
-from pipeline.build.tensor_intrinsics import register_cpu_intrinsics
-from pipeline.releases.compat import TVM_ERRORS, SBlock, SBlockRealize, detect_linear_equation, region_buffer
+from pipeline.compiler.schedules.tensor_intrinsics import register_cpu_intrinsics
+from pipeline.tiling import largest_divisor
+from pipeline.tvm_release.compat import TVM_ERRORS, SBlock, SBlockRealize, detect_linear_equation, region_buffer
 
 # run_secs of a committed default record. A record needs a run time to count as valid; a real
 # measurement is far smaller, so a tuned record of the same workload always ranks first.
@@ -134,7 +135,7 @@ def default_schedule(func: PrimFunc | IRModule, target: Target, task: str = "mai
 
 
 def default_schedules(mod: IRModule, target: Target) -> dict[str, TaskSchedule | None]:
-    """For each PrimFunc of a fused module (lowering.fuse): its default schedule, or None when it
+    """For each PrimFunc of a fused module (passes.fuse): its default schedule, or None when it
     needs none."""
     return {
         gv.name_hint: default_schedule(func, target, gv.name_hint)
@@ -163,8 +164,8 @@ def commit_schedules(database: ms.database.Database, schedules: dict[str, TaskSc
 
 def apply_schedules(mod: IRModule, schedules: dict[str, TaskSchedule | None], target: Target) -> IRModule:
     """The fused module with the given schedules applied by the build's own step
-    (lowering.apply_database: MetaScheduleApplyDatabase); an applied PrimFunc carries `tirx.is_scheduled`."""
-    from pipeline.build.lowering import apply_database
+    (tasks.apply_database: MetaScheduleApplyDatabase); an applied PrimFunc carries `tirx.is_scheduled`."""
+    from pipeline.compiler.schedules.tasks import apply_database
 
     database = ms.database.MemoryDatabase()
     commit_schedules(database, schedules, target)
@@ -373,10 +374,6 @@ def _pad(factors: list[int], parts: int, front: bool) -> list[int]:
     """Extend a split with unit factors to `parts` entries."""
     ones = [1] * (parts - len(factors))
     return ones + factors if front else factors + ones
-
-
-def largest_divisor(n: int, limit: int) -> int:
-    return max(d for d in range(1, min(n, max(limit, 1)) + 1) if n % d == 0)
 
 
 def block_and_iter(sch: Schedule, loop: object) -> tuple[SBlock, int]:

@@ -25,7 +25,7 @@ from tvm.s_tir.schedule import Instruction, Trace
 from tvm.target import Target
 from tvm.tirx import PrimFunc
 
-from pipeline.build.default_schedules import (
+from pipeline.compiler.schedules.default_schedules import (
     Decider,
     TaskSchedule,
     block_and_iter,
@@ -38,9 +38,9 @@ from pipeline.build.default_schedules import (
     ranked,
     replay,
 )
-from pipeline.build.winograd_schedules import winograd_schedule
+from pipeline.compiler.schedules.winograd_schedules import winograd_schedule
 from pipeline.records.store import structural_hash
-from pipeline.releases.compat import TVM_ERRORS
+from pipeline.tvm_release.compat import TVM_ERRORS
 
 MAX_DONORS = 3  # nearest records tried per task
 _TIMING_RUNS = 5
@@ -190,11 +190,11 @@ def best_schedule(
 
 @dataclass(frozen=True)
 class ScheduleChoice:
-    """How one PrimFunc of the build gets its schedule (a row of pipeline.records.coverage's table)."""
+    """How one PrimFunc of the build gets its schedule (a row of pipeline.compiler.coverage's table)."""
 
     task: str
     kind: str  # "tuned", "migrated", "transferred", "default", "winograd" (a Winograd stage's own schedule,
-    # pipeline/build/winograd_schedules.py), "naive" (no rule applied), or "unscheduled"
+    # pipeline/compiler/schedules/winograd_schedules.py), "naive" (no rule applied), or "unscheduled"
     # (nothing to tile: elementwise, reshape, pooling; TVM's own lowering)
     source: str  # the donor record of a transfer, the rule of a default, why a task stays naive
 
@@ -206,9 +206,9 @@ def fallback_database(
     names: Mapping[str, str] | None = None,
     migrated: Mapping[str, TaskSchedule] | None = None,
 ) -> tuple[ms.database.Database, list[ScheduleChoice]]:
-    """A database for MetaScheduleApplyDatabase on the fused module `mod` (lowering.fuse): the tuned
+    """A database for MetaScheduleApplyDatabase on the fused module `mod` (passes.fuse): the tuned
     records first, then for every tiled task that has none its `migrated` schedule (an older release's
-    record replayed and checked, pipeline/build/migration.py), else a transferred or default one. These
+    record replayed and checked, pipeline/compiler/schedules/record_migration.py), else a transferred or default one. These
     live in a separate in-memory database, so they never end up in the tuned record store.
     `names` maps a tuned record's structural hash to where it is kept (shown for a transfer)."""
     fallbacks = ms.database.MemoryDatabase()

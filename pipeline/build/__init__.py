@@ -1,1 +1,0 @@
-"""Build step: model file -> fused Relax module -> scheduled, cross-compiled library (with default and transferred schedules)."""

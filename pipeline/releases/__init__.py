@@ -1,1 +1,0 @@
-"""TVM releases side by side: which ones the pipeline supports, their environments, their differences."""
