@@ -12,7 +12,10 @@ RUN scripts/install.sh --system && rm -rf /var/lib/apt/lists/*
 # The virtual environment and the runtime bundles; pip's download cache and the aarch64 wheels stay here.
 FROM system AS build
 COPY requirements.txt .
-RUN scripts/install.sh --python
+# The build machine's pip settings and CA bundle, if given (scripts/docker_image.sh passes them with
+# --secret id=pip_conf and id=pip_ca): BuildKit mounts them for this step only, so no layer keeps them.
+RUN --mount=type=secret,id=pip_conf,target=/etc/pip.conf --mount=type=secret,id=pip_ca \
+    scripts/install.sh --python
 COPY . .
 RUN scripts/install.sh --bundle
 
