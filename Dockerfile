@@ -1,7 +1,8 @@
 # Cross-toolchain image of the pipeline: Debian bookworm (python3 is 3.11), the pinned virtual
 # environment, gcc/g++-aarch64-linux-gnu, qemu-user, the OpenSSH client and server, and `invoke`.
 # Every install step is scripts/install.sh, the script the README and .ci/run use, so CI proves them.
-# Build, run, size (about 1.65 GB) and nightly cron: docs/docker.md.
+# Build (scripts/docker_image.sh where no image registry is reached), run, size (2.15 GB) and nightly cron:
+# docs/docker.md.
 
 # System packages, shared by both stages below.
 FROM debian:bookworm-slim AS system

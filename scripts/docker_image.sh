@@ -91,13 +91,36 @@ if ! "$DOCKER" info > /dev/null 2>&1; then
   started=$!
   for _ in $(seq 150); do
     "$DOCKER" info > /dev/null 2>&1 && break
-    kill -0 "$started" 2> /dev/null || { tail -5 "$STATE/dockerd.log" >&2; started=""; no_engine "dockerd exited" "see $STATE/dockerd.log"; }
+    kill -0 "$started" 2> /dev/null || { tail -5 "$STATE/dockerd.log" >&2; no_engine "dockerd exited" "see $STATE/dockerd.log"; }
     sleep 0.2
   done
   "$DOCKER" info > /dev/null 2>&1 || no_engine "dockerd did not answer within 30 s" "see $STATE/dockerd.log"
 fi
 
 # 3. The base image, from this machine's Debian archive (never from an image registry).
+# slim_rootfs ROOT: slim like the published image (debuerreotype's slim variant): dpkg leaves out
+# documentation, manual pages and translations, apt deletes the packages it downloaded, no apt lists.
+slim_rootfs() {
+  local root=$1
+  # Only ever a fresh debootstrap folder of this script, never the host's own /.
+  [[ $root == "$STATE"/rootfs.* ]] && [ "$(realpath "$root")" != / ] && [ -f "$root/etc/debian_version" ] ||
+    fail "no debootstrap rootfs at '$root'" "report this bug"
+  printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-include /usr/share/doc/*/copyright' \
+    'path-exclude /usr/share/groff/*' 'path-exclude /usr/share/info/*' 'path-exclude /usr/share/linda/*' \
+    'path-exclude /usr/share/lintian/overrides/*' 'path-exclude /usr/share/locale/*' 'path-exclude /usr/share/man/*' |
+    $sudo tee "$root/etc/dpkg/dpkg.cfg.d/docker" > /dev/null
+  local clean='"rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"'
+  printf '%s\n' "DPkg::Post-Invoke { $clean; };" "APT::Update::Post-Invoke { $clean; };" \
+    'Dir::Cache::pkgcache "";' 'Dir::Cache::srcpkgcache "";' | $sudo tee "$root/etc/apt/apt.conf.d/docker-clean" > /dev/null
+  echo 'Acquire::Languages "none";' | $sudo tee "$root/etc/apt/apt.conf.d/docker-no-languages" > /dev/null
+  $sudo find "$root/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+  $sudo find "$root/usr/share/doc" -mindepth 1 -type d -empty -delete
+  local dir
+  for dir in groff info linda lintian/overrides locale man; do
+    [ -d "$root/usr/share/$dir" ] && $sudo find "$root/usr/share/$dir" -mindepth 1 -delete
+  done
+  $sudo rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/archives/*.deb "$root"/var/cache/apt/*.bin
+}
 if ! "$DOCKER" image inspect "$BASE" > /dev/null 2>&1; then
   read -r site _ <<< "$(scripts/install.sh --archive)"
   rootfs=$(mktemp -d "$STATE/rootfs.XXXXXX")
@@ -105,8 +128,7 @@ if ! "$DOCKER" image inspect "$BASE" > /dev/null 2>&1; then
   start=$SECONDS
   $sudo debootstrap --variant=minbase bookworm "$rootfs" "$site" > "$STATE/debootstrap.log" 2>&1 ||
     { tail -5 "$STATE/debootstrap.log" >&2; fail "debootstrap failed" "see $STATE/debootstrap.log"; }
-  # Like the published slim image: no apt lists and no downloaded packages.
-  $sudo rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/archives/*.deb
+  slim_rootfs "$rootfs"
   $sudo tar -C "$rootfs" -c . | "$DOCKER" import - "$BASE" > /dev/null
   $sudo rm -rf "$rootfs"
   step "base image made in $((SECONDS - start)) s"
