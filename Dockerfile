@@ -1,7 +1,8 @@
 # Cross-toolchain image of the pipeline: Debian bookworm (python3 is 3.11), the pinned virtual
 # environment, gcc/g++-aarch64-linux-gnu, qemu-user, the OpenSSH client and server, and `invoke`.
 # Every install step is scripts/install.sh, the script the README and .ci/run use, so CI proves them.
-# Build, run, size (about 1.65 GB) and nightly cron: docs/docker.md.
+# Build (scripts/docker_image.sh where no image registry is reached), run, size (2.15 GB) and nightly cron:
+# docs/docker.md.
 
 # System packages, shared by both stages below.
 FROM debian:bookworm-slim AS system
@@ -12,7 +13,10 @@ RUN scripts/install.sh --system && rm -rf /var/lib/apt/lists/*
 # The virtual environment and the runtime bundles; pip's download cache and the aarch64 wheels stay here.
 FROM system AS build
 COPY requirements.txt .
-RUN scripts/install.sh --python
+# The build machine's pip settings and CA bundle, if given (scripts/docker_image.sh passes them with
+# --secret id=pip_conf and id=pip_ca): BuildKit mounts them for this step only, so no layer keeps them.
+RUN --mount=type=secret,id=pip_conf,target=/etc/pip.conf --mount=type=secret,id=pip_ca \
+    scripts/install.sh --python
 COPY . .
 RUN scripts/install.sh --bundle
 

@@ -7,6 +7,7 @@
 #   and the environments of the other TVM releases the pipeline supports (`--tvm`), created once here
 #   so that no step or test pays for it (.cache/tvm/<release>/venv and its runtime bundles).
 # Usage: scripts/install.sh [--system] [--python] [--bundle] [--releases]   (no flag: all four, in order)
+#        scripts/install.sh --archive   prints this machine's Debian archive and release ("SITE CODENAME")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,11 +53,13 @@ install_python() {
 }
 
 # The Debian archive this machine's apt already uses for its own release (a mirror or a proxy included),
-# as apt itself parses the sources: nothing here names an archive.
+# as apt itself parses the sources: nothing here names an archive. --no-release-info lists every target
+# of the sources, downloaded or not: a Docker layer (or a fresh machine) may have no lists in
+# /var/lib/apt/lists, and without the option indextargets then prints nothing.
 debian_archive() {
   local codename site
   codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
-  site=$(apt-get indextargets --format '$(SITE) $(RELEASE) $(IDENTIFIER)' 2>/dev/null |
+  site=$(apt-get indextargets --no-release-info --format '$(SITE) $(RELEASE) $(IDENTIFIER)' 2>/dev/null |
     awk -v suite="$codename" '$2 == suite && $3 == "Packages" { print $1; exit }')
   if [ -z "$codename" ] || [ -z "$site" ]; then
     echo "install: error: no Debian archive for '${codename:-unknown}' in this machine's apt sources" \
@@ -128,6 +131,7 @@ for step in "${steps[@]}"; do
     --python) install_python ;;
     --bundle) install_bundle ;;
     --releases) install_releases ;;
-    *) echo "install: unknown step $step (use --system, --python, --bundle, --releases)" >&2; exit 2 ;;
+    --archive) debian_archive ;;
+    *) echo "install: unknown step $step (use --system, --python, --bundle, --releases, --archive)" >&2; exit 2 ;;
   esac
 done

@@ -1,7 +1,8 @@
 """The Docker image is specified by the Dockerfile and built only through scripts/install.sh.
 
-No Docker engine runs here, so these checks stand in for `docker build`: hadolint lints the file,
-every RUN step installs only by calling the install script (which CI runs for real), and the
+These checks are the fast stand-in for `docker build` (tests/test_docker_image.py builds the image for
+real in the slow tier): hadolint lints the file, every RUN step installs only by calling the install
+script, the build machine's pip settings and CA bundle reach the build only as secret mounts, and the
 script's system step brings the cross toolchain, qemu-user and OpenSSH."""
 
 import json
@@ -49,6 +50,16 @@ def test_run_steps_install_only_through_the_install_script() -> None:
     assert not [run for run in runs if DIRECT_INSTALLS.search(run)]
     called = {step for run in runs for step in re.findall(r"scripts/install\.sh((?:\s+--\w+)+)", run)}
     assert set(" ".join(called).split()) == INSTALL_STEPS
+
+
+def test_pip_settings_and_ca_bundle_reach_the_build_only_as_secret_mounts() -> None:
+    # A COPY, ADD, ENV or ARG of them would keep the host's CA bundle or pip.conf in a layer.
+    for keyword in ("COPY", "ADD", "ENV", "ARG"):
+        for arguments in arguments_of(keyword):
+            assert not re.search(r"PIP_|pip\.conf|\.crt\b|\.pem\b|ca-certificates", arguments), (keyword, arguments)
+    python_step = next(run for run in arguments_of("RUN") if "install.sh --python" in run)
+    assert "--mount=type=secret,id=pip_conf,target=/etc/pip.conf" in python_step
+    assert "--mount=type=secret,id=pip_ca" in python_step
 
 
 def test_every_stage_is_debian_bookworm() -> None:
