@@ -1,31 +1,18 @@
 """invoke tasks: thin wiring of the pipeline's steps (profile -> build -> push -> run -> result) and printing."""
 
 import functools
-import math
 import sys
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any
 
 from invoke import Context, Exit, task
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
 
+from pipeline.cli import flags
+from pipeline.cli.progress import ConsoleProgress, MeasuringBar
 from pipeline.errors import PipelineError, error_line, write_log
-
-if TYPE_CHECKING:  # the pipeline's modules load inside the tasks, so `invoke --list` stays quick
-    from pipeline.deploy.flow import DeployCallbacks, Step
 
 
 def _clean_errors(body: Callable[..., Any]) -> Callable[..., Any]:
@@ -50,137 +37,7 @@ def _clean_errors(body: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@overload
-def _count(value: str | None, flag: str, default: int, least: int) -> int: ...
-@overload
-def _count(value: str | None, flag: str, default: None, least: int) -> int | None: ...
-def _count(value: str | None, flag: str, default: int | None, least: int) -> int | None:
-    """invoke passes flags without a typed default as strings: a whole number of at least `least`."""
-    if value is None:
-        return default
-    example = f"pass e.g. --{flag} {max(least, 10)}"
-    try:
-        number = int(value)
-    except ValueError:
-        raise PipelineError(f"--{flag} must be a whole number, got '{value}'", example) from None
-    if number < least:
-        raise PipelineError(f"--{flag} must be at least {least}, got '{value}'", example)
-    return number
-
-
-@overload
-def _positive(value: str | None, flag: str, default: float, example: str) -> float: ...
-@overload
-def _positive(value: str | None, flag: str, default: None, example: str) -> float | None: ...
-def _positive(value: str | None, flag: str, default: float | None, example: str) -> float | None:
-    """A finite number above zero (seconds, a tolerance); nan and inf are refused too."""
-    if value is None:
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        raise PipelineError(f"--{flag} must be a number, got '{value}'", f"pass e.g. --{flag} {example}") from None
-    if not math.isfinite(number) or number <= 0:
-        raise PipelineError(f"--{flag} must be a positive number, got '{value}'", f"pass e.g. --{flag} {example}")
-    return number
-
-
-def _fraction(value: str | None) -> float | None:
-    """--min-tuned-flops as a number; its range is checked with the rest of the coverage policy."""
-    try:
-        return None if value is None else float(value)
-    except ValueError:
-        raise PipelineError(f"--min-tuned-flops must be a fraction, got '{value}'", "pass e.g. 0.9") from None
-
-
-class ConsoleProgress:
-    """Draws a deploy's progress callbacks on a console: a spinner per step, bars for the uploads and runs."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self._bars: Progress | None = None
-        self._bar_ids: dict[str, TaskID] = {}
-        self._step_text = ""
-
-    def callbacks(self) -> "DeployCallbacks":
-        from pipeline.deploy.flow import DeployCallbacks
-
-        return DeployCallbacks(
-            on_step=self.step,
-            on_line=self.line,
-            on_warning=self.warning,
-            on_upload=self.upload,
-            on_run=self.run,
-        )
-
-    @contextmanager
-    def step(self, step: "Step") -> Iterator[None]:
-        self._step_text = step.text
-        if step.kind == "push":
-            transfer = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
-            with self._showing(Progress(*transfer, console=self.console)):
-                yield
-        elif step.kind == "run":
-            counted = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-            with self._showing(Progress(*counted, console=self.console)) as bars:
-                self._bar_ids["run"] = bars.add_task(step.text, total=step.total)
-                yield
-        else:
-            with self.console.status(step.text):
-                yield
-
-    @contextmanager
-    def _showing(self, bars: Progress) -> Iterator[Progress]:
-        with bars:
-            self._bars, self._bar_ids = bars, {}
-            try:
-                yield bars
-            finally:
-                self._bars = None
-
-    def line(self, text: str) -> None:
-        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
-
-    def warning(self, text: str) -> None:
-        self.console.print(text, markup=False, highlight=False, soft_wrap=True, style="yellow")
-
-    def upload(self, name: str, sent: int, size: int) -> None:
-        if self._bars is None:
-            return
-        if name not in self._bar_ids:
-            self._bar_ids[name] = self._bars.add_task(f"{self._step_text} {name}", total=size)
-        self._bars.update(self._bar_ids[name], completed=sent)
-
-    def run(self, phase: str, index: int, count: int, ms: float) -> None:
-        if self._bars is not None:
-            description = f"{self._step_text}: {phase} {index}/{count}"
-            self._bars.update(self._bar_ids["run"], advance=1, description=description)
-
-
 PROFILE_RUNS = 3  # profiled inferences for invoke deploy --profile: averaged, after the timed ones
-
-
-def _shape(value: str | None) -> tuple[int, ...] | None:
-    """--input-shape 1,3,224,224; its rank and fixed sizes are checked against the model's input."""
-    from pipeline.compiler.importer.model_file import parse_input_shape
-
-    return None if value is None else parse_input_shape(value)
-
-
-def _output_path(value: str | None, flag: str, folder: bool) -> Path | None:
-    """A path the task writes to, its folder created now: a bad one fails before a long run, not after it."""
-    if value is None:
-        return None
-    path = Path(value).expanduser()
-    if not folder and path.is_dir():
-        raise PipelineError(f"--{flag} {value} is a folder", f"pass a file path, e.g. --{flag} results/history.sqlite")
-    try:
-        (path if folder else path.parent).mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise PipelineError(
-            f"--{flag} {value}: cannot create its folder ({err.strerror})", "pass a path in a writable folder"
-        ) from None
-    return path
 
 
 _SHAPE_HELP = "the input's shape, e.g. 1,3,224,224: fixes symbolic dimensions (dynamic batch, free image size)"
@@ -190,33 +47,16 @@ _TVM_HELP = {"tvm": "TVM release to run the step under, e.g. 0.26 (default: 0.27
 
 
 def _under_release(tvm: str | None) -> bool:
-    """Run this command again in the environment of TVM release `tvm` when that is not the running one
-    (created on first use, with progress); True when it ran there. The same checkout's code runs."""
-    if tvm is None:
-        return False
-    import subprocess
+    """True when this command ran again under TVM release `tvm` (its exit code is this one's)."""
+    from pipeline.tvm_release.rerun import rerun_under
 
-    from pipeline.paths import ROOT
-    from pipeline.tvm_release.catalog import get_release, running_release
-    from pipeline.tvm_release.environment import release_python
-
-    release = get_release(tvm)
-    if release == running_release():
-        return False
-    python = release_python(release, on_progress=lambda line: print(line, file=sys.stderr, flush=True))
-    args, skip = [], False
-    for word in sys.argv[1:]:
-        if skip or word.startswith("--tvm="):
-            skip = False
-            continue
-        skip = word == "--tvm"
-        if not skip:
-            args.append(word)
-    code = subprocess.run([str(python), "-m", "invoke", *args], cwd=ROOT).returncode
+    code = rerun_under(tvm, sys.argv[1:], on_progress=lambda line: print(line, file=sys.stderr, flush=True))
     if code:
         raise Exit(code=code)
-    return True
+    return code is not None
 
+
+_VERBOSE_HELP = "under each task of the coverage table, its shapes and (untuned) the nearest record and how it differs"
 
 _COVERAGE_HELP = {
     "coverage": "warn or refuse when too few conv/dense FLOPs run tuned schedules (default: the profile's)",
@@ -234,6 +74,7 @@ _COVERAGE_HELP = {
         "tolerance": "largest relative error against onnxruntime that still passes (default: 1e-3)",
         "input-shape": _SHAPE_HELP,
         "profile": f"after the timed runs, time every kernel call over {PROFILE_RUNS} more runs and print the per-task table",
+        "verbose": _VERBOSE_HELP,
         **_COVERAGE_HELP,
         **_TVM_HELP,
     }
@@ -252,25 +93,33 @@ def deploy(
     input_shape: str | None = None,
     profile: bool = False,
     tvm: str | None = None,
+    verbose: bool = False,
 ) -> None:
     """Build the model for the board, push it, run it there, check the output, and record the timings."""
     if _under_release(tvm):
         return
+    from pipeline.board.profile import load_board
+    from pipeline.compiler import builder
+    from pipeline.compiler.coverage import coverage_detail_lines
+    from pipeline.compiler.importer.model_file import resolve_model
     from pipeline.deploy.check import DEFAULT_TOLERANCE
     from pipeline.deploy.flow import deploy_once
     from pipeline.deploy.summary import deploy_summary_lines, kernel_table_lines
 
-    limit = _positive(tolerance, "tolerance", DEFAULT_TOLERANCE, "1e-3")
+    limit = flags.positive(tolerance, "tolerance", DEFAULT_TOLERANCE, "1e-3")
+    if verbose:  # the same build deploy_once finds cached, whose one-line-per-task table it then prints
+        artifact = builder.build(resolve_model(model, flags.shape(input_shape)), load_board(board))
+        print("\n".join(coverage_detail_lines(artifact.coverage)), file=sys.stderr)
     outcome = deploy_once(
         board,
         model,
-        runs=_count(runs, "runs", None, least=1),
-        warmup=_count(warmup, "warmup", None, least=0),
-        timeout_s=_positive(timeout, "timeout", None, "600"),
+        runs=flags.count(runs, "runs", None, least=1),
+        warmup=flags.count(warmup, "warmup", None, least=0),
+        timeout_s=flags.positive(timeout, "timeout", None, "600"),
         tolerance=limit,
         coverage=coverage,
-        min_tuned_flops=_fraction(min_tuned_flops),
-        input_shape=_shape(input_shape),
+        min_tuned_flops=flags.fraction(min_tuned_flops),
+        input_shape=flags.shape(input_shape),
         profile_runs=PROFILE_RUNS if profile else 0,
         callbacks=ConsoleProgress(Console(stderr=True)).callbacks(),
     )
@@ -293,6 +142,7 @@ def deploy(
         "input-shape": _SHAPE_HELP,
         "migrate": "apply older TVM releases' records of the same workloads when they replay and compute the same "
         "(--no-migrate: only this release's records, as TVM's own lookup)",
+        "verbose": _VERBOSE_HELP,
         **_COVERAGE_HELP,
         **_TVM_HELP,
     }
@@ -307,6 +157,7 @@ def build(
     input_shape: str | None = None,
     tvm: str | None = None,
     migrate: bool = True,
+    verbose: bool = False,
 ) -> None:
     """Cross-compile a model for a board without deploying it (cached by content), applying the records
     in records/ for the board's target, and say which tasks run tuned schedules."""
@@ -314,19 +165,14 @@ def build(
         return
     from pipeline.board.profile import load_board
     from pipeline.compiler import builder
-    from pipeline.compiler.coverage import check_policy, coverage_lines, resolve_policy
+    from pipeline.compiler.coverage import check_policy, resolve_policy
     from pipeline.compiler.importer.model_file import resolve_model
 
-    shape = _shape(input_shape)
+    shape = flags.shape(input_shape)
     profile = load_board(board)
-    settings = resolve_policy(profile.coverage, coverage, _fraction(min_tuned_flops))
+    settings = resolve_policy(profile.coverage, coverage, flags.fraction(min_tuned_flops))
     artifact = builder.build(resolve_model(model, shape), profile, migrate=migrate)
-    state = "cached" if artifact.cached else f"compiled in {artifact.compile_seconds:.1f} s"
-    print(
-        f"{artifact.model} for {artifact.target['mtriple']} ({artifact.arch}) with TVM {artifact.tvm_version}: {state}"
-    )
-    print(f"library {artifact.library}")
-    print("\n".join(coverage_lines(artifact.coverage) + artifact.layout_lines()))
+    print("\n".join(artifact.report_lines(verbose)))
     warning = check_policy(artifact.coverage, settings, profile.name, model)
     if warning:
         print(warning, file=sys.stderr)
@@ -390,49 +236,19 @@ def tune(
         return
     from pipeline.board.profile import load_board
     from pipeline.compiler.importer.model_file import resolve_model
-    from pipeline.records.store import shown
+    from pipeline.tuning.report import tune_lines
     from pipeline.tuning.tuner import tune as tune_model
 
     names = tuple(name for name in only.split(",") if name)
-    budget = _count(trials, "trials", 64, least=1)
-    shape = _shape(input_shape)
+    budget = flags.count(trials, "trials", 64, least=1)
+    shape = flags.shape(input_shape)
     profile = load_board(board)
     where = f"{profile.name} (emulated)" if profile.emulated else profile.name
-    columns = (TextColumn("Measuring on {task.fields[where]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    progress = Progress(*columns, console=Console(stderr=True))
-    bar: TaskID | None = None
-
-    def on_measured(count: int, total: int) -> None:
-        """The bar appears when the search starts (not while the model is imported)."""
-        nonlocal bar
-        if bar is None:
-            progress.start()
-            bar = progress.add_task("tune", total=total, where=where)
-        progress.update(bar, completed=count)
-
-    try:
+    with MeasuringBar(Console(stderr=True), where) as bar:
         result = tune_model(
-            resolve_model(model, shape),
-            profile,
-            budget,
-            only=names,
-            retune=retune,
-            on_measured=on_measured,
+            resolve_model(model, shape), profile, budget, only=names, retune=retune, on_measured=bar.measured
         )
-    finally:
-        progress.stop()
-    emulated = ", emulated: the records prove the loop, not the board's speed" if profile.emulated else ""
-    print(
-        f"tuned {len(result.tuned)} tasks with {result.trials} trials in {result.seconds:.0f} s on {profile.name}{emulated}"
-    )
-    if result.tuned:
-        print(f"{len(result.from_default)} of them started from their measured default schedule")
-    for path in result.saved:
-        print(f"record {shown(path)}")
-    if result.already_covered:
-        print(f"{len(result.already_covered)} tasks already had records for this target")
-    if result.left_for_later:
-        print(f"{len(result.left_for_later)} smaller tasks left for a later run: {', '.join(result.left_for_later)}")
+    print("\n".join(tune_lines(result, profile)))
 
 
 @task(
@@ -447,8 +263,8 @@ def migrate(c: Context, board: str = "local", model: str = "tiny") -> None:
     this release, those that are not slower than the default schedule."""
     from pipeline.board.profile import load_board
     from pipeline.compiler.importer.model_file import resolve_model
-    from pipeline.records.store import shown
     from pipeline.upgrade.migrate import migrate_model
+    from pipeline.upgrade.report import migrate_lines
 
     profile = load_board(board)
     console = Console(stderr=True)
@@ -458,19 +274,7 @@ def migrate(c: Context, board: str = "local", model: str = "tiny") -> None:
         on_step=lambda text: console.print(text, markup=False),
         on_task=lambda row: console.print(f"measured {row.task}: {'kept' if row.kept else 'not kept'}", markup=False),
     )
-    for line in result.rejected:
-        print(f"rejected: {line}")
-    if not result.measured:
-        print(f"no migrated schedule to measure for {model} on {profile.name} under TVM {result.release}")
-        return
-    print(f"{'task':44} {'migrated':>10} {'default':>10}  outcome")
-    for row in result.measured:
-        outcome = f"kept as {shown(row.saved)}" if row.saved else f"not kept: {row.reason}"
-        print(f"{row.task[:44]:44} {row.migrated_us:>8.1f}µs {row.default_us:>8.1f}µs  {outcome}")
-        print(f"{'':44}   from {row.source}")
-    kept = sum(1 for row in result.measured if row.kept)
-    emulated = " (measured under emulation)" if profile.emulated else ""
-    print(f"kept {kept} of {len(result.measured)} migrated schedules as TVM {result.release} records{emulated}")
+    print("\n".join(migrate_lines(result, model, profile)))
 
 
 @task(
@@ -495,8 +299,7 @@ def upgrade_check(
 ) -> None:
     """Build the model under two TVM releases, run both interleaved on the board, and say whether the upgrade
     keeps latency and coverage (exit 0) or not (exit 1, with the reason); the comparison goes to results/."""
-    from pipeline.errors import shown
-    from pipeline.upgrade.upgrade_check import KINDS
+    from pipeline.upgrade.report import upgrade_check_lines
     from pipeline.upgrade.upgrade_check import upgrade_check as check_upgrade
 
     if not to:
@@ -506,48 +309,11 @@ def upgrade_check(
         model,
         to,
         from_,
-        _count(rounds, "rounds", None, least=1),
+        flags.count(rounds, "rounds", None, least=1),
         migrate,
         on_progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
-    old, new = report.old, report.new
-    rows = [
-        ("TVM", old.tvm_version, new.tvm_version),
-        ("median", f"{old.stats.median_ms:.3f} ms", f"{new.stats.median_ms:.3f} ms"),
-        ("p90", f"{old.stats.p90_ms:.3f} ms", f"{new.stats.p90_ms:.3f} ms"),
-        ("runs", str(old.stats.count), str(new.stats.count)),
-        *(
-            (
-                kind,
-                f"{old.coverage.counts[kind]} ({old.coverage.flop_shares[kind]:.0%} FLOPs)",
-                f"{new.coverage.counts[kind]} ({new.coverage.flop_shares[kind]:.0%} FLOPs)",
-            )
-            for kind in KINDS
-        ),
-        ("output", f"{old.check.relative_error:.1e} rel. error", f"{new.check.relative_error:.1e} rel. error"),
-    ]
-    timing_kind = "emulated, " if report.emulated else ""
-    print(f"{report.model} on {report.board} ({timing_kind}{report.rounds} interleaved rounds)")
-    print(f"{'':12} {'TVM ' + old.release:>24} {'TVM ' + new.release:>24}")
-    for name, before, after in rows:
-        print(f"{name:12} {before:>24} {after:>24}")
-    verdict = report.verdict
-    p_value = f", p={verdict.p_value:.2g}" if verdict.p_value is not None else ""
-    print(
-        f"latency      {new.release}/{old.release} median ratio {verdict.ratio:.3f}: {verdict.change} ({verdict.method}{p_value}; {verdict.reason})"
-    )
-    if report.changes:
-        print(f"{len(report.changes)} conv/dense tasks changed their schedule kind or time:")
-        for change in report.changes:
-            times = (
-                f"  {change.before_ms:.3f} -> {change.after_ms:.3f} ms ({change.after_ms / change.before_ms - 1:+.0%})"
-                if change.before_ms and change.after_ms
-                else ""
-            )
-            print(f"  {change.task}: {change.before} -> {change.after}{times}")
-    else:
-        print("no conv/dense task changed its schedule kind or time")
-    print(f"Result       {shown(path)}")
+    print("\n".join(upgrade_check_lines(report, path)))
     if not report.passed:
         raise Exit(f"upgrade-check: not safe: {report.reason}", code=1)
     print(f"upgrade-check: ok: {report.reason}")
@@ -621,8 +387,8 @@ def nightly(
         else:
             print(line)
         return
-    history_path = _output_path(history, "history", folder=False) or spec.history
-    report_path = _output_path(report, "report", folder=True) or spec.report
+    history_path = flags.output_path(history, "history", folder=False) or spec.history
+    report_path = flags.output_path(report, "report", folder=True) or spec.report
     console = Console(stderr=True)
 
     def show(outcome: runner.PointOutcome) -> None:

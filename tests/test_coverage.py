@@ -99,7 +99,7 @@ def test_the_table_shows_each_conv_and_the_tuned_share(tuned_build: BuildArtifac
     assert len(transferred) + text.count("default  (rule ") == 4
     assert all(".json: record conv2d_nchw " in line for line in transferred)  # the donor's file and shape
     assert "NAIVE" not in text
-    assert "nearest: none: no record for group_conv2d" in text
+    assert "nearest: none: no record for group_conv2d" in "\n".join(coverage_lines(tuned_build.coverage, verbose=True))
     assert f"conv/dense FLOPs tuned: {tuned_build.coverage.tuned_share:.0%} (1 of 5 workloads; 1 records" in text
 
 
@@ -220,26 +220,16 @@ def test_a_bad_coverage_section_in_a_profile_is_a_one_line_error(tmp_path: Path)
         load_board(str(profile))
 
 
+def untuned(task: str, schedule: str, source: str) -> TaskCoverage:
+    """A conv task of 50 FLOPs, half the model's, with no record of its operator in the store."""
+    return TaskCoverage(
+        task, f"{task} key", "conv2d", True, 1, 50.0, 0.5, False, "", "", ("no record for conv2d",), schedule, source
+    )
+
+
 def test_a_conv_without_any_schedule_is_shown_naive_loudly() -> None:
     """A conv/dense task that got neither a record nor a fallback schedule is named NAIVE, and counted."""
-
-    def row(task: str, schedule: str, source: str) -> TaskCoverage:
-        return TaskCoverage(
-            task,
-            f"{task} key",
-            "conv2d",
-            True,
-            1,
-            50.0,
-            0.5,
-            False,
-            "",
-            "",
-            ("no record for conv2d",),
-            schedule,
-            source,
-        )
-
+    row = untuned
     coverage = Coverage(
         (row("conv_a", "naive", "no default schedule applies to conv_a"), row("conv_b", "default", "ch16/sketch1")),
         0.0,
@@ -253,3 +243,15 @@ def test_a_conv_without_any_schedule_is_shown_naive_loudly() -> None:
     assert [r.task for r in coverage.naive] == ["conv_a"]
     assert [e.schedule for e in coverage.result_entries()] == ["naive", "default"]
     assert {e.status for e in coverage.result_entries()} == {"fallback"}
+
+
+def test_the_table_is_one_line_per_task_and_verbose_adds_shapes_and_nearest_records() -> None:
+    """VGG-16's table took three lines per task before anything was pushed: the detail is asked for."""
+    coverage = Coverage((untuned("conv_a", "default", "ch16/sketch1"), untuned("conv_b", "default", "ch8")), 0.0, 0, ())
+    short, verbose = coverage_lines(coverage), coverage_lines(coverage, verbose=True)
+    assert [line.split()[0] for line in short[1:3]] == ["conv_a", "conv_b"]
+    assert short[3].startswith("conv/dense FLOPs tuned: 0% (0 of 2 workloads")
+    assert "conv_a key" not in "\n".join(short) and "nearest" not in "\n".join(short)
+    assert len(verbose) == len(short) + 4
+    assert verbose[2].strip() == "conv_a key" and verbose[3].strip() == "nearest: none: no record for conv2d"
+    assert [line for line in verbose if line.startswith("conv/dense")] == [short[3]]

@@ -111,3 +111,10 @@ def test_bad_nightly_output_path_is_refused_before_anything_runs(
     assert lines == [lines[0]] and lines[0].startswith(f"error: {flag} {path}")
     assert problem in lines[0]
     assert not (tmp_path / "history.sqlite").exists()
+
+
+def test_a_rerun_under_another_release_drops_the_tvm_flag_in_both_spellings() -> None:
+    from pipeline.tvm_release.rerun import without_tvm_flag
+
+    assert without_tvm_flag(["build", "--tvm", "0.26", "--model", "tiny"]) == ["build", "--model", "tiny"]
+    assert without_tvm_flag(["deploy", "--tvm=0.26", "--runs", "3"]) == ["deploy", "--runs", "3"]

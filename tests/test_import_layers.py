@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
 
 # Bottom to top. The ground floor is pipeline's own loose modules: leaves every floor may use.
-FLOORS = ["(ground)", "tvm_release", "board", "records", "compiler", "deploy", "tuning", "upgrade", "nightly"]
+FLOORS = ["(ground)", "tvm_release", "board", "records", "compiler", "deploy", "tuning", "upgrade", "nightly", "cli"]
 # Inside compiler/: importing a model, rewriting it, scheduling it, then the build that uses all three.
 COMPILER_FLOORS = ["importer", "rewrites", "schedules", "(compiler)"]
 LEAVES = {"pipeline.stats"}  # statistics import nothing of the pipeline, as asv's _stats.py

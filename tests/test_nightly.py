@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 import paramiko
@@ -36,7 +37,7 @@ from pipeline.nightly.loop import (
     run_nightly,
 )
 from pipeline.nightly.provenance import RunProvenance
-from pipeline.nightly.report import REPORT_NAME, SUMMARY_NAME, nightly_summary_lines, write_report
+from pipeline.nightly.report import REPORT_NAME, SUMMARY_NAME, latency_figure, nightly_summary_lines, write_report
 from pipeline.paths import ROOT
 from pipeline.stats import compare_pairs
 
@@ -189,6 +190,33 @@ def test_a_regression_exits_1_and_names_its_cause(history: History, locks: Path,
     text = page.read_text()
     assert page.name == REPORT_NAME and text.count("data:image/png;base64,") == 4
     assert "REGRESSION" in text and (page.parent / SUMMARY_NAME).read_text().splitlines() == lines
+
+
+def night_labels(history: History, nights: int) -> list[list[str]]:
+    """The time axis of a plot of `nights` nights, one a day, each run by another pipeline commit."""
+    for night in range(nights):
+        result = synthetic_result(latencies(990.0, 10, night), created=f"2026-12-{night + 1:02d}T02:30:00Z")
+        history.add(result, RunProvenance(pipeline_commit=f"{night:07d}abcdef", record_store_version=None))
+    axes = latency_figure("rk3399", "vgg16", history.series("rk3399", "vgg16")).axes[0]
+    assert axes.xaxis.get_offset_text().get_text() == ""  # no "+2.0794992e4" beside raw day numbers
+    return [tick.get_text().split("\n") for tick in axes.get_xticklabels()]
+
+
+def test_the_time_axis_names_each_night_by_its_date_and_pipeline_commit(history: History) -> None:
+    labels = night_labels(history, 2)
+    assert [date.fromisoformat(day) for day, _ in labels] == [date(2026, 12, 1), date(2026, 12, 2)]
+    assert [commit for _, commit in labels] == ["0000000", "0000001"]
+
+
+def test_a_long_history_labels_evenly_spaced_nights_up_to_tonight(history: History) -> None:
+    labels = night_labels(history, 20)
+    assert [date.fromisoformat(day).day for day, _ in labels] == [2, 5, 8, 11, 14, 17, 20]
+
+
+def test_the_summary_wraps_on_the_page(history: History, locks: Path, tmp_path: Path) -> None:
+    outcome = run_nightly(MATRIX, Boards(), history, PROVENANCE, confirm=paired_like_the_runs, lock_dir=locks)
+    text = write_report(history, outcome, tmp_path / "report").read_text()
+    assert "pre{" in text and "white-space:pre-wrap" in text.split("pre{")[1].split("}")[0]
 
 
 def test_a_flag_on_the_baselines_very_build_needs_no_ab_and_raises_no_alarm(history: History, locks: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from pipeline.board.profile import Arch, BoardProfile
 from pipeline.compiler import lowering, passes
-from pipeline.compiler.coverage import Coverage, measure_coverage
+from pipeline.compiler.coverage import Coverage, coverage_lines, measure_coverage
 from pipeline.compiler.elf import elf_arch
 from pipeline.compiler.importer.model_file import ModelSpec
 from pipeline.compiler.rewrites.channels_last import ChannelsLastReport
@@ -30,7 +30,11 @@ from pipeline.tvm_release.errors import tvm_errors
 PACKAGE = Path(__file__).resolve().parent.parent
 RECIPE_PACKAGES = tuple(PACKAGE / name for name in ("compiler", "records"))
 # Of the ground floors, what changes a build: the release shims, the trace renames and the tiling arithmetic.
-RECIPE_MODULES = (PACKAGE / "tvm_release" / "compat.py", PACKAGE / "tvm_release" / "trace_renames.py", PACKAGE / "tiling.py")
+RECIPE_MODULES = (
+    PACKAGE / "tvm_release" / "compat.py",
+    PACKAGE / "tvm_release" / "trace_renames.py",
+    PACKAGE / "tiling.py",
+)
 
 LIBRARY_NAME = "model.so"
 PARAMS_NAME = "params.bin"
@@ -62,6 +66,16 @@ class BuildArtifact:
     def layout_lines(self) -> list[str]:
         """The build's report of its layout rewrites, for the console."""
         return self.winograd.lines() + self.channels_last.lines()
+
+    def report_lines(self, verbose: bool = False) -> list[str]:
+        """What `invoke build` prints: the build, its library, the coverage table, the layout rewrites."""
+        state = "cached" if self.cached else f"compiled in {self.compile_seconds:.1f} s"
+        return [
+            f"{self.model} for {self.target['mtriple']} ({self.arch}) with TVM {self.tvm_version}: {state}",
+            f"library {self.library}",
+            *coverage_lines(self.coverage, verbose),
+            *self.layout_lines(),
+        ]
 
     @property
     def release(self) -> str:

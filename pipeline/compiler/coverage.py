@@ -220,18 +220,16 @@ def check_policy(coverage: Coverage, settings: CoverageSettings, board: str, mod
     return f"warning: {problem} — fix: {fix}"
 
 
-def coverage_lines(coverage: Coverage, width: int = 44) -> list[str]:
-    """The coverage table as plain text: conv/dense tasks one per line, the rest summed up in one line."""
+def coverage_lines(coverage: Coverage, verbose: bool = False, width: int = 44) -> list[str]:
+    """The coverage table as plain text: conv/dense tasks one per line, the rest summed up in one line.
+    `verbose` adds each task's workload and, for a miss, its nearest record (a large model's table stays
+    one screen without them; the build's JSON and the nightly report keep them)."""
     lines = [f"{'task':{width}} {'calls':>5} {'MFLOP/run':>9} {'share':>6}  schedule"]
-    for row in coverage.tasks:
-        if not row.heavy and not row.tuned:
-            continue
+    for row in _listed(coverage):
         name = row.task if len(row.task) <= width else row.task[: width - 1] + "…"
         lines.append(f"{name:{width}} {row.calls:>5} {row.flops / 1e6:>9.1f} {row.share:>6.1%}  {_state(row)}")
-        lines.append(f"{'':{width}}   {row.workload}")
-        if not row.tuned:
-            why = "; ".join(row.differs) if row.differs else "no record"
-            lines.append(f"{'':{width}}   nearest: {row.nearest or 'none'}: {why}")
+        if verbose:
+            lines.extend(f"{'':{width}}   {line}" for line in _detail(row))
     rest = [r for r in coverage.tasks if not r.heavy and not r.tuned]
     if rest:
         share = sum(r.share for r in rest)
@@ -254,6 +252,25 @@ def coverage_lines(coverage: Coverage, width: int = 44) -> list[str]:
         lines.append(f"untuned conv/dense: {fallback_counts(coverage)}")
     lines.extend(f"record skipped: {problem}" for problem in coverage.problems)
     return lines
+
+
+def coverage_detail_lines(coverage: Coverage) -> list[str]:
+    """The table's detail on its own, for a caller that printed the one-line-per-task table already:
+    each listed task's workload and, for a miss, its nearest record."""
+    return [line for row in _listed(coverage) for line in (row.task, *(f"   {text}" for text in _detail(row)))]
+
+
+def _listed(coverage: Coverage) -> list[TaskCoverage]:
+    """The tasks the table lists one by one: conv/dense work and anything a record tuned."""
+    return [row for row in coverage.tasks if row.heavy or row.tuned]
+
+
+def _detail(row: TaskCoverage) -> list[str]:
+    """A task's workload (its shapes) and, for a miss, the closest record and how it differs."""
+    if row.tuned:
+        return [row.workload]
+    why = "; ".join(row.differs) if row.differs else "no record"
+    return [row.workload, f"nearest: {row.nearest or 'none'}: {why}"]
 
 
 def fallback_counts(coverage: Coverage) -> str:

@@ -5,6 +5,7 @@ single file can be mailed, archived or served as is."""
 import base64
 import html
 import io
+import math
 from datetime import datetime
 from pathlib import Path
 
@@ -13,10 +14,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
 from matplotlib.dates import date2num  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FixedFormatter, FixedLocator  # noqa: E402
 
 from pipeline.nightly.history import Entry, History  # noqa: E402
 from pipeline.nightly.loop import NightlyOutcome, PointOutcome  # noqa: E402
 
+MAX_TICKS = 8  # nights labelled on a time axis; more would overlap at the plot's width
 REPORT_NAME = "index.html"
 SUMMARY_NAME = "summary.txt"
 MARKERS = {"regression": ("^", "tab:red"), "improvement": ("v", "tab:green")}
@@ -100,7 +104,7 @@ def write_report(history: History, outcome: NightlyOutcome, directory: Path) -> 
     for board, model in points:
         series = history.series(board, model)
         if series:
-            image = base64.b64encode(_plot(board, model, series)).decode()
+            image = base64.b64encode(_png(latency_figure(board, model, series))).decode()
             sections.append(
                 f"<h2>{html.escape(board)} / {html.escape(model)}</h2>\n"
                 f'<img alt="latency of {html.escape(model)} on {html.escape(board)} over time" '
@@ -109,7 +113,9 @@ def write_report(history: History, outcome: NightlyOutcome, directory: Path) -> 
     page = (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>Nightly {html.escape(outcome.started)}</title>"
-        "<style>body{font-family:sans-serif;max-width:72rem;margin:2rem auto}pre{background:#f4f4f4;padding:1rem}"
+        "<style>body{font-family:sans-serif;max-width:72rem;margin:2rem auto}"
+        # the summary's lines name tasks and causes and run long: wrapped, they stay on the page
+        "pre{background:#f4f4f4;padding:1rem;white-space:pre-wrap;overflow-wrap:anywhere}"
         "img{max-width:100%}</style></head><body>\n"
         f"<h1>Nightly {html.escape(outcome.started)}</h1>\n"
         f"<pre>{html.escape(chr(10).join(summary))}</pre>\n" + "\n".join(sections) + "\n</body></html>\n"
@@ -119,9 +125,9 @@ def write_report(history: History, outcome: NightlyOutcome, directory: Path) -> 
     return path
 
 
-def _plot(board: str, model: str, series: list[Entry]) -> bytes:
+def latency_figure(board: str, model: str, series: list[Entry]) -> Figure:
     """Every run as a faint dot, the median as a line, flagged points marked: noise, level and steps
-    stay visible together."""
+    stay visible together. The time axis names each night by its date and the pipeline commit it ran."""
     times = [datetime.fromisoformat(entry.result.created.replace("Z", "+00:00")) for entry in series]
     figure, axes = plt.subplots(figsize=(9, 3.2), dpi=100)
     for when, entry in zip(times, series):
@@ -160,8 +166,34 @@ def _plot(board: str, model: str, series: list[Entry]) -> bytes:
     axes.set_ylabel("latency per run (ms)")
     axes.grid(alpha=0.3)
     axes.legend(loc="best", fontsize="small")
-    figure.autofmt_xdate()
+    ticks = _night_ticks(len(times))
+    axes.xaxis.set_major_locator(FixedLocator([date2num(times[i]) for i in ticks]))
+    axes.xaxis.set_major_formatter(FixedFormatter([_night_label(times, series, i) for i in ticks]))
+    axes.set_xlabel("night (UTC) and pipeline commit")
+    if len(times) == 1:  # one night: matplotlib's default ±0.06 days around it would show hours
+        axes.set_xlim(date2num(times[0]) - 1, date2num(times[0]) + 1)
+    axes.tick_params(axis="x", labelsize="small")
     figure.tight_layout()
+    return figure
+
+
+def _night_ticks(nights: int) -> list[int]:
+    """The nights that get a tick: every one up to MAX_TICKS, else every second (third, ...) one counted
+    back from the last, so tonight is always labelled and the labels keep an even distance."""
+    step = math.ceil(nights / MAX_TICKS)
+    return list(range(nights - 1, -1, -step))[::-1]
+
+
+def _night_label(times: list[datetime], series: list[Entry], index: int) -> str:
+    """'2026-11-25' over the short commit ('2026-11-25 02:30' when two nights share a date)."""
+    same_day = len({when.date() for when in times}) < len(times)
+    date = times[index].strftime("%Y-%m-%d %H:%M" if same_day else "%Y-%m-%d")
+    commit = series[index].provenance.pipeline_commit
+    short = "no commit" if commit is None else commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
+    return f"{date}\n{short}"
+
+
+def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     plt.close(figure)

@@ -1,0 +1,1 @@
+"""The command line's own floor, above every step: parsing flag values and drawing progress on a console."""

@@ -1,0 +1,23 @@
+"""What `invoke tune` prints: a tuning run's outcome as plain text lines."""
+
+from pipeline.board.profile import BoardProfile
+from pipeline.records.store import shown
+from pipeline.tuning.tuner import TuneResult
+
+
+def tune_lines(result: TuneResult, board: BoardProfile) -> list[str]:
+    """Tasks tuned, the records written, and what is left for a later run."""
+    emulated = ", emulated: the records prove the loop, not the board's speed" if board.emulated else ""
+    lines = [
+        f"tuned {len(result.tuned)} tasks with {result.trials} trials in {result.seconds:.0f} s on {board.name}{emulated}"
+    ]
+    if result.tuned:
+        lines.append(f"{len(result.from_default)} of them started from their measured default schedule")
+    lines.extend(f"record {shown(path)}" for path in result.saved)
+    if result.already_covered:
+        lines.append(f"{len(result.already_covered)} tasks already had records for this target")
+    if result.left_for_later:
+        lines.append(
+            f"{len(result.left_for_later)} smaller tasks left for a later run: {', '.join(result.left_for_later)}"
+        )
+    return lines
