@@ -322,9 +322,7 @@ def build(
     settings = resolve_policy(profile.coverage, coverage, _fraction(min_tuned_flops))
     artifact = builder.build(resolve_model(model, shape), profile, migrate=migrate)
     state = "cached" if artifact.cached else f"compiled in {artifact.compile_seconds:.1f} s"
-    print(
-        f"{artifact.model} for {artifact.target['mtriple']} ({artifact.arch}) with TVM {artifact.tvm_version}: {state}"
-    )
+    print(f"{artifact.model} for {artifact.target.mtriple} ({artifact.arch}) with TVM {artifact.tvm_version}: {state}")
     print(f"library {artifact.library}")
     print("\n".join(coverage_lines(artifact.coverage) + artifact.layout_lines()))
     warning = check_policy(artifact.coverage, settings, profile.name, model)

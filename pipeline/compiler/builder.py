@@ -1,4 +1,13 @@
-"""Build step: ONNX model + board target -> shared library and parameter file, cached by content."""
+"""Build step: ONNX model + board target -> shared library and parameter file, cached by content.
+
+A finished build folder holds build.json (`BuildInfo`), which carries its `schema_version`; it is read
+back typed, older versions migrated, so a cached build (or one made under another TVM release) is
+read by this pipeline. What changed per version:
+
+- 1: no `schema_version`; builds from before the Winograd and channels-last rewrites have no
+  `winograd` or `channels_last` report (read as off).
+- 2: `schema_version` added; every field present.
+"""
 
 import hashlib
 import json
@@ -11,7 +20,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.board.profile import Arch, BoardProfile
+from pydantic import TypeAdapter, ValidationError
+
+from pipeline.board.profile import Arch, BoardProfile, TargetSpec
 from pipeline.compiler import lowering, passes
 from pipeline.compiler.coverage import Coverage, measure_coverage
 from pipeline.compiler.elf import elf_arch
@@ -24,17 +35,23 @@ from pipeline.paths import CACHE_DIR, RECORDS_DIR
 from pipeline.records.store import RecordStore, StoredRecord, load_store, shown, to_database
 from pipeline.tvm_release.catalog import release_name
 from pipeline.tvm_release.errors import tvm_errors
+from pipeline.validation import NotReadable, first_error, versioned_document
 
 # The build's output depends on its recipe as well as on its inputs: every source of the build and
 # records packages is hashed, so editing any of them rebuilds (no hand-kept list to forget).
 PACKAGE = Path(__file__).resolve().parent.parent
 RECIPE_PACKAGES = tuple(PACKAGE / name for name in ("compiler", "records"))
 # Of the ground floors, what changes a build: the release shims, the trace renames and the tiling arithmetic.
-RECIPE_MODULES = (PACKAGE / "tvm_release" / "compat.py", PACKAGE / "tvm_release" / "trace_renames.py", PACKAGE / "tiling.py")
+RECIPE_MODULES = (
+    PACKAGE / "tvm_release" / "compat.py",
+    PACKAGE / "tvm_release" / "trace_renames.py",
+    PACKAGE / "tiling.py",
+)
 
 LIBRARY_NAME = "model.so"
 PARAMS_NAME = "params.bin"
 BUILD_INFO_NAME = "build.json"
+BUILD_SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -49,7 +66,7 @@ class BuildArtifact:
     input_name: str
     input_shape: tuple[int, ...]
     arch: Arch
-    target: dict[str, Any]
+    target: TargetSpec
     tvm_version: str
     cached: bool
     compile_seconds: float
@@ -69,15 +86,64 @@ class BuildArtifact:
         return release_name(self.tvm_version)
 
 
-def resolved_target(board: BoardProfile) -> dict[str, Any]:
+@dataclass(frozen=True)
+class BuildInfo:
+    """build.json: what a build folder was built from and for; the artifact adds where its files are."""
+
+    key: str
+    model: str
+    input_name: str
+    input_shape: tuple[int, ...]
+    arch: Arch
+    target: TargetSpec
+    tvm_version: str
+    compile_seconds: float
+    coverage: Coverage
+    winograd: WinogradReport
+    channels_last: ChannelsLastReport
+    schema_version: int = BUILD_SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "target": self.target.as_tvm_dict()}, indent=2)
+
+    @staticmethod
+    def from_json(text: str | bytes, source: str) -> "BuildInfo":
+        """Read a build.json of any version up to this one, migrating older ones."""
+        try:
+            data, version = versioned_document(text, source, "build", BUILD_SCHEMA_VERSION, unversioned=1)
+            if version == 1:
+                data = _build_info_from_version_1(data)
+            return _BUILD_INFO.validate_python({**data, "schema_version": BUILD_SCHEMA_VERSION})
+        except ValidationError as exc:
+            raise _broken_build(source, first_error(exc)) from None
+        except NotReadable as exc:
+            raise _broken_build(source, str(exc)) from None
+
+
+_BUILD_INFO = TypeAdapter(BuildInfo)
+
+
+def _build_info_from_version_1(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 -> 2: a build from before a layout rewrite existed did not apply it."""
+    return {
+        "winograd": asdict(WinogradReport.off(0)),
+        "channels_last": asdict(ChannelsLastReport(False)),
+        **{key: value for key, value in data.items() if value is not None},
+    }
+
+
+def _broken_build(source: str, detail: str) -> PipelineError:
+    return PipelineError(f"{source} is not a readable build.json: {detail}", "remove the build folder to rebuild it")
+
+
+def resolved_target(board: BoardProfile) -> TargetSpec:
     """The profile's target with `mcpu: host` replaced by this machine's CPU name, so the cache key
     and the result say exactly what the code was built for."""
-    target = board.target.as_tvm_dict()
-    if target["mcpu"] == "host":
-        from tvm.target import codegen
+    if board.target.mcpu != "host":
+        return board.target
+    from tvm.target import codegen
 
-        target["mcpu"] = str(codegen.llvm_get_system_cpu())
-    return target
+    return board.target.with_cpu(str(codegen.llvm_get_system_cpu()))
 
 
 def build_key(model: ModelSpec, board: BoardProfile, records: Sequence[StoredRecord] = (), migrate: bool = True) -> str:
@@ -92,7 +158,7 @@ def build_key(model: ModelSpec, board: BoardProfile, records: Sequence[StoredRec
             for block in iter(lambda: stream.read(1 << 20), b""):
                 digest.update(block)
     recipe = {
-        "target": resolved_target(board),
+        "target": resolved_target(board).as_tvm_dict(),
         "cross_compiler": board.cross_compiler,
         "tvm": tvm.__version__,
         "input": [model.input_name, list(model.input_shape)],
@@ -137,7 +203,7 @@ def build(
     directory = cache_dir / "builds" / f"{model.name}-{board.arch}-tvm{release_name(tvm.__version__)}-{key}"
     info_path = directory / BUILD_INFO_NAME
     if info_path.is_file():
-        return _artifact_from_info(directory, json.loads(info_path.read_text()), store, cached=True)
+        return _artifact_from_info(directory, _read_info(info_path), store, cached=True)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     staging.chmod(0o755)
@@ -158,7 +224,7 @@ def _compile_into(
     store: RecordStore,
     records: list[StoredRecord],
     migrate: bool,
-) -> dict[str, Any]:
+) -> BuildInfo:
     import tvm
 
     from pipeline.compiler.schedules.record_migration import migrations
@@ -166,11 +232,11 @@ def _compile_into(
 
     started = time.perf_counter()
     target = resolved_target(board)
-    tvm_target = tvm.target.Target(target)
+    tvm_target = tvm.target.Target(target.as_tvm_dict())
     mod, params, winograd, layout = lowering.import_model_reporting(
         model, board.winograd, tvm_target, board.channels_last
     )
-    doing = f"TVM could not build {model.name} for {target['mtriple']}"
+    doing = f"TVM could not build {model.name} for {target.mtriple}"
     fix = f"check that '{board.cross_compiler}' is installed (scripts/install.sh) and the profile's target"
     with tvm_errors(doing, fix):
         fused = passes.fuse(mod, tvm_target)
@@ -210,20 +276,20 @@ def _compile_into(
             f"the library was built for {built_arch}, but board {board.name} is {board.arch}",
             f"set cross_compiler in boards/{board.name}.yaml to a compiler for {board.target.mtriple}",
         )
-    info = {
-        "key": key,
-        "model": model.name,
-        "input_name": model.input_name,
-        "input_shape": list(model.input_shape),
-        "arch": built_arch,
-        "target": target,
-        "tvm_version": tvm.__version__,
-        "compile_seconds": round(time.perf_counter() - started, 3),
-        "coverage": asdict(coverage),
-        "winograd": asdict(winograd),
-        "channels_last": asdict(layout),
-    }
-    (out_dir / BUILD_INFO_NAME).write_text(json.dumps(info, indent=2))
+    info = BuildInfo(
+        key=key,
+        model=model.name,
+        input_name=model.input_name,
+        input_shape=tuple(model.input_shape),
+        arch=built_arch,
+        target=target,
+        tvm_version=tvm.__version__,
+        compile_seconds=round(time.perf_counter() - started, 3),
+        coverage=coverage,
+        winograd=winograd,
+        channels_last=layout,
+    )
+    (out_dir / BUILD_INFO_NAME).write_text(info.to_json())
     return info
 
 
@@ -233,7 +299,11 @@ def load_build(directory: Path, records_dir: Path = RECORDS_DIR) -> BuildArtifac
     info_path = directory / BUILD_INFO_NAME
     if not info_path.is_file():
         raise PipelineError(f"no finished build in {directory}", "build it again (invoke build)")
-    return _artifact_from_info(directory, json.loads(info_path.read_text()), load_store(records_dir), cached=True)
+    return _artifact_from_info(directory, _read_info(info_path), load_store(records_dir), cached=True)
+
+
+def _read_info(path: Path) -> BuildInfo:
+    return BuildInfo.from_json(path.read_bytes(), str(path))
 
 
 def _compiler_for(board: BoardProfile) -> Any:
@@ -243,23 +313,22 @@ def _compiler_for(board: BoardProfile) -> Any:
     return cc.cross_compiler(board.cross_compiler)
 
 
-def _artifact_from_info(directory: Path, info: dict[str, Any], store: RecordStore, cached: bool) -> BuildArtifact:
+def _artifact_from_info(directory: Path, info: BuildInfo, store: RecordStore, cached: bool) -> BuildArtifact:
     """Unreadable record files are reported as of now, even for a cached build (they never change its key)."""
-    coverage = Coverage.from_json(info["coverage"])
     return BuildArtifact(
-        key=info["key"],
+        key=info.key,
         directory=directory,
         library=directory / LIBRARY_NAME,
         params=directory / PARAMS_NAME,
-        model=info["model"],
-        input_name=info["input_name"],
-        input_shape=tuple(info["input_shape"]),
-        arch=info["arch"],
-        target=info["target"],
-        tvm_version=info["tvm_version"],
+        model=info.model,
+        input_name=info.input_name,
+        input_shape=info.input_shape,
+        arch=info.arch,
+        target=info.target,
+        tvm_version=info.tvm_version,
         cached=cached,
-        compile_seconds=info["compile_seconds"],
-        coverage=replace(coverage, problems=store.problems + coverage.problems),
-        winograd=WinogradReport.from_json(info.get("winograd")),
-        channels_last=ChannelsLastReport.from_json(info.get("channels_last")),
+        compile_seconds=info.compile_seconds,
+        coverage=replace(info.coverage, problems=store.problems + info.coverage.problems),
+        winograd=info.winograd,
+        channels_last=info.channels_last,
     )
