@@ -1,8 +1,8 @@
 """Build step: ONNX model + board target -> shared library and parameter file, cached by content.
 
-A finished build folder holds build.json (`BuildInfo`), which carries its `schema_version`; it is read
-back typed, older versions migrated, so a cached build (or one made under another TVM release) is
-read by this pipeline. What changed per version:
+A finished build folder holds build.json: the BuildArtifact without its location, with a
+`schema_version`. It is read back typed, older versions migrated, so a cached build (or one made under
+another TVM release) is read by this pipeline. What changed per version:
 
 - 1: no `schema_version`; builds from before the Winograd and channels-last rewrites have no
   `winograd` or `channels_last` report (read as off).
@@ -86,54 +86,42 @@ class BuildArtifact:
         return release_name(self.tvm_version)
 
 
-@dataclass(frozen=True)
-class BuildInfo:
-    """build.json: what a build folder was built from and for; the artifact adds where its files are."""
-
-    key: str
-    model: str
-    input_name: str
-    input_shape: tuple[int, ...]
-    arch: Arch
-    target: TargetSpec
-    tvm_version: str
-    compile_seconds: float
-    coverage: Coverage
-    winograd: WinogradReport
-    channels_last: ChannelsLastReport
-    schema_version: int = BUILD_SCHEMA_VERSION
-
-    def to_json(self) -> str:
-        return json.dumps({**asdict(self), "target": self.target.as_tvm_dict()}, indent=2)
-
-    @staticmethod
-    def from_json(text: str | bytes, source: str) -> "BuildInfo":
-        """Read a build.json of any version up to this one, migrating older ones."""
-        try:
-            data, version = versioned_document(text, source, "build", BUILD_SCHEMA_VERSION, unversioned=1)
-            if version == 1:
-                data = _build_info_from_version_1(data)
-            return _BUILD_INFO.validate_python({**data, "schema_version": BUILD_SCHEMA_VERSION})
-        except ValidationError as exc:
-            raise _broken_build(source, first_error(exc)) from None
-        except NotReadable as exc:
-            raise _broken_build(source, str(exc)) from None
+_ARTIFACT = TypeAdapter(BuildArtifact)
+# Where a build lies and whether it came from the cache: the folder says that, build.json does not.
+_LOCATION = ("directory", "library", "params", "cached")
 
 
-_BUILD_INFO = TypeAdapter(BuildInfo)
+def _build_info_text(artifact: BuildArtifact) -> str:
+    """build.json: the artifact without its location, the target as TVM's dict, with the schema version."""
+    fields = {name: value for name, value in asdict(artifact).items() if name not in _LOCATION}
+    document = {"schema_version": BUILD_SCHEMA_VERSION, **fields, "target": artifact.target.as_tvm_dict()}
+    return json.dumps(document, indent=2)
 
 
-def _build_info_from_version_1(data: dict[str, Any]) -> dict[str, Any]:
-    """Version 1 -> 2: a build from before a layout rewrite existed did not apply it."""
-    return {
-        "winograd": asdict(WinogradReport.off(0)),
-        "channels_last": asdict(ChannelsLastReport(False)),
-        **{key: value for key, value in data.items() if value is not None},
-    }
+def _read_build(directory: Path, store: RecordStore) -> BuildArtifact:
+    """The build in `directory` read back from its build.json of any version up to this one. Version 1
+    migrates by its version alone: the fields added since (the layout reports) have defaults."""
+    path = directory / BUILD_INFO_NAME
+    try:
+        data, _ = versioned_document(path.read_bytes(), str(path), "build", BUILD_SCHEMA_VERSION, unversioned=1)
+        location = {"directory": directory, "library": directory / LIBRARY_NAME, "params": directory / PARAMS_NAME}
+        fields = {name: value for name, value in data.items() if name != "schema_version"}
+        artifact = _ARTIFACT.validate_python({**fields, **location, "cached": True})
+    except ValidationError as exc:
+        raise _broken_build(path, first_error(exc)) from None
+    except NotReadable as exc:
+        raise _broken_build(path, str(exc)) from None
+    return _with_store_problems(artifact, store)
 
 
-def _broken_build(source: str, detail: str) -> PipelineError:
-    return PipelineError(f"{source} is not a readable build.json: {detail}", "remove the build folder to rebuild it")
+def _with_store_problems(artifact: BuildArtifact, store: RecordStore) -> BuildArtifact:
+    """Unreadable record files are reported as of now, even for a cached build (they never change its key)."""
+    coverage = artifact.coverage
+    return replace(artifact, coverage=replace(coverage, problems=store.problems + coverage.problems))
+
+
+def _broken_build(path: Path, detail: str) -> PipelineError:
+    return PipelineError(f"{path} is not a readable build: {detail}", f"remove {path.parent} to rebuild it")
 
 
 def resolved_target(board: BoardProfile) -> TargetSpec:
@@ -203,28 +191,30 @@ def build(
     directory = cache_dir / "builds" / f"{model.name}-{board.arch}-tvm{release_name(tvm.__version__)}-{key}"
     info_path = directory / BUILD_INFO_NAME
     if info_path.is_file():
-        return _artifact_from_info(directory, _read_info(info_path), store, cached=True)
+        return _read_build(directory, store)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     staging.chmod(0o755)
     try:
-        info = _compile_into(staging, model, board, key, store, records, migrate)
+        artifact = _compile_into(staging, directory, model, board, key, store, records, migrate)
         os.replace(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return _artifact_from_info(directory, info, store, cached=False)
+    return _with_store_problems(artifact, store)
 
 
 def _compile_into(
     out_dir: Path,
+    directory: Path,
     model: ModelSpec,
     board: BoardProfile,
     key: str,
     store: RecordStore,
     records: list[StoredRecord],
     migrate: bool,
-) -> BuildInfo:
+) -> BuildArtifact:
+    """Compile into `out_dir`, the staging folder that becomes `directory`, where the artifact points."""
     import tvm
 
     from pipeline.compiler.schedules.record_migration import migrations
@@ -276,21 +266,25 @@ def _compile_into(
             f"the library was built for {built_arch}, but board {board.name} is {board.arch}",
             f"set cross_compiler in boards/{board.name}.yaml to a compiler for {board.target.mtriple}",
         )
-    info = BuildInfo(
+    artifact = BuildArtifact(
         key=key,
+        directory=directory,
+        library=directory / LIBRARY_NAME,
+        params=directory / PARAMS_NAME,
         model=model.name,
         input_name=model.input_name,
         input_shape=tuple(model.input_shape),
         arch=built_arch,
         target=target,
         tvm_version=tvm.__version__,
+        cached=False,
         compile_seconds=round(time.perf_counter() - started, 3),
         coverage=coverage,
         winograd=winograd,
         channels_last=layout,
     )
-    (out_dir / BUILD_INFO_NAME).write_text(info.to_json())
-    return info
+    (out_dir / BUILD_INFO_NAME).write_text(_build_info_text(artifact))
+    return artifact
 
 
 def load_build(directory: Path, records_dir: Path = RECORDS_DIR) -> BuildArtifact:
@@ -299,11 +293,7 @@ def load_build(directory: Path, records_dir: Path = RECORDS_DIR) -> BuildArtifac
     info_path = directory / BUILD_INFO_NAME
     if not info_path.is_file():
         raise PipelineError(f"no finished build in {directory}", "build it again (invoke build)")
-    return _artifact_from_info(directory, _read_info(info_path), load_store(records_dir), cached=True)
-
-
-def _read_info(path: Path) -> BuildInfo:
-    return BuildInfo.from_json(path.read_bytes(), str(path))
+    return _read_build(directory, load_store(records_dir))
 
 
 def _compiler_for(board: BoardProfile) -> Any:
@@ -311,24 +301,3 @@ def _compiler_for(board: BoardProfile) -> Any:
     from tvm.support import cc
 
     return cc.cross_compiler(board.cross_compiler)
-
-
-def _artifact_from_info(directory: Path, info: BuildInfo, store: RecordStore, cached: bool) -> BuildArtifact:
-    """Unreadable record files are reported as of now, even for a cached build (they never change its key)."""
-    return BuildArtifact(
-        key=info.key,
-        directory=directory,
-        library=directory / LIBRARY_NAME,
-        params=directory / PARAMS_NAME,
-        model=info.model,
-        input_name=info.input_name,
-        input_shape=info.input_shape,
-        arch=info.arch,
-        target=info.target,
-        tvm_version=info.tvm_version,
-        cached=cached,
-        compile_seconds=info.compile_seconds,
-        coverage=replace(info.coverage, problems=store.problems + info.coverage.problems),
-        winograd=info.winograd,
-        channels_last=info.channels_last,
-    )

@@ -3,7 +3,7 @@ others missed, so a record that silently stopped applying is seen before the mod
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, cast, get_args
+from typing import TYPE_CHECKING, Literal, cast, get_args
 
 from pipeline.board.profile import CoveragePolicy, CoverageSettings, TargetSpec
 from pipeline.compiler.schedules.tasks import Task
@@ -85,11 +85,6 @@ class Coverage:
             )
             for t in self.tasks
         ]
-
-    @staticmethod
-    def from_json(data: dict[str, Any]) -> "Coverage":
-        tasks = tuple(TaskCoverage(**{**t, "differs": tuple(t["differs"])}) for t in data["tasks"])
-        return Coverage(tasks, data["tuned_share"], data["records_applicable"], tuple(data["problems"]))
 
 
 def measure_coverage(
