@@ -200,7 +200,7 @@ def naive_runner(spec: object, board: object, data: object) -> Callable[[], obje
     from pipeline.compiler import lowering, passes
     from pipeline.compiler.builder import resolved_target
 
-    target = tvm.target.Target(resolved_target(board))
+    target = tvm.target.Target(resolved_target(board).as_tvm_dict())
     mod, params = lowering.import_model(spec)
     vm = relax.VirtualMachine(passes.build_executable(passes.fuse(mod, target), target), tvm.cpu())
     arguments = [tvm.runtime.tensor(data), *params["main"]]

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import numpy as np
 
 from pipeline.board.facts import BoardFacts
+from pipeline.board.profile import TargetSpec
 from pipeline.board.sync import PushReport
 from pipeline.compiler.builder import BuildArtifact
 from pipeline.compiler.coverage import Coverage, CoverageEntry
@@ -15,13 +16,7 @@ from pipeline.deploy.check import CheckResult
 from pipeline.deploy.results import DeployResult, Timings
 from pipeline.deploy.timing import summarize
 
-RK3399_TARGET = {
-    "kind": "llvm",
-    "mtriple": "aarch64-linux-gnu",
-    "mcpu": "cortex-a72",
-    "mattr": ["+neon"],
-    "num-cores": 2,
-}
+RK3399_TARGET = TargetSpec(mtriple="aarch64-linux-gnu", mcpu="cortex-a72", mattr=["+neon"], num_cores=2)
 HEALTHY = BoardFacts(
     kernel_arch="aarch64",
     kernel="6.1.0",
@@ -46,7 +41,7 @@ def synthetic_result(
     model: str = "vgg16",
     created: str = "2026-11-25T02:30:00Z",
     tvm_version: str = "0.27.0",
-    target: dict[str, Any] | None = None,
+    target: TargetSpec | None = None,
     threads: int = 2,
     facts: BoardFacts = HEALTHY,
     passed: bool = True,

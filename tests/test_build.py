@@ -1,6 +1,8 @@
 """The build step: TVM cross-compiles for the profile's target, and an unchanged input is never rebuilt."""
 
+import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,8 @@ from pipeline.board.profile import load_board
 from pipeline.compiler import builder
 from pipeline.compiler.elf import elf_arch
 from pipeline.compiler.importer.model_file import resolve_model
+from pipeline.compiler.rewrites.channels_last import ChannelsLastReport
+from pipeline.compiler.rewrites.winograd import WinogradReport
 from pipeline.deploy.check import compare
 from pipeline.deploy.timing import summarize
 from pipeline.errors import PipelineError
@@ -47,6 +51,46 @@ def test_another_target_or_model_is_a_different_build() -> None:
     assert builder.build_key(model, board) != builder.build_key(resolve_model("mobilenet_v2"), board)
 
 
+def test_the_key_and_the_files_hold_the_target_as_the_dict_tvm_takes() -> None:
+    """The typed target serializes as before, so build keys, record folders and result files keep their meaning."""
+    target = builder.resolved_target(load_board("rk3399-emu"))
+    assert target.as_tvm_dict() == {
+        "kind": "llvm",
+        "mtriple": "aarch64-linux-gnu",
+        "mcpu": "cortex-a72",
+        "mattr": ["+neon"],
+        "num-cores": 2,
+    }
+    assert target.arch == "aarch64" and target.text() == "aarch64-linux-gnu/cortex-a72/2 cores/+neon"
+
+
+def test_build_json_is_versioned_and_an_older_one_is_read_back_typed(cache: Path) -> None:
+    model, board = resolve_model("tiny"), load_board("local")
+    built = builder.build(model, board, cache_dir=cache)
+    info_path = built.directory / builder.BUILD_INFO_NAME
+    current = json.loads(info_path.read_text())
+    assert current["schema_version"] == builder.BUILD_SCHEMA_VERSION == 2
+    assert builder.load_build(built.directory) == replace(built, cached=True)
+    # Version 1: no schema_version, and (before the layout rewrites) no winograd or channels_last report.
+    old = {key: value for key, value in current.items() if key not in ("schema_version", "winograd", "channels_last")}
+    info_path.write_text(json.dumps(old, indent=2))
+
+    cached = builder.build(model, board, cache_dir=cache)
+    assert cached.cached is True and cached.key == built.key
+    assert cached == replace(
+        built, cached=True, winograd=WinogradReport.off(0), channels_last=ChannelsLastReport(False)
+    )
+    assert cached.target == builder.resolved_target(board)
+
+
+def test_a_build_json_from_a_newer_pipeline_is_refused(cache: Path) -> None:
+    built = builder.build(resolve_model("tiny"), load_board("local"), cache_dir=cache)
+    info_path = built.directory / builder.BUILD_INFO_NAME
+    info_path.write_text(json.dumps({**json.loads(info_path.read_text()), "schema_version": 3}))
+    with pytest.raises(PipelineError, match="has build schema version 3, this pipeline reads up to 2"):
+        builder.load_build(built.directory)
+
+
 def test_edited_model_file_is_rebuilt(cache: Path, tmp_path: Path) -> None:
     copy = tmp_path / "tiny.onnx"
     shutil.copy(resolve_model("tiny").path, copy)
@@ -58,7 +102,7 @@ def test_edited_model_file_is_rebuilt(cache: Path, tmp_path: Path) -> None:
 
 
 def test_host_cpu_is_resolved_for_the_local_board() -> None:
-    assert builder.resolved_target(load_board("local"))["mcpu"] not in ("host", "")
+    assert builder.resolved_target(load_board("local")).mcpu not in ("host", "")
 
 
 def test_failed_build_leaves_nothing_in_the_cache(cache: Path, tmp_path: Path) -> None:
@@ -90,7 +134,7 @@ def test_what_depends_on_weights_alone_is_computed_at_build_time_not_on_every_ru
     from pipeline.compiler.lowering import import_model
     from pipeline.compiler.passes import fuse
 
-    target = tvm.target.Target(builder.resolved_target(load_board("local")))
+    target = tvm.target.Target(builder.resolved_target(load_board("local")).as_tvm_dict())
     mod, params = import_model(resolve_model("tiny"))
     functions = [gv.name_hint for gv in fuse(mod, target).functions]
     assert not [name for name in functions if "transpose" in name or "sqrt" in name]  # Gemm transB, batch norm
@@ -103,7 +147,7 @@ def test_a_cold_build_registers_only_the_cpu_tensor_intrinsics(tmp_path: Path) -
     import sys
 
     script = (
-        "import sys; from pathlib import Path; from pipeline.build import builder; from pipeline.board.profile import load_board;"
+        "import sys; from pathlib import Path; from pipeline.compiler import builder; from pipeline.board.profile import load_board;"
         "from pipeline.compiler.importer.model_file import resolve_model;"
         f"builder.build(resolve_model('tiny'), load_board('local'), cache_dir=Path({str(tmp_path)!r}));"
         "print(sorted(m for m in sys.modules if m.startswith('tvm.s_tir.tensor_intrin.')))"

@@ -41,7 +41,7 @@ def test_results_without_a_coverage_table_are_compared_on_everything_else() -> N
 
 def test_a_changed_target_lists_the_fields_that_changed() -> None:
     before = synthetic_result(RUNS)
-    after = synthetic_result(RUNS, target={**before.target, "mcpu": "generic"})
+    after = synthetic_result(RUNS, target=before.target.with_cpu("generic"))
     [cause] = likely_causes(before, after)
     assert cause.detail == "target changed: mcpu cortex-a72 -> generic"
 

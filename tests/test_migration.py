@@ -92,7 +92,7 @@ def test_a_corrupted_trace_is_rejected_with_a_reason_and_not_applied(store_026: 
 def test_a_trace_of_another_operator_is_rejected_with_a_reason(store_026: Path, tmp_path: Path) -> None:
     import tvm
 
-    target = tvm.target.Target(resolved_target(local()))
+    target = tvm.target.Target(resolved_target(local()).as_tvm_dict())
     mod = lowering.import_model(tiny(), channels_last=local().channels_last)[0]  # as the build imports it
     tasks = schedule_tasks.extract_tasks(passes.fuse(mod, target), target)
     other = next(t for t in tasks if t.key.operator == "conv2d" and t.key.strides == (2, 2))  # a conv, not the stem

@@ -47,7 +47,7 @@ def test_a_record_file_says_what_was_tuned_where_and_how_fast(store_dir: Path) -
     document = json.loads(the_record_file(store_dir).read_text())
     assert document["format"] == FORMAT
     assert document["key"] == "conv2d NCHW 1x3x32x32 * 16x3x3x3 -> 1x16x32x32 s1,1 p1,1,1,1 d1,1 g1 float32 +add_relu"
-    assert document["target"] == resolved_target(local())
+    assert document["target"] == resolved_target(local()).as_tvm_dict()
     provenance = document["provenance"]
     assert provenance["tvm_version"] == tvm.__version__
     assert (provenance["board"], provenance["model"], provenance["task"]) == ("local", "tiny", TUNED_TASK)
@@ -172,7 +172,7 @@ def without_creation_time(path: Path) -> dict[str, Any]:
 
 
 def test_a_small_budget_goes_to_the_largest_tasks_first() -> None:
-    target = tvm.target.Target(resolved_target(local()))
+    target = tvm.target.Target(resolved_target(local()).as_tvm_dict())
     heavy = [t for t in extract_tasks(fuse(import_model(tiny())[0], target), target) if t.key.heavy]
     chosen, per_task = plan_trials(heavy, 32)
     assert per_task == 16 and [t.flops for t in chosen] == sorted((t.flops for t in heavy), reverse=True)[:2]
@@ -189,7 +189,7 @@ def test_tuning_starts_from_the_measured_default_schedule_so_it_never_ends_slowe
     from pipeline.records.store import target_slug
     from pipeline.tvm_release.catalog import release_name
 
-    target = tvm.target.Target(resolved_target(local()))
+    target = tvm.target.Target(resolved_target(local()).as_tvm_dict())
     (task,) = [t for t in extract_tasks(fuse(import_model(tiny())[0], target), target) if t.name == TUNED_TASK]
     default = default_schedule(task.extracted.dispatched[0], target, task.name)
     measured_dir = (
@@ -209,7 +209,7 @@ def test_tuning_starts_from_the_measured_default_schedule_so_it_never_ends_slowe
 
 
 def test_a_board_where_measurements_are_slow_spreads_a_small_budget_over_every_task() -> None:
-    target = tvm.target.Target(resolved_target(local()))
+    target = tvm.target.Target(resolved_target(local()).as_tvm_dict())
     heavy = [t for t in extract_tasks(fuse(import_model(tiny())[0], target), target) if t.key.heavy]
     chosen, per_task = plan_trials(heavy, 2 * len(heavy), least=2)
     assert (len(chosen), per_task) == (len(heavy), 2)

@@ -12,7 +12,6 @@ import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
-import json
 import shutil
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from typing import get_args
 from pipeline.board.profile import Arch
 from pipeline.errors import PipelineError
 from pipeline.paths import CACHE_DIR, ROOT
+from pipeline.stamps import is_current, write_stamp
 from pipeline.tvm_release.catalog import Release, get_release, running_release
 from pipeline.tvm_release.environment import release_python, site_packages
 
@@ -84,7 +84,7 @@ def runtime_bundle(arch: Arch, release: Release | None = None) -> RuntimeBundle:
         fcntl.flock(lock, fcntl.LOCK_EX)
         versions = _versions(release)
         key = _cache_key(arch, versions)
-        if not _is_current(bundle, key):
+        if not is_current(bundle.root / STAMP, key, bundle.files.values()):
             _build(bundle, versions, key, release)
     return bundle
 
@@ -122,16 +122,6 @@ def _cache_key(arch: Arch, versions: dict[str, str]) -> dict[str, object]:
         "versions": versions,
         "command": [*COMPILER, *_target_flags(arch), *COMPILE_FLAGS, *LINK_FLAGS],
     }
-
-
-def _is_current(bundle: RuntimeBundle, key: dict[str, object]) -> bool:
-    stamp = bundle.root / STAMP
-    if not stamp.is_file() or not all(path.is_file() for path in bundle.files.values()):
-        return False
-    try:
-        return json.loads(stamp.read_text()) == key
-    except json.JSONDecodeError:
-        return False
 
 
 def _aarch64_wheel(dist: str, version: str) -> Path:
@@ -200,7 +190,7 @@ def _build(bundle: RuntimeBundle, versions: dict[str, str], key: dict[str, objec
         (staging / "lib").mkdir()
         _copy_libraries(bundle.arch, versions, staging, release)
         _compile_runner(bundle.arch, staging, release)
-        (staging / STAMP).write_text(json.dumps(key, indent=2) + "\n")
+        write_stamp(staging / STAMP, key)
         if bundle.root.exists():
             stale = Path(tempfile.mkdtemp(prefix=f".{bundle.arch}-stale-", dir=base))
             bundle.root.rename(stale / "old")

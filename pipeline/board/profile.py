@@ -5,10 +5,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from pipeline.errors import PipelineError
 from pipeline.paths import BOARDS_DIR, CACHE_DIR
+from pipeline.validation import StrictModel, first_error
 
 PLACEHOLDER = "CHANGE-ME"
 # In command_prefix: this checkout's cache folder, where scripts/install.sh unpacks the emulated board's userland.
@@ -18,11 +19,7 @@ Arch = Literal["aarch64", "x86_64"]
 CoveragePolicy = Literal["warn", "refuse"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class SshSettings(_Strict):
+class SshSettings(StrictModel):
     """How to reach the board. `embedded` boards are served by the pipeline's own sshd on loopback,
     which supplies user, key and known_hosts itself."""
 
@@ -47,8 +44,10 @@ class SshSettings(_Strict):
         return value.expanduser() if value is not None else None
 
 
-class TargetSpec(_Strict):
-    """TVM target as the dict TVM 0.27 takes (target strings are rejected there)."""
+class TargetSpec(StrictModel):
+    """A TVM target: as a profile states it (`mcpu: host` allowed), and as a build resolved it
+    (`pipeline/compiler/builder.py`'s resolved_target), which records and results keep. Files hold it as
+    the dict TVM 0.27 takes (`as_tvm_dict`; target strings are rejected there)."""
 
     kind: Literal["llvm"] = "llvm"
     mtriple: str
@@ -66,16 +65,29 @@ class TargetSpec(_Strict):
         return machine  # type: ignore[return-value]
 
     def as_tvm_dict(self) -> dict[str, Any]:
+        """What tvm.target.Target takes, and the form record, result and build files store."""
         return self.model_dump(by_alias=True)
 
+    def with_cpu(self, mcpu: str) -> "TargetSpec":
+        return self.model_copy(update={"mcpu": mcpu})
 
-class TimingDefaults(_Strict):
+    def text(self) -> str:
+        """`aarch64-linux-gnu/cortex-a72/2 cores/+neon`: the target in one line of a report."""
+        return f"{self.mtriple}/{self.mcpu}/{self.num_cores} cores" + (f"/{','.join(self.mattr)}" if self.mattr else "")
+
+    def differences(self, other: "TargetSpec") -> list[str]:
+        """Each field that differs, as `mcpu cortex-a72 -> generic`, in TVM's key order."""
+        mine, theirs = self.as_tvm_dict(), other.as_tvm_dict()
+        return [f"{key} {mine[key]} -> {theirs[key]}" for key in sorted(mine) if mine[key] != theirs[key]]
+
+
+class TimingDefaults(StrictModel):
     warmup: int = Field(1, ge=0)
     runs: int = Field(10, ge=1)
     timeout_s: float = Field(600.0, gt=0)
 
 
-class TuningSettings(_Strict):
+class TuningSettings(StrictModel):
     """How `invoke tune` measures on the board. `python`: the board's Python with TVM installed; unset, the
     pipeline pushes its own aarch64 one (this host's for `local`). A measurement session that runs longer
     than `session_timeout_s` is killed and counted as failed; the RPC server must register within
@@ -89,14 +101,14 @@ class TuningSettings(_Strict):
     start_timeout_s: float = Field(120.0, gt=0)
 
 
-class CoverageSettings(_Strict):
+class CoverageSettings(StrictModel):
     """What a build does when too little of the conv/dense work runs tuned schedules."""
 
     policy: CoveragePolicy = "warn"
     min_tuned_flops: float = Field(0.9, ge=0.0, le=1.0)
 
 
-class BoardProfile(_Strict):
+class BoardProfile(StrictModel):
     name: str
     description: str = ""
     emulated: bool = False
@@ -156,8 +168,4 @@ def load_board(name_or_path: str, boards_dir: Path = BOARDS_DIR) -> BoardProfile
     try:
         return BoardProfile.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        message = first["msg"].removeprefix("Value error, ")
-        raise PipelineError(f"{path}: field '{field}': {message}{more}", "fix the board profile") from None
+        raise PipelineError(f"{path}: {first_error(exc)}", "fix the board profile") from None

@@ -1,4 +1,13 @@
-"""Build step: ONNX model + board target -> shared library and parameter file, cached by content."""
+"""Build step: ONNX model + board target -> shared library and parameter file, cached by content.
+
+A finished build folder holds build.json: the BuildArtifact without its location, with a
+`schema_version`. It is read back typed, older versions migrated, so a cached build (or one made under
+another TVM release) is read by this pipeline. What changed per version:
+
+- 1: no `schema_version`; builds from before the Winograd and channels-last rewrites have no
+  `winograd` or `channels_last` report (read as off).
+- 2: `schema_version` added; every field present.
+"""
 
 import hashlib
 import json
@@ -11,7 +20,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.board.profile import Arch, BoardProfile
+from pydantic import TypeAdapter, ValidationError
+
+from pipeline.board.profile import Arch, BoardProfile, TargetSpec
 from pipeline.compiler import lowering, passes
 from pipeline.compiler.coverage import Coverage, coverage_lines, measure_coverage
 from pipeline.compiler.elf import elf_arch
@@ -24,6 +35,7 @@ from pipeline.paths import CACHE_DIR, RECORDS_DIR
 from pipeline.records.store import RecordStore, StoredRecord, load_store, shown, to_database
 from pipeline.tvm_release.catalog import release_name
 from pipeline.tvm_release.errors import tvm_errors
+from pipeline.validation import NotReadable, first_error, versioned_document
 
 # The build's output depends on its recipe as well as on its inputs: every source of the build and
 # records packages is hashed, so editing any of them rebuilds (no hand-kept list to forget).
@@ -39,6 +51,7 @@ RECIPE_MODULES = (
 LIBRARY_NAME = "model.so"
 PARAMS_NAME = "params.bin"
 BUILD_INFO_NAME = "build.json"
+BUILD_SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -53,7 +66,7 @@ class BuildArtifact:
     input_name: str
     input_shape: tuple[int, ...]
     arch: Arch
-    target: dict[str, Any]
+    target: TargetSpec
     tvm_version: str
     cached: bool
     compile_seconds: float
@@ -71,7 +84,7 @@ class BuildArtifact:
         """What `invoke build` prints: the build, its library, the coverage table, the layout rewrites."""
         state = "cached" if self.cached else f"compiled in {self.compile_seconds:.1f} s"
         return [
-            f"{self.model} for {self.target['mtriple']} ({self.arch}) with TVM {self.tvm_version}: {state}",
+            f"{self.model} for {self.target.mtriple} ({self.arch}) with TVM {self.tvm_version}: {state}",
             f"library {self.library}",
             *coverage_lines(self.coverage, verbose),
             *self.layout_lines(),
@@ -83,15 +96,52 @@ class BuildArtifact:
         return release_name(self.tvm_version)
 
 
-def resolved_target(board: BoardProfile) -> dict[str, Any]:
+_ARTIFACT = TypeAdapter(BuildArtifact)
+# Where a build lies and whether it came from the cache: the folder says that, build.json does not.
+_LOCATION = ("directory", "library", "params", "cached")
+
+
+def _build_info_text(artifact: BuildArtifact) -> str:
+    """build.json: the artifact without its location, the target as TVM's dict, with the schema version."""
+    fields = {name: value for name, value in asdict(artifact).items() if name not in _LOCATION}
+    document = {"schema_version": BUILD_SCHEMA_VERSION, **fields, "target": artifact.target.as_tvm_dict()}
+    return json.dumps(document, indent=2)
+
+
+def _read_build(directory: Path, store: RecordStore) -> BuildArtifact:
+    """The build in `directory` read back from its build.json of any version up to this one. Version 1
+    migrates by its version alone: the fields added since (the layout reports) have defaults."""
+    path = directory / BUILD_INFO_NAME
+    try:
+        data, _ = versioned_document(path.read_bytes(), str(path), "build", BUILD_SCHEMA_VERSION, unversioned=1)
+        location = {"directory": directory, "library": directory / LIBRARY_NAME, "params": directory / PARAMS_NAME}
+        fields = {name: value for name, value in data.items() if name != "schema_version"}
+        artifact = _ARTIFACT.validate_python({**fields, **location, "cached": True})
+    except ValidationError as exc:
+        raise _broken_build(path, first_error(exc)) from None
+    except NotReadable as exc:
+        raise _broken_build(path, str(exc)) from None
+    return _with_store_problems(artifact, store)
+
+
+def _with_store_problems(artifact: BuildArtifact, store: RecordStore) -> BuildArtifact:
+    """Unreadable record files are reported as of now, even for a cached build (they never change its key)."""
+    coverage = artifact.coverage
+    return replace(artifact, coverage=replace(coverage, problems=store.problems + coverage.problems))
+
+
+def _broken_build(path: Path, detail: str) -> PipelineError:
+    return PipelineError(f"{path} is not a readable build: {detail}", f"remove {path.parent} to rebuild it")
+
+
+def resolved_target(board: BoardProfile) -> TargetSpec:
     """The profile's target with `mcpu: host` replaced by this machine's CPU name, so the cache key
     and the result say exactly what the code was built for."""
-    target = board.target.as_tvm_dict()
-    if target["mcpu"] == "host":
-        from tvm.target import codegen
+    if board.target.mcpu != "host":
+        return board.target
+    from tvm.target import codegen
 
-        target["mcpu"] = str(codegen.llvm_get_system_cpu())
-    return target
+    return board.target.with_cpu(str(codegen.llvm_get_system_cpu()))
 
 
 def build_key(model: ModelSpec, board: BoardProfile, records: Sequence[StoredRecord] = (), migrate: bool = True) -> str:
@@ -106,7 +156,7 @@ def build_key(model: ModelSpec, board: BoardProfile, records: Sequence[StoredRec
             for block in iter(lambda: stream.read(1 << 20), b""):
                 digest.update(block)
     recipe = {
-        "target": resolved_target(board),
+        "target": resolved_target(board).as_tvm_dict(),
         "cross_compiler": board.cross_compiler,
         "tvm": tvm.__version__,
         "input": [model.input_name, list(model.input_shape)],
@@ -151,28 +201,30 @@ def build(
     directory = cache_dir / "builds" / f"{model.name}-{board.arch}-tvm{release_name(tvm.__version__)}-{key}"
     info_path = directory / BUILD_INFO_NAME
     if info_path.is_file():
-        return _artifact_from_info(directory, json.loads(info_path.read_text()), store, cached=True)
+        return _read_build(directory, store)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     staging.chmod(0o755)
     try:
-        info = _compile_into(staging, model, board, key, store, records, migrate)
+        artifact = _compile_into(staging, directory, model, board, key, store, records, migrate)
         os.replace(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return _artifact_from_info(directory, info, store, cached=False)
+    return _with_store_problems(artifact, store)
 
 
 def _compile_into(
     out_dir: Path,
+    directory: Path,
     model: ModelSpec,
     board: BoardProfile,
     key: str,
     store: RecordStore,
     records: list[StoredRecord],
     migrate: bool,
-) -> dict[str, Any]:
+) -> BuildArtifact:
+    """Compile into `out_dir`, the staging folder that becomes `directory`, where the artifact points."""
     import tvm
 
     from pipeline.compiler.schedules.record_migration import migrations
@@ -180,11 +232,11 @@ def _compile_into(
 
     started = time.perf_counter()
     target = resolved_target(board)
-    tvm_target = tvm.target.Target(target)
+    tvm_target = tvm.target.Target(target.as_tvm_dict())
     mod, params, winograd, layout = lowering.import_model_reporting(
         model, board.winograd, tvm_target, board.channels_last
     )
-    doing = f"TVM could not build {model.name} for {target['mtriple']}"
+    doing = f"TVM could not build {model.name} for {target.mtriple}"
     fix = f"check that '{board.cross_compiler}' is installed (scripts/install.sh) and the profile's target"
     with tvm_errors(doing, fix):
         fused = passes.fuse(mod, tvm_target)
@@ -224,21 +276,25 @@ def _compile_into(
             f"the library was built for {built_arch}, but board {board.name} is {board.arch}",
             f"set cross_compiler in boards/{board.name}.yaml to a compiler for {board.target.mtriple}",
         )
-    info = {
-        "key": key,
-        "model": model.name,
-        "input_name": model.input_name,
-        "input_shape": list(model.input_shape),
-        "arch": built_arch,
-        "target": target,
-        "tvm_version": tvm.__version__,
-        "compile_seconds": round(time.perf_counter() - started, 3),
-        "coverage": asdict(coverage),
-        "winograd": asdict(winograd),
-        "channels_last": asdict(layout),
-    }
-    (out_dir / BUILD_INFO_NAME).write_text(json.dumps(info, indent=2))
-    return info
+    artifact = BuildArtifact(
+        key=key,
+        directory=directory,
+        library=directory / LIBRARY_NAME,
+        params=directory / PARAMS_NAME,
+        model=model.name,
+        input_name=model.input_name,
+        input_shape=tuple(model.input_shape),
+        arch=built_arch,
+        target=target,
+        tvm_version=tvm.__version__,
+        cached=False,
+        compile_seconds=round(time.perf_counter() - started, 3),
+        coverage=coverage,
+        winograd=winograd,
+        channels_last=layout,
+    )
+    (out_dir / BUILD_INFO_NAME).write_text(_build_info_text(artifact))
+    return artifact
 
 
 def load_build(directory: Path, records_dir: Path = RECORDS_DIR) -> BuildArtifact:
@@ -247,7 +303,7 @@ def load_build(directory: Path, records_dir: Path = RECORDS_DIR) -> BuildArtifac
     info_path = directory / BUILD_INFO_NAME
     if not info_path.is_file():
         raise PipelineError(f"no finished build in {directory}", "build it again (invoke build)")
-    return _artifact_from_info(directory, json.loads(info_path.read_text()), load_store(records_dir), cached=True)
+    return _read_build(directory, load_store(records_dir))
 
 
 def _compiler_for(board: BoardProfile) -> Any:
@@ -255,25 +311,3 @@ def _compiler_for(board: BoardProfile) -> Any:
     from tvm.support import cc
 
     return cc.cross_compiler(board.cross_compiler)
-
-
-def _artifact_from_info(directory: Path, info: dict[str, Any], store: RecordStore, cached: bool) -> BuildArtifact:
-    """Unreadable record files are reported as of now, even for a cached build (they never change its key)."""
-    coverage = Coverage.from_json(info["coverage"])
-    return BuildArtifact(
-        key=info["key"],
-        directory=directory,
-        library=directory / LIBRARY_NAME,
-        params=directory / PARAMS_NAME,
-        model=info["model"],
-        input_name=info["input_name"],
-        input_shape=tuple(info["input_shape"]),
-        arch=info["arch"],
-        target=info["target"],
-        tvm_version=info["tvm_version"],
-        cached=cached,
-        compile_seconds=info["compile_seconds"],
-        coverage=replace(coverage, problems=store.problems + coverage.problems),
-        winograd=WinogradReport.from_json(info.get("winograd")),
-        channels_last=ChannelsLastReport.from_json(info.get("channels_last")),
-    )

@@ -3,12 +3,12 @@ others missed, so a record that silently stopped applying is seen before the mod
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, cast, get_args
+from typing import TYPE_CHECKING, Literal, cast, get_args
 
-from pipeline.board.profile import CoveragePolicy, CoverageSettings
+from pipeline.board.profile import CoveragePolicy, CoverageSettings, TargetSpec
 from pipeline.compiler.schedules.tasks import Task
 from pipeline.errors import PipelineError
-from pipeline.records.store import RecordStore, StoredRecord, same_release, same_target, shown
+from pipeline.records.store import RecordStore, StoredRecord, same_release, shown
 
 if TYPE_CHECKING:  # tvm is imported only where a build runs
     from pipeline.compiler.schedules.schedule_transfer import ScheduleChoice
@@ -86,18 +86,13 @@ class Coverage:
             for t in self.tasks
         ]
 
-    @staticmethod
-    def from_json(data: dict[str, Any]) -> "Coverage":
-        tasks = tuple(TaskCoverage(**{**t, "differs": tuple(t["differs"])}) for t in data["tasks"])
-        return Coverage(tasks, data["tuned_share"], data["records_applicable"], tuple(data["problems"]))
-
 
 def measure_coverage(
     tasks: list[Task],
     scheduled: set[str],
     applied: dict[str, StoredRecord],
     store: RecordStore,
-    target: dict[str, Any],
+    target: TargetSpec,
     tvm_version: str,
     problems: list[str],
     choices: Sequence["ScheduleChoice"] = (),
@@ -152,7 +147,7 @@ def _schedule(task: Task, tuned: bool, scheduled: bool, choice: "ScheduleChoice 
 
 
 def _explain(
-    task: Task, store: RecordStore, target: dict[str, Any], tvm_version: str
+    task: Task, store: RecordStore, target: TargetSpec, tvm_version: str
 ) -> tuple[StoredRecord | None, tuple[str, ...]]:
     """The record of the same operator that differs in the fewest ways, and those ways."""
     best: tuple[int, StoredRecord, list[str]] | None = None
@@ -161,8 +156,8 @@ def _explain(
         if record.workload.operator != task.key.operator:
             continue
         differs = task.key.differences(record.workload)
-        if not same_target(record.target, target):
-            differs.append(f"target {_target_text(target)} != {_target_text(record.target)}")
+        if record.target != target:
+            differs.append(f"target {target.text()} != {record.target.text()}")
         if not same_release(record.provenance.tvm_version, tvm_version):
             differs.append(f"TVM {tvm_version} != {record.provenance.tvm_version}")
         if not differs and record.structural_hash != task.structural_hash:
@@ -174,12 +169,6 @@ def _explain(
     if best is None:
         return None, (f"no record for {task.key.operator}",) if task.key.heavy else ()
     return best[1], tuple(best[2])
-
-
-def _target_text(target: dict[str, Any]) -> str:
-    return f"{target.get('mtriple', '?')}/{target.get('mcpu', '?')}/{target.get('num-cores', '?')} cores" + (
-        f"/{','.join(target['mattr'])}" if target.get("mattr") else ""
-    )
 
 
 def resolve_policy(

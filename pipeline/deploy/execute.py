@@ -66,7 +66,7 @@ def probe_runtime(board: Board, deployment: Deployment) -> RuntimeInfo:
     return RuntimeInfo(arch=info["arch"], cores=int(info["cores"]), runner_version=int(info["runner_version"]))
 
 
-def check_architecture(library_arch: str, runtime: RuntimeInfo, board: Board) -> None:
+def require_same_arch(library_arch: str, runtime: RuntimeInfo, board: Board) -> None:
     """Refuse to run a library the board's runtime cannot load, before anything runs."""
     if library_arch != runtime.arch:
         raise PipelineError(

@@ -115,7 +115,7 @@ def deploy_once(
             deployment = push_model(session, bundle, artifact, input_file, on_progress=callbacks.on_upload)
         with callbacks.on_step(Step("probe", f"Checking {profile.name} ({where})...")):
             runtime = execute.probe_runtime(session, deployment)
-            execute.check_architecture(artifact.arch, runtime, session)
+            execute.require_same_arch(artifact.arch, runtime, session)
             board_facts = facts.collect_facts(session)
         if profile.emulated:
             callbacks.on_warning(f"{profile.name} is emulated: each run is an emulation cost and can take minutes.")

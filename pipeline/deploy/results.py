@@ -24,6 +24,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from pipeline.atomic import write_atomically
 from pipeline.board.facts import BoardFacts
+from pipeline.board.profile import TargetSpec
 from pipeline.board.sync import PushReport
 from pipeline.compiler.builder import BuildArtifact
 from pipeline.compiler.coverage import CoverageEntry
@@ -32,6 +33,7 @@ from pipeline.deploy.execute import KernelTime
 from pipeline.deploy.timing import TimingStats
 from pipeline.errors import PipelineError, write_log
 from pipeline.paths import RESULTS_DIR
+from pipeline.validation import NotReadable, first_error, versioned_document
 
 SCHEMA_VERSION = 2
 UNKNOWN_STORE = "unknown"  # the record store version of results written before it was recorded
@@ -56,7 +58,7 @@ class DeployResult:
     timing_kind: str
     model: str
     tvm_version: str
-    target: dict[str, Any]
+    target: TargetSpec
     threads: int
     build: BuildArtifact
     push: PushReport
@@ -73,42 +75,33 @@ class DeployResult:
 
     def to_json(self, indent: int | None = 2) -> str:
         """The result file's text: the dataclasses' fields in order, paths as strings."""
-        return json.dumps(asdict(self), indent=indent, default=_path_text) + ("\n" if indent else "")
+        return json.dumps(asdict(self), indent=indent, default=_json_value) + ("\n" if indent else "")
 
     @staticmethod
     def from_json(text: str | bytes, source: str) -> "DeployResult":
         """Read a result of any schema version up to this one; `source` (a file, a database row) names
         it in the error when it is newer than this pipeline or not a result at all."""
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise _broken(source, f"not JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise _broken(source, "not a JSON object")
-        version = data.get("schema_version")
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise _broken(source, f"no valid schema_version ({version!r})")
-        if version > SCHEMA_VERSION:
-            raise PipelineError(
-                f"{source} has result schema version {version}, this pipeline reads up to {SCHEMA_VERSION}",
-                "update the pipeline (git pull) to read it",
-            )
+            data, version = versioned_document(text, source, "result", SCHEMA_VERSION)
+        except NotReadable as exc:
+            raise _broken(source, str(exc)) from None
         if version == 1:
             data = _from_version_1(data)
         try:
             return _ADAPTER.validate_python({**data, "schema_version": SCHEMA_VERSION})
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-            raise _broken(source, f"field '{where}': {first['msg']}", str(exc)) from None
+            raise _broken(source, first_error(exc), str(exc)) from None
 
 
 _ADAPTER = TypeAdapter(DeployResult)
 
 
-def _path_text(value: object) -> str:
+def _json_value(value: object) -> object:
+    """Paths as strings, the target as the dict TVM takes (the file's format since version 1)."""
     if isinstance(value, PurePath):
         return str(value)
+    if isinstance(value, TargetSpec):
+        return value.as_tvm_dict()
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 

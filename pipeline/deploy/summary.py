@@ -40,7 +40,7 @@ def deploy_summary_lines(result: DeployResult, result_path: Path | None = None) 
     lines = [
         f"Board        {board_line}",
         f"Model        {result.model}  input {'x'.join(map(str, build.input_shape))}",
-        f"Target       {target['mtriple']} -mcpu={target['mcpu']} {' '.join(target.get('mattr', []))}".rstrip()
+        f"Target       {target.mtriple} -mcpu={target.mcpu} {' '.join(target.mattr)}".rstrip()
         + f", {result.threads} threads, runtime {result.runtime_arch}",
         f"TVM          {result.tvm_version}",
         f"Build        {build_line}",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pipeline.board.facts import BoardFacts
+from pipeline.board.profile import TargetSpec
 from pipeline.compiler.coverage import CoverageEntry
 from pipeline.deploy.execute import KernelTime
 from pipeline.deploy.results import DeployResult
@@ -121,10 +122,9 @@ def _record_store(before: RunProvenance, after: RunProvenance) -> list[Cause]:
 
 
 def _difference(old: Any, new: Any) -> str:
-    """For dicts (the target) only the fields that differ."""
-    if isinstance(old, Mapping) and isinstance(new, Mapping):
-        keys = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
-        return ", ".join(f"{key} {old.get(key)} -> {new.get(key)}" for key in keys)
+    """For the target only the fields that differ."""
+    if isinstance(old, TargetSpec) and isinstance(new, TargetSpec):
+        return ", ".join(old.differences(new))
     return f"{old} -> {new}"
 
 

@@ -105,16 +105,6 @@ def same_deployment(baseline: DeployResult, current: DeployResult) -> bool:
     return baseline.build.key == current.build.key and baseline.threads == current.threads
 
 
-def deployment_changes(baseline: DeployResult, current: DeployResult) -> str:
-    """What differs between the two deployments, for the point's line."""
-    changes = []
-    if baseline.build.key != current.build.key:
-        changes.append(f"build {baseline.build.key} -> {current.build.key}")
-    if baseline.threads != current.threads:
-        changes.append(f"threads {baseline.threads} -> {current.threads}")
-    return ", ".join(changes)
-
-
 class BaselineGone(Exception):
     """The baseline's build is not in the cache and cannot be rebuilt as it was."""
 
@@ -396,7 +386,7 @@ def _with_threads(session: Board, threads: int) -> Board:
 def _push(session: Board, profile: BoardProfile, artifact: BuildArtifact, input_file: Path) -> Deployment:
     bundle = runtime_bundle(profile.arch, get_release(artifact.release))
     deployment = push_model(session, bundle, artifact, input_file)
-    execute.check_architecture(artifact.arch, execute.probe_runtime(session, deployment), session)
+    execute.require_same_arch(artifact.arch, execute.probe_runtime(session, deployment), session)
     return deployment
 
 

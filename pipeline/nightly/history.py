@@ -191,7 +191,7 @@ class History:
                     result.model,
                     result.timing_kind,
                     result.tvm_version,
-                    json.dumps(result.target, sort_keys=True),
+                    json.dumps(result.target.as_tvm_dict(), sort_keys=True),
                     result.threads,
                     provenance.pipeline_commit,
                     provenance.record_store_version,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import Field, PositiveInt, ValidationError
 
 from pipeline.deploy.results import DeployResult, utc_now
 from pipeline.errors import PipelineError
@@ -34,6 +34,7 @@ from pipeline.paths import CACHE_DIR, RECORDS_DIR, RESULTS_DIR, ROOT
 from pipeline.records.snapshots import find_snapshot, keep_snapshot
 from pipeline.records.store import load_store
 from pipeline.stats import DEFAULT_FACTOR, DEFAULT_WINDOW, Verdict, compare_window
+from pipeline.validation import StrictModel, first_error
 
 if TYPE_CHECKING:  # the deploy (and with it the build) loads only when the real deploy runs
     from pipeline.deploy.flow import DeployCallbacks
@@ -48,11 +49,7 @@ EXIT_INTERRUPTED = 130
 PROFILE_RUNS = 3  # profiled inferences per point: the per-task times the history keeps
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class MatrixEntry(_Strict):
+class MatrixEntry(StrictModel):
     """Every board with every model; runs, warmup and timeout default to each board profile's."""
 
     boards: list[str] = Field(min_length=1)
@@ -64,7 +61,7 @@ class MatrixEntry(_Strict):
     input_shape: tuple[PositiveInt, ...] | None = Field(None, min_length=1)
 
 
-class Matrix(_Strict):
+class Matrix(StrictModel):
     """The nightly matrix file. Relative paths are relative to the file's folder."""
 
     matrix: list[MatrixEntry] = Field(min_length=1)
@@ -172,9 +169,7 @@ def load_matrix(path: Path) -> Matrix:
     except yaml.YAMLError:
         raise PipelineError(f"{path}: invalid YAML", "fix the syntax of the matrix file") from None
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        raise PipelineError(f"{path}: field '{where}': {first['msg']}", "see nightly.yaml for the format") from None
+        raise PipelineError(f"{path}: {first_error(exc)}", "see nightly.yaml for the format") from None
     base = path.resolve().parent
     return matrix.model_copy(update={"history": base / matrix.history, "report": base / matrix.report})
 

@@ -17,8 +17,11 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from pipeline.atomic import write_atomically
+from pipeline.board.profile import TargetSpec
 from pipeline.paths import RECORDS_DIR
 from pipeline.records.workloads import WorkloadKey
+from pipeline.tvm_release.errors import reason
+from pipeline.validation import first_error
 
 FORMAT = "tvm-pipeline-record/1"
 
@@ -43,7 +46,7 @@ class Record:
     """One tuned workload for one target: the file format, minus `format` and the readable `key`."""
 
     workload: WorkloadKey
-    target: dict[str, Any]
+    target: TargetSpec
     structural_hash: str  # TVM's key for the workload; a record applies only when it matches exactly
     provenance: Provenance
     ir: str  # TVM's serialized PrimFunc module, zlib-compressed (16x smaller) and base64-encoded
@@ -70,21 +73,19 @@ class RecordStore:
         """Short digest of every readable record: equal versions mean the same store contents."""
         return hashlib.sha256("".join(sorted(s.digest for s in self.records)).encode()).hexdigest()[:12]
 
-    def for_target(self, target: dict[str, Any], tvm_version: str) -> list[StoredRecord]:
+    def for_target(self, target: TargetSpec, tvm_version: str) -> list[StoredRecord]:
         """The records a build for this exact target with this TVM release may apply."""
         return [
             s
             for s in self.records
-            if same_target(s.record.target, target) and same_release(s.record.provenance.tvm_version, tvm_version)
+            if s.record.target == target and same_release(s.record.provenance.tvm_version, tvm_version)
         ]
 
-    def older_releases(self, target: dict[str, Any], tvm_version: str) -> list[StoredRecord]:
+    def older_releases(self, target: TargetSpec, tvm_version: str) -> list[StoredRecord]:
         """The records for this exact target made under an older TVM release: a build may migrate them."""
         mine = release_key(tvm_version)
         return [
-            s
-            for s in self.records
-            if same_target(s.record.target, target) and release_key(s.record.provenance.tvm_version) < mine
+            s for s in self.records if s.record.target == target and release_key(s.record.provenance.tvm_version) < mine
         ]
 
 
@@ -129,7 +130,12 @@ def save_record(record: Record, root: Path = RECORDS_DIR) -> Path:
             return path
     except (OSError, ValueError):
         pass  # missing or unreadable: the new record replaces it
-    document = {"format": FORMAT, "key": record.workload.text(), **asdict(record)}
+    document = {
+        "format": FORMAT,
+        "key": record.workload.text(),
+        **asdict(record),
+        "target": record.target.as_tvm_dict(),
+    }
     # One line per field: readable, and a diff shows which field of a record changed.
     text = "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in document.items()) + "\n}\n"
     write_atomically(path, text.encode())
@@ -141,15 +147,10 @@ def record_path(record: Record, root: Path = RECORDS_DIR) -> Path:
     return root / target_slug(record.target) / f"{record.workload.operator}-{record.structural_hash}.json"
 
 
-def target_slug(target: dict[str, Any]) -> str:
+def target_slug(target: TargetSpec) -> str:
     """Readable folder name that still separates targets differing only in attributes or core count."""
-    canonical = json.dumps(target, sort_keys=True)
-    machine = str(target.get("mtriple", "host")).split("-", 1)[0]
-    return f"{machine}-{target.get('mcpu', 'generic')}-{hashlib.sha256(canonical.encode()).hexdigest()[:8]}"
-
-
-def same_target(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    canonical = json.dumps(target.as_tvm_dict(), sort_keys=True)
+    return f"{target.mtriple.split('-', 1)[0]}-{target.mcpu}-{hashlib.sha256(canonical.encode()).hexdigest()[:8]}"
 
 
 def same_release(a: str, b: str) -> bool:
@@ -188,7 +189,7 @@ def to_database(stored: list[StoredRecord]) -> tuple[Any, dict[str, StoredRecord
 def record_from_tuning(
     tuning: Any,
     workload: WorkloadKey,
-    target: dict[str, Any],
+    target: TargetSpec,
     board: str,
     model: str,
     task: str,
@@ -244,14 +245,10 @@ def structural_hash(mod: Any) -> str:
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, ValidationError):
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        return f"field '{where}': {first['msg']}"
+        return first_error(exc)
     if isinstance(exc, json.JSONDecodeError):
         return f"invalid JSON at line {exc.lineno}"
-    text = str(exc).strip() or type(exc).__name__
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1] if "Traceback" in text else lines[0]
+    return reason(exc)
 
 
 def shown(path: Path) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.board.profile import BoardProfile
+from pipeline.board.profile import BoardProfile, TargetSpec
 from pipeline.board.session import open_board
 from pipeline.board.tuning_python import board_python
 from pipeline.compiler import lowering, passes
@@ -67,7 +67,7 @@ def tune(
         raise PipelineError(f"--trials {trials} is too few", "give at least 1 (64 per conv task is a fair start)")
     started = time.perf_counter()
     target = resolved_target(board)
-    tvm_target = tvm.target.Target(target)
+    tvm_target = tvm.target.Target(target.as_tvm_dict())
     tasks = _heavy_tasks(model, board, tvm_target, only)
     work_dir = _work_dir(cache_dir, target, model)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -286,7 +286,7 @@ def _export(
     database: Any,
     model: ModelSpec,
     board: BoardProfile,
-    target: dict[str, Any],
+    target: TargetSpec,
     root: Path,
 ) -> list[Path]:
     """The best measured schedule of each task into the store (which keeps a faster record it already has)."""
@@ -306,7 +306,7 @@ def measured_schedules(
     import tvm
 
     target = resolved_target(board)
-    [task] = _heavy_tasks(model, board, tvm.target.Target(target), (task_name,))
+    [task] = _heavy_tasks(model, board, tvm.target.Target(target.as_tvm_dict()), (task_name,))
     measured = _measured(task, _work_database(_work_dir(cache_dir, target, model)))
     return [_record(m, len(measured), task, model, board, target) for m in measured]
 
@@ -325,7 +325,7 @@ def _heavy_tasks(
     return tasks
 
 
-def _work_dir(cache_dir: Path, target: dict[str, Any], model: ModelSpec) -> Path:
+def _work_dir(cache_dir: Path, target: TargetSpec, model: ModelSpec) -> Path:
     """MetaSchedule's work database of a model on a target, per release: TVM cannot read one that
     another release wrote."""
     import tvm
@@ -344,6 +344,6 @@ def _measured(task: schedule_tasks.Task, database: Any) -> list[Any]:
 
 
 def _record(
-    tuning: Any, trials: int, task: schedule_tasks.Task, model: ModelSpec, board: BoardProfile, target: dict[str, Any]
+    tuning: Any, trials: int, task: schedule_tasks.Task, model: ModelSpec, board: BoardProfile, target: TargetSpec
 ) -> Record:
     return record_from_tuning(tuning, task.key, target, board.name, model.name, task.name, trials, board.emulated)

@@ -8,7 +8,6 @@ relocated by the rename, which is why the pipeline starts it only as `python -m`
 
 import fcntl
 import hashlib
-import json
 import shutil
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError, write_log
 from pipeline.paths import CACHE_DIR, ROOT
+from pipeline.stamps import is_current, write_stamp
 from pipeline.tvm_release.catalog import Release, running_release
 
 REQUIREMENTS = ROOT / "requirements.txt"
@@ -45,7 +45,7 @@ def release_python(release: Release, on_progress: Progress | None = None) -> Pat
     with open(root.parent / f".{release.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         key = _key(release)
-        if not _is_current(venv, key):
+        if not is_current(venv / STAMP, key, [venv / "bin" / "python"]):
             show = on_progress or (lambda line: None)
             _create(release, venv, key, show)
     return venv / "bin" / "python"
@@ -80,13 +80,6 @@ def _key(release: Release) -> dict[str, object]:
     return {"release": asdict(release), "requirements": hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()}
 
 
-def _is_current(venv: Path, key: dict[str, object]) -> bool:
-    try:
-        return json.loads((venv / STAMP).read_text()) == key and (venv / "bin" / "python").exists()
-    except (OSError, json.JSONDecodeError):
-        return False
-
-
 def _create(release: Release, venv: Path, key: dict[str, object], on_progress: Progress) -> None:
     base_python = getattr(sys, "_base_executable", sys.executable)
     staging = Path(tempfile.mkdtemp(prefix=".venv-", dir=venv.parent))
@@ -102,7 +95,7 @@ def _create(release: Release, venv: Path, key: dict[str, object], on_progress: P
         _run([python, "-m", "pip", "install", "-q", "-r", str(requirements)], release, "installing its packages")
         on_progress(f"TVM {release.name}: downloading the aarch64 runtime wheels for boards")
         download_board_wheels(release, python)
-        (fresh / STAMP).write_text(json.dumps(key, indent=2) + "\n")
+        write_stamp(fresh / STAMP, key)
         if venv.exists():
             stale = staging / "stale"
             venv.rename(stale)

@@ -69,7 +69,7 @@ def migrate_model(
     from pipeline.tvm_release.catalog import release_name
 
     target = resolved_target(board)
-    tvm_target = tvm.target.Target(target)
+    tvm_target = tvm.target.Target(target.as_tvm_dict())
     fused = passes.fuse(lowering.import_model(model, board.winograd, tvm_target, board.channels_last)[0], tvm_target)
     tasks = schedule_tasks.extract_tasks(fused, tvm_target)
     store = load_store(records_dir)

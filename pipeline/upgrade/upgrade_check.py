@@ -120,7 +120,7 @@ def upgrade_check(
             bundle = runtime_bundle(profile.arch, release)
             deployments[release.name] = push_model(session, bundle, artifact, input_file)
             runtime = execute.probe_runtime(session, deployments[release.name])
-            execute.check_architecture(artifact.arch, runtime, session)
+            execute.require_same_arch(artifact.arch, runtime, session)
 
         def run_on_board(release: Release, profile_runs: int = 0) -> execute.RunOutcome:
             """One timed run of the release's build (then `profile_runs` more with every task timed)."""

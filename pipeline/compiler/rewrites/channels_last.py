@@ -55,10 +55,6 @@ class ChannelsLastReport:
             return [f"Channels-last: not applied ({self.failure}); strided convs run NCHW"]
         return [f"Channels-last: {self.convs} strided convs run NHWC"] if self.convs else []
 
-    @staticmethod
-    def from_json(data: dict[str, Any] | None) -> "ChannelsLastReport":
-        return ChannelsLastReport(**data) if data else ChannelsLastReport(False)
-
 
 def rewrite(mod: Any) -> tuple[Any, ChannelsLastReport]:
     """Every eligible conv2d of `mod` computed channels-last, and the ops after it that do not care

@@ -227,14 +227,6 @@ class WinogradReport:
         """The report of a build without the rewrite."""
         return WinogradReport(False, 0, (), (), multiply_adds, multiply_adds)
 
-    @staticmethod
-    def from_json(data: dict[str, Any] | None) -> "WinogradReport":
-        if not data:  # a build made before the rewrite existed
-            return WinogradReport.off(0)
-        layers = tuple(WinogradLayer(**layer) for layer in data["layers"])
-        kept = tuple(WinogradLayer(**layer) for layer in data["kept_direct"])
-        return WinogradReport(**{**data, "layers": layers, "kept_direct": kept})
-
     def lines(self) -> list[str]:
         """The build's summary of the rewrite, for a person."""
         if not self.enabled:

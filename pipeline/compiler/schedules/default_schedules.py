@@ -29,6 +29,7 @@ from tvm.tirx import BufferRegion, PrimFunc, SeqStmt, Var
 from pipeline.compiler.schedules.tensor_intrinsics import register_cpu_intrinsics
 from pipeline.tiling import largest_divisor
 from pipeline.tvm_release.compat import TVM_ERRORS, SBlock, SBlockRealize, detect_linear_equation, region_buffer
+from pipeline.tvm_release.errors import reason
 
 # run_secs of a committed default record. A record needs a run time to count as valid; a real
 # measurement is far smaller, so a tuned record of the same workload always ranks first.
@@ -128,7 +129,7 @@ def default_schedule(func: PrimFunc | IRModule, target: Target, task: str = "mai
                     workload, sketch, functools.partial(_decider, rule=rule, traits=traits), postprocs(context)
                 )
             except TVM_ERRORS as exc:
-                failures.append(f"{rule.name}/sketch{index}: {_last_line(exc)}")
+                failures.append(f"{rule.name}/sketch{index}: {reason(exc)}")
                 continue
             return TaskSchedule("default", task, workload, sch.mod, sch.trace, f"{rule.name}/sketch{index}")
     raise RuntimeError(f"no default schedule applies to {task}: " + "; ".join(failures))
@@ -422,8 +423,3 @@ def sketch_part(trace: Trace) -> list[Instruction]:
     kinds = [inst.kind.name for inst in trace.insts]
     end = kinds.index("EnterPostproc") if "EnterPostproc" in kinds else len(kinds)
     return list(trace.insts[:end])
-
-
-def _last_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines() or [type(exc).__name__]
-    return lines[-1]

@@ -20,11 +20,13 @@ from tvm.s_tir import Schedule
 from tvm.s_tir.schedule import Trace
 from tvm.target import Target
 
+from pipeline.board.profile import TargetSpec
 from pipeline.compiler.schedules.default_schedules import TaskSchedule, default_schedule, normalize
 from pipeline.compiler.schedules.tasks import Task
 from pipeline.records.store import RecordStore, StoredRecord, release_key, shown
 from pipeline.tvm_release.catalog import release_name
 from pipeline.tvm_release.compat import TVM_ERRORS
+from pipeline.tvm_release.errors import reason as tvm_reason
 from pipeline.tvm_release.trace_renames import NoTableEntry, translate_trace
 
 _CHECK_ATOL = 1e-4  # relative to the largest output magnitude, as for a transferred schedule
@@ -82,7 +84,7 @@ def migrate(func: IRModule, target: Target, task: str, stored: StoredRecord, tvm
     try:
         Trace.apply_json_to_schedule(trace, sch)
     except TVM_ERRORS as exc:
-        return Migration(task, stored, None, f"its trace does not replay on this task: {_last_line(exc)}")
+        return Migration(task, stored, None, f"its trace does not replay on this task: {tvm_reason(exc)}")
     try:
         reference = default_schedule(func, target, task)
     except RuntimeError:
@@ -91,7 +93,7 @@ def migrate(func: IRModule, target: Target, task: str, stored: StoredRecord, tvm
     try:
         differs = output_difference(sch.mod, expected_mod, target)
     except TVM_ERRORS as exc:
-        return Migration(task, stored, None, f"its schedule does not compile: {_last_line(exc)}")
+        return Migration(task, stored, None, f"its schedule does not compile: {tvm_reason(exc)}")
     if differs:
         return Migration(task, stored, None, f"it replays but computes other numbers ({differs})")
     migration = Migration(task, stored, None)
@@ -121,17 +123,17 @@ def _output(mod: IRModule, target: Target, inputs: Sequence[np.ndarray]) -> np.n
     return tensors[-1].numpy()
 
 
-def _last_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
-    return lines[-1][:200]
-
-
 def migrations(
-    fused: IRModule, tasks: Sequence[Task], target: Target, store: RecordStore, target_dict: dict, covered: set[str]
+    fused: IRModule,
+    tasks: Sequence[Task],
+    target: Target,
+    store: RecordStore,
+    target_spec: TargetSpec,
+    covered: set[str],
 ) -> tuple[dict[str, TaskSchedule], list[str]]:
     """The migrated schedule of every task that has an older release's record and none of this one
     (`covered`: structural hashes with a record), and one line per record that was not migrated."""
-    candidates = migration_candidates(tasks, covered, store.older_releases(target_dict, tvm.__version__))
+    candidates = migration_candidates(tasks, covered, store.older_releases(target_spec, tvm.__version__))
     functions = {gv.name_hint: func for gv, func in fused.functions.items()}
     done = [migrate(functions[name], target, name, stored, tvm.__version__) for name, stored in candidates.items()]
     return {m.task: m.schedule for m in done if m.schedule is not None}, [
