@@ -102,11 +102,6 @@ class Board:
             with self._transport().open_sftp_client() as sftp, sftp.open(path, "rb") as stream:
                 return stream.read()
 
-    def address_seen_by_board(self) -> str:
-        """This host's address on the route to the board: the local end of the SSH connection."""
-        with ssh_errors("reading the SSH connection's local address"):
-            return str(self._transport().sock.getsockname()[0])
-
     def _transport(self) -> paramiko.Transport:
         transport = self.client.get_transport()
         if transport is None or not transport.is_active():
