@@ -32,7 +32,7 @@ def servers_on_board(client: paramiko.SSHClient, board: str, folder: str = "") -
     """Command lines of the RPC servers the pipeline started for `board` (their key is `<board>-<token>`;
     the bracket keeps pgrep from matching itself), started from `folder`: other checkouts on this
     machine tune their own emulated boards at the same time."""
-    found = run(client, f"pgrep -af '[t]vm-pipeline-rpc-port' || true", timeout_s=10).stdout
+    found = run(client, "pgrep -af '[t]vm-pipeline-rpc-port' || true", timeout_s=10).stdout
     return "\n".join(line for line in found.splitlines() if f" {board}-" in line and folder in line)
 
 

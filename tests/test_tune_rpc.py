@@ -140,7 +140,19 @@ def test_ctrl_c_during_tuning_leaves_no_server_tracker_or_forward(
         seen["forwards"] = {port for _, port in listening(sshd_sessions)} - {embedded_endpoint.port}
         return True
 
-    cmd = [sys.executable, "-m", "invoke", "tune", "--board", str(board_file), "--model", "tiny", "--trials", "2", "--retune"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "invoke",
+        "tune",
+        "--board",
+        str(board_file),
+        "--model",
+        "tiny",
+        "--trials",
+        "2",
+        "--retune",
+    ]
     proc = interrupt_when([*cmd, "--only", TUNED_TASK], serving, cwd=ROOT, env=env)
     assert proc.returncode == 130, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr

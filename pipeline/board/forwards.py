@@ -150,3 +150,42 @@ def forward_remote(client: paramiko.SSHClient, local_port: int) -> Iterator[int]
         with suppress(*SSH_ERRORS):
             transport.cancel_port_forward(LOOPBACK, port)
         tunnels.close()
+
+
+def round_trip(client: paramiko.SSHClient) -> None:
+    """Prove both directions tuning needs, opening no port on any network: bytes sent through a local
+    forward to the board's loopback come back to this host through a remote forward."""
+    probe = b"tvm-pipeline-forward-probe"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind((LOOPBACK, 0))
+        listener.listen(1)
+        listener.settimeout(CHANNEL_TIMEOUT_S)
+        with forward_remote(client, int(listener.getsockname()[1])) as board_port:
+            with ssh_errors("opening a forward to the board's loopback", FORWARDING_FIX):
+                channel = _transport(client).open_channel(
+                    "direct-tcpip", (LOOPBACK, board_port), (LOOPBACK, 0), timeout=CHANNEL_TIMEOUT_S
+                )
+            try:
+                with ssh_errors("sending through the forwards", FORWARDING_FIX):
+                    channel.sendall(probe)
+                try:
+                    received = _receive(listener, len(probe))
+                except OSError as exc:  # a timeout: the remote forward did not carry it
+                    raise PipelineError(
+                        f"nothing came back through the board's remote forward ({exc or 'timed out'})",
+                        FORWARDING_FIX,
+                    ) from None
+            finally:
+                channel.close()
+    if received != probe:
+        raise PipelineError("the board's forwards garbled a test message", FORWARDING_FIX)
+
+
+def _receive(listener: socket.socket, size: int) -> bytes:
+    arrived, _ = listener.accept()
+    with arrived:
+        arrived.settimeout(CHANNEL_TIMEOUT_S)
+        received = b""
+        while len(received) < size and (chunk := arrived.recv(CHUNK)):
+            received += chunk
+        return received
