@@ -355,6 +355,18 @@ def check_tuning_python(board: Board, state: BoardState) -> Check:
     return Check("tuning python", ok, detail, f"install libstdc++6 from gcc 7 or newer on the board, or {fix}")
 
 
+def check_sftp(board: Board) -> Check:
+    """Reported, not a problem: without SFTP every transfer falls back to exec channels (pipeline/board/sync.py)."""
+    if board.has_sftp():
+        return Check("sftp", True, "the board's SSH server has SFTP; transfers use it")
+    return Check(
+        "sftp",
+        True,
+        "the board's SSH server has no SFTP subsystem (as dropbear, Buildroot and many vendor images): "
+        "transfers fall back to `cat` over exec channels, with the same sha256 check and rename",
+    )
+
+
 def check_rpc_forwarding(board: Board) -> Check:
     """Tuning's TVM RPC travels only inside the SSH connection (pipeline/tuning/rpc.py): the board's sshd
     must carry a remote forward (the server registers with this host's tracker) and a local one (the
@@ -387,6 +399,7 @@ def all_checks(board: Board, needs: PushNeeds) -> list[Check]:
         check_cpu(board.profile, state),
         *cheap[1:],
         check_clocks(board),
+        check_sftp(board),
         check_tuning_python(board, state),
         check_rpc_forwarding(board),
     ]

@@ -11,7 +11,7 @@ from pathlib import Path
 import paramiko
 
 from pipeline.board import remote, sync
-from pipeline.board.connection import connect, ssh_errors
+from pipeline.board.connection import connect
 from pipeline.board.profile import BoardProfile
 from pipeline.board.sshd import SshEndpoint, board_endpoint
 
@@ -23,6 +23,7 @@ class Board:
         self.profile = profile
         self.endpoint = endpoint
         self.client = client
+        self._sftp: bool | None = None
 
     @property
     def name(self) -> str:
@@ -94,19 +95,18 @@ class Board:
         self, files: Mapping[str, Path], *, remote_dir: str | None = None, on_progress: sync.Progress | None = None
     ) -> sync.PushReport:
         """Make the board's folder (default: the profile's remote_dir) hold `files`, atomically."""
-        return sync.push(self.client, files, remote_dir or self.remote_dir, on_progress=on_progress)
+        remote_dir = remote_dir or self.remote_dir
+        return sync.push(self.client, files, remote_dir, sftp=self.has_sftp(), on_progress=on_progress)
 
     def read_file(self, path: str) -> bytes:
-        """A file's bytes from the board, over SFTP."""
-        with ssh_errors(f"reading {path} from the board"):
-            with self._transport().open_sftp_client() as sftp, sftp.open(path, "rb") as stream:
-                return stream.read()
+        """A file's bytes from the board (over SFTP, or `cat` where the board has no SFTP)."""
+        return sync.read_file(self.client, path, sftp=self.has_sftp())
 
-    def _transport(self) -> paramiko.Transport:
-        transport = self.client.get_transport()
-        if transport is None or not transport.is_active():
-            raise EOFError("the SSH connection to the board is closed")
-        return transport
+    def has_sftp(self) -> bool:
+        """Asked once per connection: whether transfers can use SFTP or must fall back to exec channels."""
+        if self._sftp is None:
+            self._sftp = sync.has_sftp(self.client)
+        return self._sftp
 
 
 @contextmanager
