@@ -11,7 +11,7 @@ from pathlib import Path
 import paramiko
 
 from pipeline.board import remote, sync
-from pipeline.board.connection import connect
+from pipeline.board.connection import connect, ssh_errors
 from pipeline.board.profile import BoardProfile
 from pipeline.board.sshd import SshEndpoint, board_endpoint
 
@@ -96,14 +96,19 @@ class Board:
     ) -> sync.PushReport:
         """Make the board's folder (default: the profile's remote_dir) hold `files`, atomically."""
         remote_dir = remote_dir or self.remote_dir
-        return sync.push(self.client, files, remote_dir, sftp=self.has_sftp(), on_progress=on_progress)
+        with ssh_errors(f"pushing files to {remote_dir} on the board"):
+            sftp = self.has_sftp()
+        return sync.push(self.client, files, remote_dir, sftp=sftp, on_progress=on_progress)
 
     def read_file(self, path: str) -> bytes:
         """A file's bytes from the board (over SFTP, or `cat` where the board has no SFTP)."""
-        return sync.read_file(self.client, path, sftp=self.has_sftp())
+        with ssh_errors(f"reading {path} from the board"):
+            sftp = self.has_sftp()
+        return sync.read_file(self.client, path, sftp=sftp)
 
     def has_sftp(self) -> bool:
-        """Asked once per connection: whether transfers can use SFTP or must fall back to exec channels."""
+        """Asked once per connection: whether transfers can use SFTP or must fall back to exec channels
+        (EOFError when the connection is closed)."""
         if self._sftp is None:
             self._sftp = sync.has_sftp(self.client)
         return self._sftp

@@ -50,9 +50,13 @@ class PushReport:
 
 
 def has_sftp(client: paramiko.SSHClient) -> bool:
-    """Whether the board's SSH server runs an SFTP subsystem (a server without one closes the channel)."""
+    """Whether the board's SSH server runs an SFTP subsystem (a server without one closes the channel).
+    Raises EOFError when the connection itself is closed: that is no answer."""
+    transport = client.get_transport()
+    if transport is None or not transport.is_active():
+        raise EOFError("the SSH connection to the board is closed")
     try:
-        client.open_sftp().close()
+        transport.open_sftp_client().close()
     except SSH_ERRORS:
         return False
     return True
