@@ -91,6 +91,16 @@ def test_the_run_key_is_the_board_name_with_a_random_token(embedded_endpoint: Ss
     assert first.key.startswith("local-") and second.key.startswith("local-") and first.key != second.key
 
 
+def test_two_runs_at_once_get_their_own_ports_keys_and_servers(embedded_endpoint: SshEndpoint) -> None:
+    from tvm import rpc
+
+    with rpc_on("local") as (_, first), rpc_on("rk3399-emu") as (_, second):
+        assert first.tracker_port != second.tracker_port and first.key != second.key
+        for run in (first, second):
+            queues = rpc.connect_tracker(run.tracker_host, run.tracker_port).summary()["queue_info"]
+            assert queues == {run.key: queues[run.key]} and queues[run.key]["free"] == 1
+
+
 def test_a_server_started_by_hand_under_the_boards_key_is_never_handed_to_the_runner(
     embedded_endpoint: SshEndpoint,
 ) -> None:
