@@ -48,7 +48,7 @@ def test_doctor_passes_on_the_embedded_boards_with_one_line_per_check(board: str
     assert result.returncode == 0, result.stdout + result.stderr
     assert all(line.startswith("ok ") for line in lines)
     expected = ["architecture", "cpu", "glibc", "libstdc++", "write permission", "free disk", "cores", "clocks"]
-    assert names == [*expected, "tuning python"]
+    assert names == [*expected, "sftp", "tuning python", "rpc forwarding"]
 
 
 def test_doctor_on_the_unfilled_rk3399_profile_is_one_error_line() -> None:

@@ -28,11 +28,12 @@ def emulated_rk3399() -> BoardProfile:
     return load_board("rk3399-emu")
 
 
-def servers_on_board(client: paramiko.SSHClient, key: str, folder: str = "") -> str:
-    """Command lines of the RPC servers registered under `key` (the bracket keeps pgrep from matching itself),
-    started from `folder`: other checkouts on this machine tune their own emulated boards at the same time."""
-    found = run(client, f"pgrep -af '[r]pc_server .*--key {key}' || true", timeout_s=10).stdout
-    return "\n".join(line for line in found.splitlines() if folder in line)
+def servers_on_board(client: paramiko.SSHClient, board: str, folder: str = "") -> str:
+    """Command lines of the RPC servers the pipeline started for `board` (their key is `<board>-<token>`;
+    the bracket keeps pgrep from matching itself), started from `folder`: other checkouts on this
+    machine tune their own emulated boards at the same time."""
+    found = run(client, "pgrep -af '[t]vm-pipeline-rpc-port' || true", timeout_s=10).stdout
+    return "\n".join(line for line in found.splitlines() if f" {board}-" in line and folder in line)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,7 @@ def test_a_server_that_does_not_register_in_time_is_stopped_with_one_error(
     board = local().model_copy(update={"name": "local-slow-start", "tuning": TuningSettings(start_timeout_s=0.1)})
     with pytest.raises(PipelineError) as error:
         tune(tiny(), board, TRIALS, records_dir=tmp_path / "records", cache_dir=tmp_path, only=(TUNED_TASK,))
-    assert "did not register with the tracker" in error.value.problem and "firewall" in error.value.fix
+    assert "did not register with the tracker" in error.value.problem and "start_timeout_s" in error.value.fix
     assert servers_on_board(ssh_client, "local-slow-start") == ""
 
 

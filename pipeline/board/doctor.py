@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.board import facts
+from pipeline.board import facts, forwards
 from pipeline.board.abi import (
     LibraryVersions,
     Version,
@@ -325,7 +325,7 @@ def check_tuning_python(board: Board, state: BoardState) -> Check:
     fix = f"set tuning.python in boards/{profile.name}.yaml to a Python on the board with apache-tvm=={tvm}"
     if profile.tuning.python is not None:
         command = board.runtime_command(
-            shlex.quote(profile.tuning.python), ["-c", "import tvm; print(tvm.__version__)"]
+            shlex.quote(profile.tuning.python), ["-c", "import tvm, tvm.rpc.server; print(tvm.__version__)"]
         )
         result = board.run(command, timeout_s=profile.tuning.start_timeout_s)
         found = result.stdout.strip()
@@ -355,6 +355,29 @@ def check_tuning_python(board: Board, state: BoardState) -> Check:
     return Check("tuning python", ok, detail, f"install libstdc++6 from gcc 7 or newer on the board, or {fix}")
 
 
+def check_sftp(board: Board) -> Check:
+    """Reported, not a problem: without SFTP every transfer falls back to exec channels (pipeline/board/sync.py)."""
+    if board.has_sftp():
+        return Check("sftp", True, "the board's SSH server has SFTP; transfers use it")
+    return Check(
+        "sftp",
+        True,
+        "the board's SSH server has no SFTP subsystem (as dropbear, Buildroot and many vendor images): "
+        "transfers fall back to `cat` over exec channels, with the same sha256 check and rename",
+    )
+
+
+def check_rpc_forwarding(board: Board) -> Check:
+    """Tuning's TVM RPC travels only inside the SSH connection (pipeline/tuning/rpc.py): the board's sshd
+    must carry a remote forward (the server registers with this host's tracker) and a local one (the
+    runner reaches the server), both between loopbacks. No port is opened on any network."""
+    try:
+        forwards.round_trip(board.client)
+    except PipelineError as error:
+        return Check("rpc forwarding", False, error.problem, error.fix)
+    return Check("rpc forwarding", True, "the SSH connection carries TVM RPC both ways between the two loopbacks")
+
+
 def cheap_checks(board: Board, needs: PushNeeds, state: BoardState | None = None) -> list[Check]:
     """What every deploy checks before pushing: a few milliseconds and two library reads."""
     profile = board.profile
@@ -376,7 +399,9 @@ def all_checks(board: Board, needs: PushNeeds) -> list[Check]:
         check_cpu(board.profile, state),
         *cheap[1:],
         check_clocks(board),
+        check_sftp(board),
         check_tuning_python(board, state),
+        check_rpc_forwarding(board),
     ]
 
 

@@ -92,6 +92,10 @@ class Background:
         """None while it runs."""
         return self._channel.recv_exit_status() if self._channel.exit_status_ready() else None
 
+    def stdout(self) -> str:
+        """What it printed so far (a server announcing its port)."""
+        return self._stream.stdout()
+
     def stderr_tail(self, lines: int = 5) -> str:
         return " | ".join(line.strip() for line in self._stream.stderr().splitlines()[-lines:] if line.strip())
 

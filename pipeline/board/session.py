@@ -23,6 +23,7 @@ class Board:
         self.profile = profile
         self.endpoint = endpoint
         self.client = client
+        self._sftp: bool | None = None
 
     @property
     def name(self) -> str:
@@ -94,24 +95,23 @@ class Board:
         self, files: Mapping[str, Path], *, remote_dir: str | None = None, on_progress: sync.Progress | None = None
     ) -> sync.PushReport:
         """Make the board's folder (default: the profile's remote_dir) hold `files`, atomically."""
-        return sync.push(self.client, files, remote_dir or self.remote_dir, on_progress=on_progress)
+        remote_dir = remote_dir or self.remote_dir
+        with ssh_errors(f"pushing files to {remote_dir} on the board"):
+            sftp = self.has_sftp()
+        return sync.push(self.client, files, remote_dir, sftp=sftp, on_progress=on_progress)
 
     def read_file(self, path: str) -> bytes:
-        """A file's bytes from the board, over SFTP."""
+        """A file's bytes from the board (over SFTP, or `cat` where the board has no SFTP)."""
         with ssh_errors(f"reading {path} from the board"):
-            with self._transport().open_sftp_client() as sftp, sftp.open(path, "rb") as stream:
-                return stream.read()
+            sftp = self.has_sftp()
+        return sync.read_file(self.client, path, sftp=sftp)
 
-    def address_seen_by_board(self) -> str:
-        """This host's address on the route to the board: the local end of the SSH connection."""
-        with ssh_errors("reading the SSH connection's local address"):
-            return str(self._transport().sock.getsockname()[0])
-
-    def _transport(self) -> paramiko.Transport:
-        transport = self.client.get_transport()
-        if transport is None or not transport.is_active():
-            raise EOFError("the SSH connection to the board is closed")
-        return transport
+    def has_sftp(self) -> bool:
+        """Asked once per connection: whether transfers can use SFTP or must fall back to exec channels
+        (EOFError when the connection is closed)."""
+        if self._sftp is None:
+            self._sftp = sync.has_sftp(self.client)
+        return self._sftp
 
 
 @contextmanager

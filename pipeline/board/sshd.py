@@ -140,9 +140,10 @@ def endpoint_for(settings: SshSettings) -> SshEndpoint:
 
 
 @contextmanager
-def board_endpoint(settings: SshSettings) -> Iterator[SshEndpoint]:
+def board_endpoint(settings: SshSettings, *, sftp: bool = True) -> Iterator[SshEndpoint]:
     """The board's endpoint for the duration of the block; an embedded board's sshd is started
-    (or a running one reused) and stopped again when its last user leaves."""
+    (or a running one reused) and stopped again when its last user leaves. `sftp=False` starts it
+    without its SFTP subsystem, as dropbear and many vendor images run (a test's board)."""
     if not settings.embedded:
         yield endpoint_for(settings)
         return
@@ -151,7 +152,7 @@ def board_endpoint(settings: SshSettings) -> Iterator[SshEndpoint]:
     state = _state_for(settings)
     with _exclusive(state.lock):
         _prepare(state, settings.host)
-        started = None if _running_pid(state, settings.host) else _start(state, settings.host)
+        started = None if _running_pid(state, settings.host) else _start(state, settings.host, sftp)
         users = _join_users(state)
     try:
         yield endpoint_for(settings)
@@ -189,7 +190,7 @@ def _join_users(state: _State) -> IO[str]:
 
 
 def _prepare(state: _State, host: str) -> None:
-    """Keys, authorized_keys, known_hosts and config; keys are generated once and then reused."""
+    """Keys, authorized_keys and known_hosts; keys are generated once and then reused."""
     if not SSHD.is_file():
         raise PipelineError("OpenSSH server not installed", "run scripts/install.sh")
     state.port_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -200,7 +201,6 @@ def _prepare(state: _State, host: str) -> None:
     _write(state.authorized_keys, _public_key(state.client_key) + "\n")
     host_name = host if state.port == 22 else f"[{host}]:{state.port}"
     _write(state.known_hosts, f"{host_name} {_public_key(state.host_key)}\n")
-    _write(state.config, _config_text(state, host))
 
 
 def _ensure_key(path: Path) -> None:
@@ -230,7 +230,7 @@ def _write(path: Path, text: str) -> None:
         path.chmod(0o600)
 
 
-def _config_text(state: _State, host: str) -> str:
+def _config_text(state: _State, host: str, sftp: bool) -> str:
     # StrictModes off: the state dir is private (0700, files 0600) but may live below a shared
     # folder such as /tmp, whose modes sshd's path check would reject.
     return "\n".join(
@@ -247,11 +247,16 @@ def _config_text(state: _State, host: str) -> str:
             "UsePAM no",
             "PermitRootLogin prohibit-password",
             "StrictModes no",
-            "AllowTcpForwarding no",
+            # Tuning's TVM RPC travels in forwards between the two loopbacks (pipeline/board/forwards.py);
+            # nothing else may be forwarded, and a remote forward never listens beyond loopback.
+            "AllowTcpForwarding yes",
+            "GatewayPorts no",
+            "PermitOpen 127.0.0.1:*",
+            "PermitListen 127.0.0.1:*",
             "AllowAgentForwarding no",
             "X11Forwarding no",
             "PermitTunnel no",
-            "Subsystem sftp internal-sftp",
+            *(["Subsystem sftp internal-sftp"] if sftp else []),
             "",
         ]
     )
@@ -277,7 +282,7 @@ def _port_answers(host: str, port: int) -> bool:
         return False
 
 
-def _start(state: _State, host: str) -> subprocess.Popen[bytes]:
+def _start(state: _State, host: str, sftp: bool) -> subprocess.Popen[bytes]:
     if _port_answers(host, state.port):
         raise PipelineError(
             f"port {state.port} on {host} is taken by another program",
@@ -285,6 +290,7 @@ def _start(state: _State, host: str) -> subprocess.Popen[bytes]:
         )
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
+    _write(state.config, _config_text(state, host, sftp))  # a running server keeps the config it started with
     state.pid_file.unlink(missing_ok=True)
     with state.log.open("w") as log:
         process = subprocess.Popen(

@@ -39,6 +39,9 @@ class Provenance:
     trials: int  # trials MetaSchedule spent on this workload
     emulated: bool = False  # measured under emulation (qemu): proves the tuning loop, not the board's speed
     migrated_from: str = ""  # `<release> (records/…json)`: replayed from that record, then measured on the board
+    # The TVM RPC key of the server that measured it (`<board>-<token>`, one per tuning run); "" in older
+    # records and where the measuring run is unknown. `board` names the board profile.
+    rpc_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,7 @@ def record_from_tuning(
     trials: int,
     emulated: bool,
     migrated_from: str = "",
+    rpc_key: str = "",
 ) -> Record:
     """Our record for MetaSchedule's best TuningRecord of one task (or a migrated schedule's measurement)."""
     import tvm
@@ -215,6 +219,7 @@ def record_from_tuning(
             trials=trials,
             emulated=emulated,
             migrated_from=migrated_from,
+            rpc_key=rpc_key,
         ),
         ir=compressed_ir(tuning.workload.mod),
         tvm_record=tuning.as_json(),

@@ -29,7 +29,7 @@ from pipeline.compiler.schedules.tensor_intrinsics import register_cpu_intrinsic
 from pipeline.errors import PipelineError
 from pipeline.paths import CACHE_DIR, RECORDS_DIR
 from pipeline.records.store import Record, load_store, record_from_tuning, save_record, target_slug, to_database
-from pipeline.tuning.rpc import RpcBoard, board_rpc
+from pipeline.tuning.rpc import RpcBoard, board_rpc, keyed_measurements, measured_by
 from pipeline.tvm_release.catalog import release_name
 
 MeasuredCallback = Callable[[int, int], None]
@@ -72,7 +72,7 @@ def tune(
     work_dir = _work_dir(cache_dir, target, model)
     work_dir.mkdir(parents=True, exist_ok=True)
     database = _work_database(work_dir)
-    saved = _export(tasks, database, model, board, target, records_dir)  # what an interrupted run measured
+    saved = _export(tasks, database, model, board, target, records_dir, work_dir)  # what an interrupted run measured
 
     store = load_store(records_dir)
     covered = set(to_database(store.for_target(target, tvm.__version__))[1])
@@ -85,7 +85,12 @@ def tune(
             [t.extracted for t in chosen], work_dir=str(work_dir), seed=0
         )
         # The defaults are measured first: one more measurement per task.
-        with _interruptible(), _on_board(board) as rpc_board, _progress(on_measured, work_dir, trials + len(chosen)):
+        with (
+            _interruptible(),
+            _on_board(board) as rpc_board,
+            keyed_measurements(work_dir, rpc_board),
+            _progress(on_measured, work_dir, trials + len(chosen)),
+        ):
             builder = ms.builder.LocalBuilder(timeout_sec=120, f_export=_exporter(board.cross_compiler))
             runner = _runner(rpc_board, board)
             from_default = start_from_defaults(chosen, database, builder, runner, tvm_target)
@@ -100,7 +105,7 @@ def tune(
                 runner=runner,
                 database=database,
             )
-        saved += _export(chosen, database, model, board, target, records_dir)
+        saved += _export(chosen, database, model, board, target, records_dir, work_dir)
     return TuneResult(
         tuned=tuple(t.name for t in chosen),
         from_default=from_default,
@@ -288,13 +293,15 @@ def _export(
     board: BoardProfile,
     target: TargetSpec,
     root: Path,
+    work_dir: Path,
 ) -> list[Path]:
     """The best measured schedule of each task into the store (which keeps a faster record it already has)."""
     saved = []
     for task in tasks:
         measured = _measured(task, database)
         if measured:
-            saved.append(save_record(_record(measured[0], len(measured), task, model, board, target), root))
+            record = _record(measured[0], len(measured), task, model, board, target, measured_by(work_dir, measured[0]))
+            saved.append(save_record(record, root))
     return saved
 
 
@@ -344,6 +351,14 @@ def _measured(task: schedule_tasks.Task, database: Any) -> list[Any]:
 
 
 def _record(
-    tuning: Any, trials: int, task: schedule_tasks.Task, model: ModelSpec, board: BoardProfile, target: TargetSpec
+    tuning: Any,
+    trials: int,
+    task: schedule_tasks.Task,
+    model: ModelSpec,
+    board: BoardProfile,
+    target: TargetSpec,
+    rpc_key: str = "",
 ) -> Record:
-    return record_from_tuning(tuning, task.key, target, board.name, model.name, task.name, trials, board.emulated)
+    return record_from_tuning(
+        tuning, task.key, target, board.name, model.name, task.name, trials, board.emulated, rpc_key=rpc_key
+    )
