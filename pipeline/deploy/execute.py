@@ -36,6 +36,33 @@ class KernelTime:
 
 
 @dataclass(frozen=True)
+class RunnerReport:
+    """The runner's one JSON line on stdout: the timings of one benchmark."""
+
+    load_ms: float
+    first_ms: float
+    warmup_ms: list[float]
+    runs_ms: list[float]
+    peak_rss_kb: int
+    output_shape: list[int]
+    profile: list[KernelTime]
+
+
+def parse_report(stdout: str) -> RunnerReport:
+    """The runner's report: the last line of its stdout (the one parser of it)."""
+    report = json.loads(stdout.strip().splitlines()[-1])
+    return RunnerReport(
+        load_ms=float(report["load_ms"]),
+        first_ms=float(report["first_ms"]),
+        warmup_ms=[float(x) for x in report["warmup_ms"]],
+        runs_ms=[float(x) for x in report["runs_ms"]],
+        peak_rss_kb=int(report["peak_rss_kb"]),
+        output_shape=[int(x) for x in report["output_shape"]],
+        profile=[KernelTime(str(k["name"]), int(k["calls"]), float(k["ms"])) for k in report.get("profile", [])],
+    )
+
+
+@dataclass(frozen=True)
 class RunOutcome:
     load_ms: float
     first_ms: float
@@ -101,18 +128,18 @@ def run_benchmark(
     remote_output = str(PurePosixPath(deployment.remote_dir) / output_name)
     try:
         raise_if_runner_failed(result, board.name)
-        report = json.loads(result.stdout.strip().splitlines()[-1])
-        output = _fetch_output(board, remote_output, report["output_shape"])
+        report = parse_report(result.stdout)
+        output = _fetch_output(board, remote_output, report.output_shape)
     finally:
         board.run(f"rm -f {shlex.quote(remote_output)}", timeout_s=30.0)
     return RunOutcome(
-        load_ms=float(report["load_ms"]),
-        first_ms=float(report["first_ms"]),
-        warmup_ms=[float(x) for x in report["warmup_ms"]],
-        runs_ms=[float(x) for x in report["runs_ms"]],
+        load_ms=report.load_ms,
+        first_ms=report.first_ms,
+        warmup_ms=report.warmup_ms,
+        runs_ms=report.runs_ms,
         output=output,
-        peak_rss_kb=int(report["peak_rss_kb"]),
-        profile=[KernelTime(str(k["name"]), int(k["calls"]), float(k["ms"])) for k in report.get("profile", [])],
+        peak_rss_kb=report.peak_rss_kb,
+        profile=report.profile,
     )
 
 

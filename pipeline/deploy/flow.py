@@ -8,20 +8,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pipeline.board import doctor, facts
-from pipeline.board.bundle import runtime_bundle
+from pipeline.board import facts
 from pipeline.board.profile import load_board
 from pipeline.board.session import open_board
 from pipeline.board.sync import Progress as UploadCallback
 from pipeline.compiler import builder
 from pipeline.compiler.coverage import check_policy, coverage_lines, resolve_policy
 from pipeline.compiler.importer.model_file import resolve_model
-from pipeline.deploy import check, execute, inputs, results, timing
+from pipeline.deploy import ab_session, check, execute, inputs, results, timing
 from pipeline.deploy.execute import ProgressCallback as RunCallback
-from pipeline.deploy.layout import push_model
 from pipeline.paths import RECORDS_DIR, RESULTS_DIR
 from pipeline.records.store import load_store
-from pipeline.tvm_release.catalog import get_release
 
 StepKind = Literal["build", "push", "probe", "run", "check"]
 
@@ -104,18 +101,16 @@ def deploy_once(
     warning = check_policy(artifact.coverage, coverage_settings, profile.name, model)
     if warning:
         callbacks.on_warning(warning)
-    bundle = runtime_bundle(profile.arch, get_release(artifact.release))  # the runtime of the build's release
     data, input_file = inputs.make_input(spec.input_shape)
 
     with open_board(profile) as session:
         where = f"{session.endpoint.host}:{session.endpoint.port}"
         with callbacks.on_step(Step("probe", f"Checking what {profile.name} ({where}) needs for this deploy...")):
-            doctor.require_ready(session, {**bundle.files, "model": artifact.library, "params": artifact.params})
+            ab_session.check_board(session, [artifact])
         with callbacks.on_step(Step("push", "Pushing")):
-            deployment = push_model(session, bundle, artifact, input_file, on_progress=callbacks.on_upload)
+            deployment = ab_session.push_build(session, artifact, input_file, on_upload=callbacks.on_upload)
         with callbacks.on_step(Step("probe", f"Checking {profile.name} ({where})...")):
-            runtime = execute.probe_runtime(session, deployment)
-            execute.require_same_arch(artifact.arch, runtime, session)
+            runtime = ab_session.check_runtime(session, artifact, deployment)
             board_facts = facts.collect_facts(session)
         if profile.emulated:
             callbacks.on_warning(f"{profile.name} is emulated: each run is an emulation cost and can take minutes.")

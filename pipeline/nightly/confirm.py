@@ -8,15 +8,14 @@ Both builds are pushed once, side by side (each build has its own folder on the 
 runs with the threads its result was measured with. The decision on the pairs is compare_pairs's; an
 inconclusive one gets more pairs while the time budget lasts. A confirmed change is then profiled on
 both sides (every kernel call timed), so the report can name the tasks whose time moved. When the TVM
-release or the record store changed, tonight's model built under the baseline's release or with the
-baseline's records (pipeline/records/snapshots.py) runs in the same session too: an experiment on the
-likely cause.
+release or the record store changed and the change is a confirmed regression, tonight's model built
+under the baseline's release or with the baseline's records (pipeline/records/snapshots.py) then runs
+interleaved with both builds for its own pairs: an experiment on the likely cause, run whatever budget
+the confirmation left. The session itself (push, board check, interleaved samples, per-task profiles)
+is pipeline/deploy/ab_session.py's.
 """
 
-import json
-import math
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,16 +24,14 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.board.bundle import runtime_bundle
 from pipeline.board.profile import BoardProfile, load_board
-from pipeline.board.session import Board, open_board
 from pipeline.compiler import builder
 from pipeline.compiler.builder import BUILD_INFO_NAME, BuildArtifact
 from pipeline.compiler.importer.model_file import resolve_model
 from pipeline.compiler.other_release import build_under
-from pipeline.deploy import execute, inputs
+from pipeline.deploy import inputs
+from pipeline.deploy.ab_session import AbSide, SampleSize, interleaved, open_ab_session
 from pipeline.deploy.execute import KernelTime
-from pipeline.deploy.layout import Deployment, push_model
 from pipeline.deploy.results import DeployResult
 from pipeline.errors import PipelineError
 from pipeline.paths import RECORDS_DIR
@@ -67,11 +64,6 @@ class ConfirmSettings(BaseModel):
 
 
 DEFAULT_SETTINGS = ConfirmSettings()
-MARKER = "@@ab-sample"
-# A sample is a low percentile of its batch: other processes on the board only ever add time (on a
-# shared 2-core host a batch's median moved 2x between pairs, its 10th percentile far less), and a
-# slower build is slower in its fastest runs too.
-SAMPLE_PERCENTILE = 10
 
 
 @dataclass(frozen=True)
@@ -135,29 +127,19 @@ def confirm_on_board(
         shapes = f"{_shape(old.input_shape)} against {_shape(new.input_shape)}"
         return Confirmation("cannot_confirm", f"cannot confirm: the input shape changed ({shapes})")
     _, input_file = inputs.make_input(new.input_shape)
-    experiments, notes = _experiments(baseline, current, old, board, model, profile, show)
-    with open_board(profile) as session:
-        extra = [e.build for e in experiments if e.build is not None]
-        builds = [(baseline.threads, old), (current.threads, new), *((current.threads, build) for build in extra)]
-        sides = [
-            _Side(_with_threads(session, threads), _push(session, profile, build, input_file), build.input_shape)
-            for threads, build in builds
-        ]
-        typical_ms = max(baseline.timings.stats.median_ms, current.timings.stats.median_ms, 1e-3)
-        runs = max(settings.batch_runs, math.ceil(settings.sample_ms / typical_ms))
-        processes = max(1, min(settings.processes, runs // settings.batch_runs))
-        samples: list[list[float]] = [[] for _ in sides]
+    typical_ms = max(baseline.timings.stats.median_ms, current.timings.stats.median_ms, 1e-3)
+    size = SampleSize.for_model(
+        typical_ms, settings.batch_runs, settings.sample_ms, settings.processes, settings.warmup
+    )
+    sides = [AbSide("the baseline's build", old, baseline.threads), AbSide("tonight's build", new, current.threads)]
+    with open_ab_session(profile, sides, input_file) as session:
+        samples: list[list[float]] = [[], []]
         wanted = settings.pairs
-        show(f"A/B on {profile.name}: build {old.key} against {new.key}, {wanted} pairs of {runs} runs each...")
+        show(f"A/B on {profile.name}: build {old.key} against {new.key}, {wanted} pairs of {size.runs} runs each...")
         pushed = time.monotonic()
-        forward = list(range(len(sides)))
         while True:
-            order = [
-                side
-                for index in range(len(samples[0]), wanted)
-                for side in (forward if index % 2 == 0 else forward[::-1])  # who goes first alternates
-            ]
-            for side, sample in zip(order, _round(session, sides, order, settings.warmup, runs, processes, profile)):
+            order = interleaved(len(sides), len(samples[0]), wanted)
+            for side, sample in zip(order, session.samples(order, size)):
                 samples[side].append(sample)
             now = time.monotonic()
             per_pair = (now - pushed) / len(samples[0])
@@ -174,13 +156,12 @@ def confirm_on_board(
         tasks: list[list[KernelTime]] = [[], []]
         if verdict.state == "confirmed" and settings.profile_runs:
             show(f"Timing each task of both builds ({settings.profile_runs} profiled runs each)...")
-            tasks = _fastest_tasks(sides[:2], settings.profile_runs, profile.timing.timeout_s)
+            tasks = session.fastest_tasks(settings.profile_runs)
+    notes: list[str] = []
+    if verdict.state == "confirmed" and verdict.change == "regression":
+        experiments, notes = _experiments(baseline, current, old, board, model, profile, show)
+        notes += _run_experiments(experiments, sides, samples, profile, input_file, size, settings, factor, show)
     seconds = time.monotonic() - started
-    if verdict.state == "confirmed":
-        timed = iter(samples[2:])
-        for experiment in experiments:
-            its_samples = samples[0] if experiment.build is None else next(timed)
-            notes.append(experiment.outcome(samples[0], samples[1], its_samples, factor))
     return Confirmation(
         verdict.state,
         _sentence(verdict, seconds, settings, rebuilt),
@@ -193,6 +174,36 @@ def confirm_on_board(
         round(seconds, 3),
         notes,
     )
+
+
+def _run_experiments(
+    experiments: Sequence["_Experiment"],
+    sides: Sequence[AbSide],
+    samples: list[list[float]],
+    profile: BoardProfile,
+    input_file: Path,
+    size: SampleSize,
+    settings: ConfirmSettings,
+    factor: float,
+    show: Progress,
+) -> list[str]:
+    """What each experiment shows. Its builds run in a session of their own, interleaved with both
+    builds for `settings.pairs` rounds whatever budget the confirmation left: whether a cause is tested
+    must not hinge on how fast the board was tonight. An experiment that is the baseline's build itself
+    reads the confirmation's own pairs."""
+    extra = [e.build for e in experiments if e.build is not None]
+    if extra:
+        all_sides = [*sides, *(AbSide(f"experiment {i + 1}", b, sides[1].threads) for i, b in enumerate(extra))]
+        show(f"Timing {len(extra)} experiment build(s) against both builds ({settings.pairs} rounds)...")
+        with open_ab_session(profile, all_sides, input_file) as session:
+            samples = [[] for _ in all_sides]
+            order = interleaved(len(all_sides), 0, settings.pairs)
+            for side, sample in zip(order, session.samples(order, size)):
+                samples[side].append(sample)
+    timed = iter(samples[2:])
+    return [
+        e.outcome(samples[0], samples[1], samples[0] if e.build is None else next(timed), factor) for e in experiments
+    ]
 
 
 @dataclass(frozen=True)
@@ -227,12 +238,10 @@ def _experiments(
     profile: BoardProfile,
     on_progress: Progress,
 ) -> tuple[list[_Experiment], list[str]]:
-    """When the TVM release or the record store changed and tonight is slower, tonight's model is also
-    built with the baseline's release (when that release's environment is installed) or with the
-    baseline's records (when a nightly kept a copy of that store). Notes say why an experiment was not
-    run, or what its build alone shows."""
-    if current.timings.stats.median_ms <= baseline.timings.stats.median_ms:
-        return [], []
+    """When the TVM release or the record store changed (and the A/B session confirmed tonight slower),
+    tonight's model is also built with the baseline's release (when that release's environment is
+    installed) or with the baseline's records (when a nightly kept a copy of that store). Notes say why
+    an experiment was not run, or what its build alone shows."""
     spec = resolve_model(model, current.build.input_shape)
     experiments: list[_Experiment] = []
     notes: list[str] = []
@@ -308,86 +317,6 @@ def _installed_release(tvm_version: str) -> Release:
             f"(invoke build --tvm {release.name} creates it)"
         )
     return release
-
-
-@dataclass(frozen=True)
-class _Side:
-    board: Board
-    deployment: Deployment
-    input_shape: tuple[int, ...]
-
-    def command(self, output_name: str, warmup: int, runs: int) -> str:
-        """The runner on this side's deployment, with this side's threads."""
-        args = execute.runner_args(self.deployment, self.input_shape, output_name, warmup=warmup, runs=runs)
-        program = execute.runner_command(self.deployment)
-        return f"TVM_NUM_THREADS={self.board.profile.threads} {self.board.runtime_command(program, args)}"
-
-    def profile(self, runs: int, timeout_s: float) -> list[KernelTime]:
-        outcome = execute.run_benchmark(
-            self.board, self.deployment, self.input_shape, warmup=1, runs=1, profile_runs=runs, timeout_s=timeout_s
-        )
-        return outcome.profile
-
-
-def _fastest_tasks(sides: Sequence[_Side], rounds: int, timeout_s: float) -> list[list[KernelTime]]:
-    """Each side's time per task: the fastest of `rounds` profiled runs, one runner process each, taken
-    in turns (A B, B A, ...): on a shared host one slowed run would otherwise name a task that did not change."""
-    measured: list[list[list[KernelTime]]] = [[] for _ in sides]
-    for index in range(rounds):
-        for side in range(len(sides)) if index % 2 == 0 else reversed(range(len(sides))):
-            measured[side].append(sides[side].profile(1, timeout_s))
-    fastest: list[list[KernelTime]] = []
-    for profiles in measured:
-        best: dict[str, KernelTime] = {}
-        for kernel in (kernel for profile in profiles for kernel in profile):
-            if kernel.name not in best or kernel.ms < best[kernel.name].ms:
-                best[kernel.name] = kernel
-        fastest.append(list(best.values()))
-    return fastest
-
-
-def _round(
-    session: Board,
-    sides: Sequence[_Side],
-    order: Sequence[int],
-    warmup: int,
-    runs: int,
-    processes: int,
-    profile: BoardProfile,
-) -> list[float]:
-    """Samples of the sides in `order`, in one board command: a command costs an SSH round trip (a
-    few tenths of a second on a loaded host), more than a fast model's whole sample. Each sample's
-    `runs` runs are split over `processes` runner processes, one after the other, and the sample is the
-    lowest of their SAMPLE_PERCENTILEs: a process can stay in a slow state for its whole life (tiny on
-    `local`: 40% of processes ran at 0.080 ms, the others at 0.060 ms), and the fastest of three
-    processes is slow only when all three are."""
-    output = f"outputs/ab-{uuid.uuid4().hex[:12]}.bin"
-    each = max(1, runs // processes)
-    steps = [
-        f"echo {MARKER} && {sides[side].command(output, warmup, each)}" for side in order for _ in range(processes)
-    ]
-    script = " && ".join(["mkdir -p outputs", *steps])
-    timeout_s = profile.timing.timeout_s * len(steps)
-    try:
-        result = session.run(script, timeout_s=timeout_s, cwd=session.remote_dir)
-    finally:
-        session.run(f"rm -f {output}", timeout_s=30.0, cwd=session.remote_dir)
-    execute.raise_if_runner_failed(result, session.name, " during A/B")
-    reports = [chunk.strip().splitlines()[-1] for chunk in result.stdout.split(MARKER)[1:]]
-    lows = [float(np.percentile(json.loads(report)["runs_ms"], SAMPLE_PERCENTILE)) for report in reports]
-    return [min(lows[index : index + processes]) for index in range(0, len(lows), processes)]
-
-
-def _with_threads(session: Board, threads: int) -> Board:
-    """The same connection, running the runtime with the threads a result was measured with."""
-    return Board(session.profile.model_copy(update={"threads": threads}), session.endpoint, session.client)
-
-
-def _push(session: Board, profile: BoardProfile, artifact: BuildArtifact, input_file: Path) -> Deployment:
-    bundle = runtime_bundle(profile.arch, get_release(artifact.release))
-    deployment = push_model(session, bundle, artifact, input_file)
-    execute.require_same_arch(artifact.arch, execute.probe_runtime(session, deployment), session)
-    return deployment
 
 
 def _shape(shape: tuple[int, ...]) -> str:

@@ -2,33 +2,33 @@
 
 A build applies an older release's record once its trace replays and computes the same (migrated), but
 that says nothing about speed under the new release: its code generator may compile the same schedule
-differently. So each migrated schedule is timed on the board against the task's default schedule, in
-the same RPC session, and kept only when it is not slower; it is saved as a record of this release
-whose provenance names the record it came from (`migrated_from`). The next build then applies it as
-tuned. Traces that do not replay, or compute other numbers, are reported and never measured."""
+differently. So the model is built twice, with the migrated schedules and without them (this release's
+records, the default schedule elsewhere), and both builds run interleaved in one A/B session on the
+board (pipeline/deploy/ab_session.py): each task's time is the fastest of PROFILE_ROUNDS profiled runs
+per build. The rule: a migrated schedule is kept when its task's time in the migrated build is at most
+KEEP_FACTOR (1.02) of the same task's time in the build without migration; it is saved as a record of
+this release whose provenance names the record it came from (`migrated_from`). The next build then
+applies it as tuned. Traces that do not replay, or compute other numbers, are reported and never timed."""
 
-import statistics
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pipeline.board.profile import BoardProfile
-from pipeline.compiler import lowering, passes
+from pipeline.compiler import builder, lowering, passes
 from pipeline.compiler.builder import resolved_target
 from pipeline.compiler.importer.model_file import ModelSpec
 from pipeline.compiler.schedules import tasks as schedule_tasks
-from pipeline.errors import PipelineError
+from pipeline.deploy import inputs
+from pipeline.deploy.ab_session import AbSide, open_ab_session
 from pipeline.paths import RECORDS_DIR
 from pipeline.records.store import load_store, record_from_tuning, save_record, to_database
 
-# A migrated schedule is kept when its median is at most this factor of the default's: equal within
-# the run-to-run noise of one RPC measurement counts as not slower.
+# A migrated schedule is kept when its task's time is at most this factor of the default's: equal
+# within the run-to-run noise of the fastest profiled run counts as not slower.
 KEEP_FACTOR = 1.02
-# Runs per measurement: several on a native board; few under emulation, where one run of a large conv
-# takes seconds (qemu's costs, not the board's).
-NATIVE_RUNS = {"number": 3, "repeat": 7, "min_repeat_ms": 20}
-EMULATED_RUNS = {"number": 1, "repeat": 3, "min_repeat_ms": 0}
+PROFILE_ROUNDS = 5  # profiled runs per build, interleaved (A B, B A, ...); each task's fastest counts
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,7 @@ def migrate_model(
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from pipeline.compiler.schedules.default_schedules import default_schedule
     from pipeline.compiler.schedules.record_migration import migrate, migration_candidates
-    from pipeline.tuning.tuner import _exporter, _interruptible, _on_board
     from pipeline.tvm_release.catalog import release_name
 
     target = resolved_target(board)
@@ -84,67 +82,53 @@ def migrate_model(
     release = release_name(tvm.__version__)
     if not accepted:
         return MigrateResult((), rejected, release)
-    by_name = {t.name: t for t in tasks}
-    measured = []
     if on_step is not None:
-        on_step(f"Measuring {len(accepted)} migrated schedules on {board.name}...")
-    with _interruptible(), _on_board(board) as rpc_board:
-        builder = ms.builder.LocalBuilder(timeout_sec=120, f_export=_exporter(board.cross_compiler))
-        runner = ms.runner.RPCRunner(
-            rpc_config=ms.runner.RPCConfig(
-                tracker_host=rpc_board.tracker_host,
-                tracker_port=rpc_board.tracker_port,
-                tracker_key=rpc_board.key,
-                session_timeout_sec=board.tuning.session_timeout_s,
-            ),
-            evaluator_config=ms.runner.EvaluatorConfig(**(EMULATED_RUNS if board.emulated else NATIVE_RUNS)),
-            max_workers=1,
-        )
-        for migration in accepted:
-            schedule = migration.schedule
-            assert schedule is not None
-            default = default_schedule(functions[migration.task], tvm_target, migration.task)
+        on_step(f"Timing {len(accepted)} migrated schedules on {board.name} against the default ones...")
+    by_name = {t.name: t for t in tasks}
+    mine, theirs = _task_times(model, board, records_dir, on_step or (lambda line: None))
+    measured = []
+    for migration in accepted:
+        schedule = migration.schedule
+        assert schedule is not None
+        mine_ms, theirs_ms = mine.get(migration.task), theirs.get(migration.task, math.inf)
+        kept = mine_ms is not None and mine_ms <= theirs_ms * KEEP_FACTOR
+        saved = None
+        if kept and mine_ms is not None:
             args_info = ms.arg_info.ArgInfo.from_prim_func(schedule.workload["main"])
-            mine = _measure(schedule.mod, tvm_target, args_info, builder, runner, board)
-            theirs = _measure(default.mod, tvm_target, args_info, builder, runner, board) if default else []
-            mine_s, theirs_s = statistics.median(mine), statistics.median(theirs) if theirs else float("inf")
-            kept = mine_s <= theirs_s * KEEP_FACTOR
-            saved = None
-            if kept:
-                tuning = ms.database.TuningRecord(
-                    schedule.trace, ms.database.Workload(schedule.workload), mine, tvm_target, args_info
-                )
-                task = by_name[migration.task]
-                record = record_from_tuning(
-                    tuning, task.key, target, board.name, model.name, task.name, 0, board.emulated, migration.source
-                )
-                saved = save_record(record, records_dir)
-            reason = (
-                "" if kept else f"slower than the default schedule ({mine_s * 1e6:.1f} µs > {theirs_s * 1e6:.1f} µs)"
+            tuning = ms.database.TuningRecord(
+                schedule.trace, ms.database.Workload(schedule.workload), [mine_ms / 1e3], tvm_target, args_info
             )
-            measured.append(
-                MigratedTask(migration.task, migration.source, mine_s * 1e6, theirs_s * 1e6, kept, saved, reason)
+            task = by_name[migration.task]
+            record = record_from_tuning(
+                tuning, task.key, target, board.name, model.name, task.name, 0, board.emulated, migration.source
             )
-            if on_task is not None:
-                on_task(measured[-1])
+            saved = save_record(record, records_dir)
+        mine_us, theirs_us = (mine_ms or math.inf) * 1e3, theirs_ms * 1e3
+        if mine_ms is None:
+            reason = "not timed: its kernel did not run in the build's profile"
+        else:
+            reason = "" if kept else f"slower than the default schedule ({mine_us:.1f} µs > {theirs_us:.1f} µs)"
+        measured.append(MigratedTask(migration.task, migration.source, mine_us, theirs_us, kept, saved, reason))
+        if on_task is not None:
+            on_task(measured[-1])
     return MigrateResult(tuple(measured), rejected, release)
 
 
-def _measure(mod: Any, target: Any, args_info: Any, builder: Any, runner: Any, board: BoardProfile) -> list[float]:
-    """Run seconds of one scheduled task on the board (compiled here with the board's compiler)."""
-    from tvm.s_tir import meta_schedule as ms
-
-    built = builder.build([ms.builder.BuilderInput(mod, target)])[0]
-    if built.error_msg:
-        raise PipelineError(
-            f"a migrated schedule does not compile for {board.name}: {built.error_msg.strip().splitlines()[-1]}",
-            "report it with the record; the build keeps the task's default schedule meanwhile",
-        )
-    try:
-        result = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args_info)])[0].result()
-    finally:
-        ms.utils.remove_build_dir(built.artifact_path)
-    if result.error_msg or not result.run_secs:
-        detail = (result.error_msg or "no timing").strip().splitlines()[-1]
-        raise PipelineError(f"measuring on {board.name} failed: {detail}", f"check that {board.name} is up and rerun")
-    return [float(s) for s in result.run_secs]
+def _task_times(
+    model: ModelSpec, board: BoardProfile, records_dir: Path, show: Callable[[str], None]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Each task's ms per inference in the model built with the migrated schedules and in the model
+    built without them (this release's records, defaults elsewhere), timed interleaved in one A/B session
+    on the board: the fastest of PROFILE_ROUNDS profiled runs per build."""
+    show(f"Building {model.name} with the migrated schedules and without them...")
+    migrated = builder.build(model, board, records_dir=records_dir, migrate=True)
+    defaults = builder.build(model, board, records_dir=records_dir, migrate=False)
+    _, input_file = inputs.make_input(model.input_shape)
+    sides = [
+        AbSide("the build with migrated schedules", migrated, board.threads),
+        AbSide("the build with default schedules", defaults, board.threads),
+    ]
+    with open_ab_session(board, sides, input_file, show) as session:
+        show(f"Timing each task of both builds on {board.name} ({PROFILE_ROUNDS} profiled runs each, interleaved)...")
+        mine, theirs = session.fastest_tasks(PROFILE_ROUNDS)
+    return {k.name: k.ms for k in mine}, {k.name: k.ms for k in theirs}

@@ -2,7 +2,8 @@
 
 The model is built under both releases (each in its own environment; the newer one migrating the older
 one's records unless told not to), both builds and both runtimes are pushed, and the two run interleaved
-on the board (A B A B ..., one timed run each per round) so that board noise hits both alike. The verdict
+on the board (A B, B A, ..., one timed run each per round; pipeline/deploy/ab_session.py) so that board
+noise hits both alike; each task's time is the fastest of interleaved profiled runs per release. The verdict
 on the latency is the nightly's (pipeline/stats.py); coverage is counted per schedule kind. The
 new release passes when it is not slower and loses no coverage."""
 
@@ -12,18 +13,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.atomic import write_atomically
-from pipeline.board.bundle import runtime_bundle
 from pipeline.board.profile import load_board
-from pipeline.board.session import open_board
 from pipeline.compiler.coverage import Coverage
 from pipeline.compiler.importer.model_file import resolve_model
 from pipeline.compiler.other_release import build_under
-from pipeline.deploy import check, execute, inputs, results, timing
-from pipeline.deploy.layout import push_model
+from pipeline.deploy import check, inputs, results, timing
+from pipeline.deploy.ab_session import AbSide, interleaved, open_ab_session
 from pipeline.errors import PipelineError
 from pipeline.paths import RESULTS_DIR
 from pipeline.stats import Verdict, compare_samples
-from pipeline.tvm_release.catalog import Release, get_release, running_release
+from pipeline.tvm_release.catalog import get_release, running_release
 from pipeline.tvm_release.environment import Progress
 
 KINDS = ("tuned", "migrated", "transferred", "default", "winograd", "naive")
@@ -109,42 +108,20 @@ def upgrade_check(
         show(f"Building {spec.name} for {profile.name} under TVM {release.name}...")
         builds[release.name] = build_under(release, board, profile, spec, migrating, show)
     data, input_file = inputs.make_input(spec.input_shape)
-    runs: dict[str, list[float]] = {before.name: [], after.name: []}
+    releases = (before, after)
+    runs: dict[str, list[float]] = {release.name: [] for release in releases}
     outputs = {}
-    task_ms: dict[str, dict[str, float]] = {}
-    with open_board(profile) as session:
-        deployments = {}
-        for release in (before, after):
-            artifact = builds[release.name]
-            show(f"Pushing the TVM {release.name} build and runtime...")
-            bundle = runtime_bundle(profile.arch, release)
-            deployments[release.name] = push_model(session, bundle, artifact, input_file)
-            runtime = execute.probe_runtime(session, deployments[release.name])
-            execute.require_same_arch(artifact.arch, runtime, session)
-
-        def run_on_board(release: Release, profile_runs: int = 0) -> execute.RunOutcome:
-            """One timed run of the release's build (then `profile_runs` more with every task timed)."""
-            timeout = profile.timing.timeout_s * (1 + profile_runs)
-            return execute.run_benchmark(
-                session,
-                deployments[release.name],
-                spec.input_shape,
-                warmup=0,
-                runs=1,
-                profile_runs=profile_runs,
-                timeout_s=timeout,
-            )
-
-        for index in range(count):
-            for release in (before, after):
-                show(f"Round {index + 1}/{count}: TVM {release.name}")
-                outcome = run_on_board(release)
-                runs[release.name] += outcome.runs_ms
-                outputs[release.name] = outcome.output
-        for release in (before, after):
-            show(f"Timing each task under TVM {release.name} ({PROFILE_RUNS} profiled runs)...")
-            profiled = run_on_board(release, PROFILE_RUNS)
-            task_ms[release.name] = {kernel.name: kernel.ms for kernel in profiled.profile}
+    ab_sides = [AbSide(f"TVM {r.name}", builds[r.name], profile.threads) for r in releases]
+    with open_ab_session(profile, ab_sides, input_file, show) as session:
+        for index, side in enumerate(interleaved(len(ab_sides), 0, count)):
+            release = releases[side]
+            show(f"Round {index // len(ab_sides) + 1}/{count}: TVM {release.name}")
+            outcome = session.run(side)
+            runs[release.name] += outcome.runs_ms
+            outputs[release.name] = outcome.output
+        show(f"Timing each task under both releases ({PROFILE_RUNS} profiled runs each, interleaved)...")
+        fastest = session.fastest_tasks(PROFILE_RUNS)
+    task_ms = {r.name: {kernel.name: kernel.ms for kernel in tasks} for r, tasks in zip(releases, fastest)}
     reference = check.reference_output(spec.path, spec.input_name, data)
     sides = {
         name: Side(
