@@ -98,18 +98,11 @@ def deploy(
     """Build the model for the board, push it, run it there, check the output, and record the timings."""
     if _under_release(tvm):
         return
-    from pipeline.board.profile import load_board
-    from pipeline.compiler import builder
-    from pipeline.compiler.coverage import coverage_detail_lines
-    from pipeline.compiler.importer.model_file import resolve_model
     from pipeline.deploy.check import DEFAULT_TOLERANCE
     from pipeline.deploy.flow import deploy_once
     from pipeline.deploy.summary import deploy_summary_lines, kernel_table_lines
 
     limit = flags.positive(tolerance, "tolerance", DEFAULT_TOLERANCE, "1e-3")
-    if verbose:  # the same build deploy_once finds cached, whose one-line-per-task table it then prints
-        artifact = builder.build(resolve_model(model, flags.shape(input_shape)), load_board(board))
-        print("\n".join(coverage_detail_lines(artifact.coverage)), file=sys.stderr)
     outcome = deploy_once(
         board,
         model,
@@ -122,6 +115,7 @@ def deploy(
         input_shape=flags.shape(input_shape),
         profile_runs=PROFILE_RUNS if profile else 0,
         callbacks=ConsoleProgress(Console(stderr=True)).callbacks(),
+        verbose=verbose,
     )
     result, path = outcome.result, outcome.path
     if profile:

@@ -243,12 +243,6 @@ def coverage_lines(coverage: Coverage, verbose: bool = False, width: int = 44) -
     return lines
 
 
-def coverage_detail_lines(coverage: Coverage) -> list[str]:
-    """The table's detail on its own, for a caller that printed the one-line-per-task table already:
-    each listed task's workload and, for a miss, its nearest record."""
-    return [line for row in _listed(coverage) for line in (row.task, *(f"   {text}" for text in _detail(row)))]
-
-
 def _listed(coverage: Coverage) -> list[TaskCoverage]:
     """The tasks the table lists one by one: conv/dense work and anything a record tuned."""
     return [row for row in coverage.tasks if row.heavy or row.tuned]

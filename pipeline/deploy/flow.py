@@ -79,6 +79,7 @@ def deploy_once(
     callbacks: DeployCallbacks = SILENT,
     results_dir: Path = RESULTS_DIR,
     records_dir: Path = RECORDS_DIR,
+    verbose: bool = False,
 ) -> DeployOutcome:
     """Deploy and time `model` on `board`; None means the profile's default. The result is written even
     when the output check fails, so the caller decides what a failed check means. Progress and the
@@ -96,7 +97,7 @@ def deploy_once(
     building = f"Building {spec.name} for {profile.target.mtriple} ({profile.target.mcpu})..."
     with callbacks.on_step(Step("build", building)):
         artifact = builder.build(spec, profile, records_dir=records_dir)
-    for line in coverage_lines(artifact.coverage) + artifact.layout_lines():
+    for line in coverage_lines(artifact.coverage, verbose) + artifact.layout_lines():
         callbacks.on_line(line)
     warning = check_policy(artifact.coverage, coverage_settings, profile.name, model)
     if warning:
