@@ -16,11 +16,14 @@ from pipeline.compiler import lowering, passes
 from pipeline.compiler.coverage import Coverage, measure_coverage
 from pipeline.compiler.elf import elf_arch
 from pipeline.compiler.importer.model_file import ModelSpec
+from pipeline.compiler.rewrite_choices import planner_for
 from pipeline.compiler.rewrites.channels_last import ChannelsLastReport
 from pipeline.compiler.rewrites.winograd import WinogradReport
 from pipeline.compiler.schedules import tasks as schedule_tasks
+from pipeline.compiler.winograd_choice import host_timings_digest
 from pipeline.errors import PipelineError
 from pipeline.paths import CACHE_DIR, RECORDS_DIR
+from pipeline.records.choices import StoredChoice, load_choices
 from pipeline.records.store import RecordStore, StoredRecord, load_store, shown, to_database
 from pipeline.tvm_release.catalog import release_name
 from pipeline.tvm_release.errors import tvm_errors
@@ -30,7 +33,11 @@ from pipeline.tvm_release.errors import tvm_errors
 PACKAGE = Path(__file__).resolve().parent.parent
 RECIPE_PACKAGES = tuple(PACKAGE / name for name in ("compiler", "records"))
 # Of the ground floors, what changes a build: the release shims, the trace renames and the tiling arithmetic.
-RECIPE_MODULES = (PACKAGE / "tvm_release" / "compat.py", PACKAGE / "tvm_release" / "trace_renames.py", PACKAGE / "tiling.py")
+RECIPE_MODULES = (
+    PACKAGE / "tvm_release" / "compat.py",
+    PACKAGE / "tvm_release" / "trace_renames.py",
+    PACKAGE / "tiling.py",
+)
 
 LIBRARY_NAME = "model.so"
 PARAMS_NAME = "params.bin"
@@ -80,10 +87,19 @@ def resolved_target(board: BoardProfile) -> dict[str, Any]:
     return target
 
 
-def build_key(model: ModelSpec, board: BoardProfile, records: Sequence[StoredRecord] = (), migrate: bool = True) -> str:
+def build_key(
+    model: ModelSpec,
+    board: BoardProfile,
+    records: Sequence[StoredRecord] = (),
+    migrate: bool = True,
+    choices: Sequence[StoredChoice] = (),
+    host_timings: str = "",
+) -> str:
     """Content hash of everything that changes the built library: the model's bytes, the target,
     the cross compiler, the TVM version, the records that may apply (older releases' ones too when they
-    may be migrated), the profile's Winograd and channels-last settings and this build recipe itself."""
+    may be migrated), the stored rewrite choices and this host's Winograd timings (`host_timings`, their
+    digest: they decide which convs are rewritten), the profile's Winograd and channels-last settings
+    and this build recipe itself."""
     import tvm
 
     digest = hashlib.sha256()
@@ -98,6 +114,8 @@ def build_key(model: ModelSpec, board: BoardProfile, records: Sequence[StoredRec
         "input": [model.input_name, list(model.input_shape)],
         "records": sorted(r.digest for r in records),
         "migrate": migrate,
+        "choices": sorted(c.digest for c in choices),
+        "host_timings": host_timings,
         "winograd": board.winograd,
         "channels_last": board.channels_last,
         "recipe": recipe_digest(),
@@ -133,7 +151,8 @@ def build(
     target = resolved_target(board)
     records = store.for_target(target, tvm.__version__)
     older = store.older_releases(target, tvm.__version__) if migrate else []
-    key = build_key(model, board, records + older, migrate)
+    choices, _ = load_choices(target, tvm.__version__, records_dir)
+    key = build_key(model, board, records + older, migrate, choices, host_timings_digest(target))
     directory = cache_dir / "builds" / f"{model.name}-{board.arch}-tvm{release_name(tvm.__version__)}-{key}"
     info_path = directory / BUILD_INFO_NAME
     if info_path.is_file():
@@ -142,7 +161,7 @@ def build(
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     staging.chmod(0o755)
     try:
-        info = _compile_into(staging, model, board, key, store, records, migrate)
+        info = _compile_into(staging, model, board, key, store, records, migrate, older, choices)
         os.replace(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -158,6 +177,8 @@ def _compile_into(
     store: RecordStore,
     records: list[StoredRecord],
     migrate: bool,
+    older: Sequence[StoredRecord] = (),
+    stored_choices: Sequence[StoredChoice] = (),
 ) -> dict[str, Any]:
     import tvm
 
@@ -168,7 +189,7 @@ def _compile_into(
     target = resolved_target(board)
     tvm_target = tvm.target.Target(target)
     mod, params, winograd, layout = lowering.import_model_reporting(
-        model, board.winograd, tvm_target, board.channels_last
+        model, board.winograd, tvm_target, board.channels_last, planner_for(tvm_target, records, older, stored_choices)
     )
     doing = f"TVM could not build {model.name} for {target['mtriple']}"
     fix = f"check that '{board.cross_compiler}' is installed (scripts/install.sh) and the profile's target"

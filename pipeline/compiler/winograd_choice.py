@@ -11,6 +11,7 @@ the schedules the build gives it, and the faster one is kept. The timings are ke
 .cache/winograd/ (delete to measure again), so a later build, `invoke tune` and `invoke migrate` lower the same module.
 """
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -34,8 +35,20 @@ def chooser(target: Any, cache_dir: Path = CACHE_DIR) -> Callable[[ConvShape], T
 
     if not runs_here(target):
         return None
-    path = cache_dir / "winograd" / f"v3-{target.attrs['mcpu']}-{int(target.attrs['num-cores'])}cores.json"
+    path = timings_path(str(target.attrs["mcpu"]), int(target.attrs["num-cores"]), cache_dir)
     return lambda shape: _timing(shape, target, path)
+
+
+def timings_path(mcpu: str, cores: int, cache_dir: Path = CACHE_DIR) -> Path:
+    """Where this host's Winograd timings for a CPU and core count are kept."""
+    return cache_dir / "winograd" / f"v3-{mcpu}-{cores}cores.json"
+
+
+def host_timings_digest(target: dict[str, Any], cache_dir: Path = CACHE_DIR) -> str:
+    """The digest of the stored timings a build for `target` reads ("" when there are none): part of the
+    build key, so a cached build does not keep the choices of timings since deleted or added."""
+    path = timings_path(str(target.get("mcpu", "")), int(target.get("num-cores", 0)), cache_dir)
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
 
 
 def _timing(shape: ConvShape, target: Any, path: Path) -> Timing:

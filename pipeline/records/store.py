@@ -21,6 +21,8 @@ from pipeline.paths import RECORDS_DIR
 from pipeline.records.workloads import WorkloadKey
 
 FORMAT = "tvm-pipeline-record/1"
+# Measured rewrite choices live under each target's folder (pipeline/records/choices.py): not records.
+CHOICES_FOLDER = "choices"
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,8 @@ def load_store(root: Path = RECORDS_DIR) -> RecordStore:
     records: list[StoredRecord] = []
     problems: list[str] = []
     for path in sorted(root.rglob("*.json")) if root.is_dir() else []:
+        if CHOICES_FOLDER in path.relative_to(root).parts[:-1]:
+            continue
         try:
             records.append(_read(path))
         except (OSError, ValueError) as exc:

@@ -24,6 +24,7 @@ from pipeline.board.tuning_python import board_python
 from pipeline.compiler import lowering, passes
 from pipeline.compiler.builder import resolved_target
 from pipeline.compiler.importer.model_file import ModelSpec
+from pipeline.compiler.rewrite_choices import store_planner
 from pipeline.compiler.schedules import tasks as schedule_tasks
 from pipeline.compiler.schedules.tensor_intrinsics import register_cpu_intrinsics
 from pipeline.errors import PipelineError
@@ -68,7 +69,7 @@ def tune(
     started = time.perf_counter()
     target = resolved_target(board)
     tvm_target = tvm.target.Target(target)
-    tasks = _heavy_tasks(model, board, tvm_target, only)
+    tasks = _heavy_tasks(model, board, tvm_target, only, records_dir)
     work_dir = _work_dir(cache_dir, target, model)
     work_dir.mkdir(parents=True, exist_ok=True)
     database = _work_database(work_dir)
@@ -312,10 +313,13 @@ def measured_schedules(
 
 
 def _heavy_tasks(
-    model: ModelSpec, board: BoardProfile, tvm_target: Any, only: tuple[str, ...]
+    model: ModelSpec, board: BoardProfile, tvm_target: Any, only: tuple[str, ...], records_dir: Path = RECORDS_DIR
 ) -> list[schedule_tasks.Task]:
-    """The model's conv/dense tasks as the build lowers them, those named in `only` when it names any."""
-    fused = passes.fuse(lowering.import_model(model, board.winograd, tvm_target, board.channels_last)[0], tvm_target)
+    """The model's conv/dense tasks as the build lowers them (the convs with records kept direct, as the
+    build keeps them), those named in `only` when it names any."""
+    planner = store_planner(resolved_target(board), tvm_target, records_dir)
+    imported = lowering.import_model(model, board.winograd, tvm_target, board.channels_last, planner)[0]
+    fused = passes.fuse(imported, tvm_target)
     tasks = [t for t in schedule_tasks.extract_tasks(fused, tvm_target) if t.key.heavy and (not only or t.name in only)]
     unknown = sorted(set(only) - {t.name for t in tasks})  # a misspelt name must not be skipped silently
     if unknown:

@@ -1,0 +1,162 @@
+"""Which convs the layout rewrites (Winograd, channels-last) may take: a tuned schedule is never
+replaced by an unmeasured one.
+
+Why: a rewrite changes a conv's tasks, so the records tuned for its direct NCHW form stop applying
+(docs/records.md). Rewriting by rule a conv that has a record trades a measured schedule for an
+unmeasured one: the shipped rk3399 records of VGG-16 then covered 5% of its FLOPs. So before a rewrite
+runs, the direct module is fused once and each conv's direct task is looked up by its structural hash
+among this release's records for the target, and by its semantic workload key among older releases'
+(which the build migrates). A conv with a record keeps its direct NCHW form unless a stored measured
+choice (pipeline/records/choices.py) says the rewrite won; a conv without one takes the rule's (or,
+where this host runs the target's code, the measured) choice as before.
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.compiler import passes
+from pipeline.compiler.rewrites.winograd import Timing, calls_of, var_name
+from pipeline.compiler.schedules import tasks as schedule_tasks
+from pipeline.records.choices import StoredChoice, load_choices
+from pipeline.records.store import StoredRecord, load_store, shown
+from pipeline.records.workloads import WorkloadKey
+
+
+@dataclass(frozen=True)
+class RecordedConv:
+    """A conv whose direct task has a record: the weight parameter names the conv across rewrites."""
+
+    weight: str
+    task: str  # the direct task's name in the direct module
+    key: WorkloadKey  # the direct task's semantic workload key (what a choice record is keyed by)
+    record: str  # records/<target>/<file> of the record it has
+    emulated: bool  # the record was measured under emulation
+
+
+@dataclass(frozen=True)
+class RewritePlan:
+    """Per conv (by weight name), what the rewrites must respect: its record, and a measured choice."""
+
+    recorded: Mapping[str, RecordedConv] = field(default_factory=dict)
+    choices: Mapping[str, StoredChoice] = field(default_factory=dict)  # by weight name
+
+    def keeps_direct(self, weight: str) -> bool:
+        """Stays direct (and NCHW): it has a record and no measurement says a rewrite beats it."""
+        choice = self.choices.get(weight)
+        if choice is not None:
+            return choice.chosen == "direct"
+        return weight in self.recorded
+
+    def direct_weights(self) -> frozenset[str]:
+        return frozenset(w for w in set(self.recorded) | set(self.choices) if self.keeps_direct(w))
+
+    def winograd_timings(self) -> dict[str, Timing | None]:
+        """For the Winograd rewrite: each conv with a record or a choice, with the choice's times
+        (the tuned direct candidate's against each tile size) or None (kept by its record, unmeasured)."""
+        timings: dict[str, Timing | None] = {w: None for w in self.recorded}
+        for weight, choice in self.choices.items():
+            direct = choice.choice.direct()
+            tiles = {c.tile: c.ms for c in choice.choice.candidates if c.form == "winograd"}
+            timings[weight] = Timing(direct.ms if direct else float("inf"), tiles) if tiles else None
+        return timings
+
+
+def plan_rewrites(
+    mod: Any,
+    target: Any,
+    records: Sequence[StoredRecord],
+    older: Sequence[StoredRecord],
+    choices: Sequence[StoredChoice] = (),
+) -> RewritePlan:
+    """The plan for `mod` (imported, NCHW, before any rewrite): its direct form is fused as the build
+    would fuse it and each conv's task matched against the records and the stored choices. Nothing to
+    match (no record, no choice for the target): the empty plan, without fusing."""
+    if not records and not older and not choices:
+        return RewritePlan()
+    lifted = _lifted_structure(mod)
+    fused = passes.fuse(lifted, target)
+    tasks = {task.name: task for task in schedule_tasks.extract_tasks(fused, target)}
+    by_hash = {s.record.structural_hash: s for s in records}
+    by_key = {s.record.workload: s for s in older}
+    by_choice_key = {c.choice.workload: c for c in choices}
+    recorded: dict[str, RecordedConv] = {}
+    chosen: dict[str, StoredChoice] = {}
+    for weight, task_name in _conv_tasks(mod, fused).items():
+        task = tasks.get(task_name)
+        if task is None:
+            continue
+        stored = by_hash.get(task.structural_hash) or by_key.get(task.key)
+        if stored is not None:
+            recorded[weight] = RecordedConv(
+                weight, task.name, task.key, shown(stored.path), stored.record.provenance.emulated
+            )
+        if task.key in by_choice_key:
+            chosen[weight] = by_choice_key[task.key]
+    return RewritePlan(recorded, chosen)
+
+
+def direct_keys(mod: Any, target: Any) -> dict[str, tuple[str, WorkloadKey]]:
+    """Each conv's (by weight name) direct task name and semantic key, as the build would fuse the
+    direct module: what a choice is measured for and keyed by."""
+    fused = passes.fuse(_lifted_structure(mod), target)
+    tasks = {task.name: task for task in schedule_tasks.extract_tasks(fused, target)}
+    return {w: (name, tasks[name].key) for w, name in _conv_tasks(mod, fused).items() if name in tasks}
+
+
+def _lifted_structure(mod: Any) -> Any:
+    """The module's main as the weight lifting leaves it (passes.lift_weight_transforms), without
+    computing the lifted weights: only the structure decides the tasks."""
+    from tvm import relax
+
+    lifted = relax.transform.LiftTransformParams()(mod)
+    if "main_transform_params" not in {gv.name_hint for gv in lifted.functions}:
+        return mod
+    return type(lifted)({gv: f for gv, f in lifted.functions.items() if gv.name_hint != "main_transform_params"})
+
+
+def _conv_tasks(mod: Any, fused: Any) -> dict[str, str]:
+    """Weight parameter name -> the fused PrimFunc that computes its conv: the weight lifting keeps a
+    conv weight's parameter, and fusion passes it to the conv's call_tir as it is."""
+    from tvm import relax
+
+    weights = {
+        var_name(call.args[1]) for call in calls_of(mod, "relax.nn.conv2d") if isinstance(call.args[1], relax.Var)
+    }
+    found: dict[str, str] = {}
+    for block in fused["main"].body.blocks:
+        for binding in block.bindings:
+            call = binding.value
+            if not isinstance(call, relax.Call) or getattr(call.op, "name", "") != "relax.call_tir":
+                continue
+            args = call.args[1].fields if isinstance(call.args[1], relax.Tuple) else []
+            for arg in args:
+                if isinstance(arg, relax.Var) and var_name(arg) in weights:
+                    found.setdefault(var_name(arg), call.args[0].name_hint)
+    return found
+
+
+def planner_for(
+    target: Any,
+    records: Sequence[StoredRecord],
+    older: Sequence[StoredRecord],
+    choices: Sequence[StoredChoice],
+) -> Callable[[Any], RewritePlan]:
+    """The plan of the rewrites as the build makes it, for lowering.import_model: `invoke tune` and
+    `invoke migrate` must lower the very module that the build lowers."""
+    return lambda mod: plan_rewrites(mod, target, records, older, choices)
+
+
+def store_planner(target_dict: dict[str, Any], target: Any, records_dir: Path) -> Callable[[Any], RewritePlan]:
+    """planner_for with the store's records and choices for the target and this TVM release."""
+    import tvm
+
+    store = load_store(records_dir)
+    choices, _ = load_choices(target_dict, tvm.__version__, records_dir)
+    return planner_for(
+        target,
+        store.for_target(target_dict, tvm.__version__),
+        store.older_releases(target_dict, tvm.__version__),
+        choices,
+    )

@@ -1,0 +1,135 @@
+"""A tuned schedule is never replaced by an unmeasured one: a conv whose direct task has a record stays
+direct (and NCHW) whatever rewrite it is eligible for, a stored measured choice decides where there is
+one, and a conv without either takes the rule's choice."""
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.board.profile import load_board
+from pipeline.compiler import builder, passes
+from pipeline.compiler.importer.model_file import resolve_model
+from pipeline.compiler.rewrite_choices import plan_rewrites
+from pipeline.compiler.rewrites import channels_last, winograd
+from pipeline.compiler.schedules import tasks as schedule_tasks
+from pipeline.records.choices import Candidate, Choice, StoredChoice, load_choices, save_choice
+from pipeline.records.store import Provenance, Record, StoredRecord, load_store
+from pipeline.records.workloads import WorkloadKey
+
+ARM = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"], "num-cores": 2}
+
+
+def two_convs(stride: int = 1) -> Any:
+    """main(x, w1, b1, w2, b2): two 3x3 convs (64 -> 64 -> 128 channels) with bias and ReLU, one after the other."""
+    from tvm import relax
+
+    from pipeline.tvm_release.compat import TensorType as tensor
+
+    block = relax.BlockBuilder()
+    x = relax.Var("x", tensor((1, 64, 16, 16), "float32"))
+    weights = [relax.Var(f"w{i}", tensor((k, 64, 3, 3), "float32")) for i, k in ((1, 64), (2, 128))]
+    biases = [relax.Var(f"b{i}", tensor((1, k, 1, 1), "float32")) for i, k in ((1, 64), (2, 128))]
+    with block.function("main", [x, weights[0], biases[0], weights[1], biases[1]], attrs={"num_input": 1}):
+        with block.dataflow():
+            first = block.emit(relax.op.nn.conv2d(x, weights[0], strides=stride, padding=1))
+            first = block.emit(relax.op.nn.relu(relax.op.add(first, biases[0])))
+            second = block.emit(relax.op.nn.conv2d(first, weights[1], strides=stride, padding=1))
+            out = block.emit_output(relax.op.nn.relu(relax.op.add(second, biases[1])))
+        block.emit_func_output(out)
+    return block.get()
+
+
+def record_for(mod: Any, target: Any, weight: str) -> StoredRecord:
+    """A stand-in record of the direct task of one conv: the plan reads only its hash and provenance."""
+    from pipeline.compiler.rewrite_choices import _conv_tasks, _lifted_structure
+
+    fused = passes.fuse(_lifted_structure(mod), target)
+    task_name = _conv_tasks(mod, fused)[weight]
+    (task,) = [t for t in schedule_tasks.extract_tasks(fused, target) if t.name == task_name]
+    provenance = Provenance("0.27.0", "rk3399-emu", "two", task.name, "2026-12-08T00:00:00Z", 10.0, 2, True)
+    record = Record(task.key, ARM, task.structural_hash, provenance, "", [])
+    return StoredRecord(Path("records/aarch64/conv2d-1.json"), record, "d1")
+
+
+def choice_for(key: WorkloadKey, direct_ms: float, winograd_ms: float) -> StoredChoice:
+    candidates = (
+        Candidate("direct", 0, direct_ms, "records/aarch64/conv2d-1.json"),
+        Candidate("winograd", 4, winograd_ms, "winograd"),
+    )
+    choice = Choice("winograd", key, ARM, "rk3399-emu", "0.27.0", "recipe 1", True, "2026-12-08", candidates)
+    return StoredChoice(Path("records/aarch64/choices/winograd-1.json"), choice, "c1")
+
+
+@pytest.fixture(scope="module")
+def arm() -> Any:
+    import tvm
+
+    return tvm.target.Target(ARM)
+
+
+def test_a_conv_with_a_record_stays_direct_and_one_without_takes_the_rule(arm: Any) -> None:
+    mod = two_convs()
+    plan = plan_rewrites(mod, arm, [record_for(mod, arm, "w1")], [])
+    assert plan.keeps_direct("w1") and not plan.keeps_direct("w2")
+    _, done = winograd.rewrite(mod, recorded=plan.winograd_timings())
+    assert [(c.weight, c.chosen) for c in done] == [("w1", False), ("w2", True)]
+    report = winograd.report(mod, done, {"w2": _weights()})
+    assert "Winograd: kept direct, tuned record and no measured choice: 1 convs (conv2d #1)" in report.lines()
+
+
+def test_without_records_or_choices_the_plan_is_empty_and_every_eligible_conv_takes_the_rule(arm: Any) -> None:
+    mod = two_convs()
+    plan = plan_rewrites(mod, arm, [], [])
+    assert not plan.recorded and not plan.choices
+    _, done = winograd.rewrite(mod, recorded=plan.winograd_timings())
+    assert all(c.chosen for c in done)
+
+
+def test_a_stored_measured_choice_decides_over_the_record(arm: Any) -> None:
+    mod = two_convs()
+    stored = record_for(mod, arm, "w1")
+    faster_winograd = choice_for(stored.record.workload, direct_ms=2.3, winograd_ms=1.0)
+    plan = plan_rewrites(mod, arm, [stored], [], [faster_winograd])
+    assert not plan.keeps_direct("w1")
+    _, done = winograd.rewrite(mod, recorded=plan.winograd_timings())
+    assert done[0].chosen and done[0].plan.m == 4
+    assert faster_winograd.choice.summary() == (
+        "winograd (measured 2.3x faster than the tuned direct record on rk3399-emu, emulated)"
+    )
+    slower = choice_for(stored.record.workload, direct_ms=1.0, winograd_ms=1.8)
+    assert plan_rewrites(mod, arm, [stored], [], [slower]).keeps_direct("w1")
+    assert slower.choice.summary() == "tuned direct (measured 1.8x faster than winograd on rk3399-emu, emulated)"
+
+
+def test_a_strided_conv_with_a_record_stays_nchw(arm: Any) -> None:
+    mod = two_convs(stride=2)
+    plan = plan_rewrites(mod, arm, [record_for(mod, arm, "w1")], [])
+    _, report = channels_last.rewrite(mod, plan.direct_weights())
+    assert (report.convs, report.kept_tuned) == (1, 1)
+    assert "Channels-last: 1 strided convs kept NCHW, tuned record" in report.lines()
+
+
+def test_choices_are_kept_beside_the_records_and_change_the_build_key(arm: Any, tmp_path: Path) -> None:
+    mod = two_convs()
+    key = record_for(mod, arm, "w1").record.workload
+    path = save_choice(choice_for(key, 1.0, 2.0).choice, tmp_path)
+    assert path.parent.name == "choices"
+    (loaded,), problems = load_choices(ARM, "0.27.0", tmp_path)
+    assert loaded.choice == choice_for(key, 1.0, 2.0).choice and not problems
+    assert load_choices(ARM, "0.26.0", tmp_path)[0] == []  # another release: its choice does not apply
+    assert load_choices({**ARM, "num-cores": 4}, "0.27.0", tmp_path)[0] == []
+    assert load_store(tmp_path).problems == ()  # not a record, and not a damaged one either
+    model, board = resolve_model("tiny"), load_board("rk3399-emu")
+    assert builder.build_key(model, board) != builder.build_key(model, board, choices=[loaded])
+    assert builder.build_key(model, board) != builder.build_key(model, board, host_timings="ab12")
+    assert builder.build_key(model, board, choices=[loaded]) != builder.build_key(
+        model, board, choices=[replace(loaded, digest="other")]
+    )
+
+
+def _weights() -> Any:
+    import numpy as np
+
+    return np.random.default_rng(0).standard_normal((128, 64, 3, 3)).astype("float32")
