@@ -133,3 +133,46 @@ def _weights() -> Any:
     import numpy as np
 
     return np.random.default_rng(0).standard_normal((128, 64, 3, 3)).astype("float32")
+
+
+def host_record(mod: Any, target: Any, weight: str) -> StoredRecord:
+    """A real record for this host of one conv's direct task: its default schedule, as if tuned."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from pipeline.compiler.rewrite_choices import _conv_tasks, _lifted_structure
+    from pipeline.compiler.schedules.default_schedules import default_schedule
+    from pipeline.records.store import record_from_tuning
+
+    fused = passes.fuse(_lifted_structure(mod), target)
+    task_name = _conv_tasks(mod, fused)[weight]
+    (task,) = [t for t in schedule_tasks.extract_tasks(fused, target) if t.name == task_name]
+    schedule = default_schedule(task.extracted.dispatched[0], target, task.name)
+    assert schedule is not None
+    database = ms.database.MemoryDatabase()
+    tuning = ms.database.TuningRecord(
+        schedule.trace,
+        database.commit_workload(schedule.workload),
+        run_secs=[1e-3],
+        target=target,
+        args_info=ms.arg_info.ArgInfo.from_prim_func(schedule.workload["main"]),
+    )
+    dict_target = builder.resolved_target(load_board("local"))
+    record = record_from_tuning(tuning, task.key, dict_target, "local", "two", task.name, 1, False)
+    return StoredRecord(Path("records/x86_64/conv2d-1.json"), record, "d1")
+
+
+def test_on_this_host_a_tuned_conv_races_its_record_against_winograd_once_per_cpu(tmp_path: Path) -> None:
+    import tvm
+
+    target = tvm.target.Target(builder.resolved_target(load_board("local")))
+    mod = two_convs()
+    plan = plan_rewrites(mod, target, [host_record(mod, target, "w1")], [], cache_dir=tmp_path)
+    choice = plan.choices["w1"].choice
+    assert [(c.form, c.tile) for c in choice.candidates] == [("direct", 0), ("winograd", 2), ("winograd", 4)]
+    assert choice.candidates[0].schedule == "records/x86_64/conv2d-1.json" and all(c.ms > 0 for c in choice.candidates)
+    assert plan.keeps_direct("w1") == (choice.chosen == "direct")
+    assert "w2" not in plan.choices  # no record: measured (or ruled) by the rewrite as before
+    (timings,) = (tmp_path / "winograd").glob("*.json")
+    again = plan_rewrites(mod, target, [host_record(mod, target, "w1")], [], cache_dir=tmp_path)
+    assert again.choices["w1"].choice == choice  # read back, not measured again
+    assert timings.is_file()

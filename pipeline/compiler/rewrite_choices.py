@@ -19,9 +19,11 @@ from typing import Any
 from pipeline.compiler import passes
 from pipeline.compiler.rewrites.winograd import Timing, calls_of, var_name
 from pipeline.compiler.schedules import tasks as schedule_tasks
+from pipeline.compiler.schedules.schedule_transfer import runs_here
+from pipeline.paths import CACHE_DIR
 from pipeline.records.choices import StoredChoice, load_choices
 from pipeline.records.store import StoredRecord, load_store, shown
-from pipeline.records.workloads import WorkloadKey
+from pipeline.records.workloads import WINOGRAD_PREFIX, WorkloadKey
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ def plan_rewrites(
     records: Sequence[StoredRecord],
     older: Sequence[StoredRecord],
     choices: Sequence[StoredChoice] = (),
+    cache_dir: Path = CACHE_DIR,
 ) -> RewritePlan:
     """The plan for `mod` (imported, NCHW, before any rewrite): its direct form is fused as the build
     would fuse it and each conv's task matched against the records and the stored choices. Nothing to
@@ -94,7 +97,54 @@ def plan_rewrites(
             )
         if task.key in by_choice_key:
             chosen[weight] = by_choice_key[task.key]
+    if runs_here(target):
+        chosen.update(_measured_here(mod, target, recorded, chosen, by_hash, records, cache_dir))
     return RewritePlan(recorded, chosen)
+
+
+def _measured_here(
+    mod: Any,
+    target: Any,
+    recorded: Mapping[str, RecordedConv],
+    chosen: Mapping[str, StoredChoice],
+    by_hash: Mapping[str, StoredRecord],
+    records: Sequence[StoredRecord],
+    cache_dir: Path,
+) -> dict[str, StoredChoice]:
+    """On a target this host runs: each eligible conv with a record of this release and no stored
+    choice, timed here as its tuned direct task against the Winograd stages, once per CPU (kept with
+    this host's Winograd timings, pipeline/compiler/winograd_choice.py)."""
+    from pipeline.compiler.choice_candidates import choice_of, conv_candidates, eligible_shapes, time_here
+    from pipeline.compiler.winograd_choice import cached_choice
+
+    shapes = eligible_shapes(mod)
+    wanted = [w for w in recorded if w in shapes and w not in chosen]
+    stages = stage_schedules(records)
+    found: dict[str, StoredChoice] = {}
+    for weight in wanted:
+        conv = recorded[weight]
+        stored = next((s for s in by_hash.values() if shown(s.path) == conv.record), None)
+        if stored is None:
+            continue  # an older release's record: migrated at build, not timed here
+
+        def measure(conv: RecordedConv = conv, stored: StoredRecord = stored) -> Any:
+            candidates = conv_candidates(conv.weight, conv.key, shapes[conv.weight], stored, target, stages)
+            times = [time_here(form.modules, target) for form in candidates.forms]
+            return choice_of(candidates, times, stored.record.target, "this host", "build time", False)
+
+        found[weight] = cached_choice(target, stored.record.structural_hash, conv.key, measure, cache_dir)
+    return found
+
+
+def stage_schedules(records: Sequence[StoredRecord]) -> dict[str, Any]:
+    """The Winograd stages' records, as scheduled modules by structural hash: a stage candidate runs its record."""
+    from pipeline.compiler.choice_candidates import scheduled_module
+
+    return {
+        s.record.structural_hash: scheduled_module(s)
+        for s in records
+        if s.record.workload.operator.startswith(WINOGRAD_PREFIX)
+    }
 
 
 def direct_keys(mod: Any, target: Any) -> dict[str, tuple[str, WorkloadKey]]:

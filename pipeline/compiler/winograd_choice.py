@@ -20,10 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import TypeAdapter
 
 from pipeline.atomic import write_atomically
 from pipeline.compiler.rewrites.winograd import POINTS, ConvShape, Timing, rewrite
 from pipeline.paths import CACHE_DIR
+from pipeline.records.choices import Choice, StoredChoice
+from pipeline.records.workloads import WorkloadKey
+
+_CHOICE = TypeAdapter(Choice)
 
 _RUNS = 20
 
@@ -37,6 +42,23 @@ def chooser(target: Any, cache_dir: Path = CACHE_DIR) -> Callable[[ConvShape], T
         return None
     path = timings_path(str(target.attrs["mcpu"]), int(target.attrs["num-cores"]), cache_dir)
     return lambda shape: _timing(shape, target, path)
+
+
+def cached_choice(
+    target: Any, record_hash: str, key: WorkloadKey, measure: Callable[[], Choice], cache_dir: Path = CACHE_DIR
+) -> StoredChoice:
+    """A tuned conv's choice on this host: measured once per CPU and record (`measure`), kept with the
+    Winograd timings, so later builds, `invoke tune` and `invoke migrate` lower the same module."""
+    path = timings_path(str(target.attrs["mcpu"]), int(target.attrs["num-cores"]), cache_dir)
+    entry = f"tuned {record_hash} {key.text()}"
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    if entry not in known:
+        choice = measure()
+        known = json.loads(path.read_text()) if path.is_file() else {}  # another build may have added some
+        known[entry] = asdict(choice)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, json.dumps(known, indent=1).encode())
+    return StoredChoice(path, _CHOICE.validate_python(known[entry], strict=False), "")
 
 
 def timings_path(mcpu: str, cores: int, cache_dir: Path = CACHE_DIR) -> Path:
@@ -60,7 +82,7 @@ def _timing(shape: ConvShape, target: Any, path: Path) -> Timing:
     known = json.loads(path.read_text()) if path.is_file() else {}
     key = json.dumps(asdict(shape))
     if key not in known:
-        direct = _conv_module(shape)
+        direct = conv_module(shape)
         width = gemm_width(target)
         winograd = {m: _best_ms(rewrite(direct, tile=m, width=width)[0], shape, target) for m in sorted(POINTS)}
         known = json.loads(path.read_text()) if path.is_file() else {}  # another build may have added some
@@ -71,7 +93,7 @@ def _timing(shape: ConvShape, target: Any, path: Path) -> Timing:
     return Timing(entry["direct_ms"], {int(m): ms for m, ms in entry["winograd_ms"].items()})
 
 
-def _conv_module(shape: ConvShape) -> Any:
+def conv_module(shape: ConvShape) -> Any:
     from tvm import relax
 
     from pipeline.tvm_release.compat import TensorType as tensor
