@@ -369,6 +369,7 @@ def doctor(c: Context, board: str = "rk3399-emu", model: str | None = None) -> N
         "trials": "schedules to measure in all; the largest conv/dense tasks get them first (default 64)",
         "only": "comma-separated task names (see invoke build's table) to tune instead of all",
         "retune": "search tasks that already have records too; a record is replaced only by a faster one",
+        "choices-only": "only time each tuned conv against its Winograd forms on the board and keep the choices",
         "input-shape": _SHAPE_HELP,
         **_TVM_HELP,
     }
@@ -381,11 +382,12 @@ def tune(
     trials: str | None = None,
     only: str = "",
     retune: bool = False,
+    choices_only: bool = False,
     input_shape: str | None = None,
     tvm: str | None = None,
 ) -> None:
     """Tune the model's conv/dense tasks with MetaSchedule, measuring on the board, and save the best
-    schedules in records/."""
+    schedules in records/ (first the choices between each tuned conv and its Winograd forms)."""
     if _under_release(tvm):
         return
     from pipeline.board.profile import load_board
@@ -418,9 +420,15 @@ def tune(
             only=names,
             retune=retune,
             on_measured=on_measured,
+            choices_only=choices_only,
         )
     finally:
         progress.stop()
+    for path in result.choices:
+        print(f"choice {shown(path)}")
+    if choices_only:
+        print(f"measured {len(result.choices)} choices in {result.seconds:.0f} s on {profile.name}")
+        return
     emulated = ", emulated: the records prove the loop, not the board's speed" if profile.emulated else ""
     print(
         f"tuned {len(result.tuned)} tasks with {result.trials} trials in {result.seconds:.0f} s on {profile.name}{emulated}"

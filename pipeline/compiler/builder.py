@@ -13,10 +13,10 @@ from typing import Any
 
 from pipeline.board.profile import Arch, BoardProfile
 from pipeline.compiler import lowering, passes
-from pipeline.compiler.coverage import Coverage, measure_coverage
+from pipeline.compiler.coverage import Coverage, measure_coverage, with_choices
 from pipeline.compiler.elf import elf_arch
 from pipeline.compiler.importer.model_file import ModelSpec
-from pipeline.compiler.rewrite_choices import planner_for
+from pipeline.compiler.rewrite_choices import RecordingPlanner, planner_for, task_labels
 from pipeline.compiler.rewrites.channels_last import ChannelsLastReport
 from pipeline.compiler.rewrites.winograd import WinogradReport
 from pipeline.compiler.schedules import tasks as schedule_tasks
@@ -188,8 +188,9 @@ def _compile_into(
     started = time.perf_counter()
     target = resolved_target(board)
     tvm_target = tvm.target.Target(target)
+    planner = RecordingPlanner(planner_for(tvm_target, records, older, stored_choices))
     mod, params, winograd, layout = lowering.import_model_reporting(
-        model, board.winograd, tvm_target, board.channels_last, planner_for(tvm_target, records, older, stored_choices)
+        model, board.winograd, tvm_target, board.channels_last, planner
     )
     doing = f"TVM could not build {model.name} for {target['mtriple']}"
     fix = f"check that '{board.cross_compiler}' is installed (scripts/install.sh) and the profile's target"
@@ -218,6 +219,7 @@ def _compile_into(
         rejected + not_migrated,
         choices,
     )
+    coverage = with_choices(coverage, task_labels(tasks, planner.plan, winograd))
     library = out_dir / LIBRARY_NAME
     with tvm_errors(doing, fix):
         executable = passes.build_executable(applied, tvm_target)

@@ -85,7 +85,7 @@ def _winograd(mod: Any, params: dict[str, list[Any]], target: Any, plan: Rewrite
     names = [var_name(var) for var in main.params[int(main.attrs["num_input"]) :]]
     wanted = {layer.weight for layer in done}
     weights = {name: tensor.numpy() for name, tensor in zip(names, params.get("main", [])) if name in wanted}
-    return rewritten, report(mod, done, weights)
+    return rewritten, report(mod, done, weights, plan.choice_summaries())
 
 
 def weights_not_inputs(proto: Any) -> Any:

@@ -11,9 +11,9 @@ from pathlib import Path
 from pipeline.board.profile import BoardProfile
 from pipeline.compiler import lowering, passes
 from pipeline.compiler.builder import resolved_target
-from pipeline.compiler.coverage import Coverage, measure_coverage
+from pipeline.compiler.coverage import Coverage, measure_coverage, with_choices
 from pipeline.compiler.importer.model_file import ModelSpec
-from pipeline.compiler.rewrite_choices import planner_for
+from pipeline.compiler.rewrite_choices import RecordingPlanner, planner_for, task_labels
 from pipeline.compiler.schedules import tasks as schedule_tasks
 from pipeline.paths import RECORDS_DIR
 from pipeline.records.choices import load_choices
@@ -33,9 +33,12 @@ def planned_coverage(model: ModelSpec, board: BoardProfile, records_dir: Path = 
     records = store.for_target(target, tvm.__version__)
     older = store.older_releases(target, tvm.__version__)
     choices, _ = load_choices(target, tvm.__version__, records_dir)
-    planner = planner_for(tvm_target, records, older, choices)
-    mod = lowering.import_model(model, board.winograd, tvm_target, board.channels_last, planner)[0]
+    planner = RecordingPlanner(planner_for(tvm_target, records, older, choices))
+    mod, _, winograd, _ = lowering.import_model_reporting(
+        model, board.winograd, tvm_target, board.channels_last, planner
+    )
     tasks = schedule_tasks.extract_tasks(passes.fuse(mod, tvm_target), tvm_target)
     _, applicable, rejected = to_database(records)
     hit = {t.name for t in tasks if t.structural_hash in applicable}
-    return measure_coverage(tasks, hit, applicable, store, target, tvm.__version__, rejected)
+    coverage = measure_coverage(tasks, hit, applicable, store, target, tvm.__version__, rejected)
+    return with_choices(coverage, task_labels(tasks, planner.plan, winograd))

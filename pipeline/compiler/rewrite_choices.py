@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.compiler import passes
-from pipeline.compiler.rewrites.winograd import Timing, calls_of, var_name
+from pipeline.compiler.rewrites.winograd import Timing, WinogradLayer, WinogradReport, calls_of, var_name
 from pipeline.compiler.schedules import tasks as schedule_tasks
 from pipeline.compiler.schedules.schedule_transfer import runs_here
 from pipeline.paths import CACHE_DIR
@@ -54,6 +54,10 @@ class RewritePlan:
     def direct_weights(self) -> frozenset[str]:
         return frozenset(w for w in set(self.recorded) | set(self.choices) if self.keeps_direct(w))
 
+    def choice_summaries(self) -> dict[str, str]:
+        """How each measured conv's form was chosen (by weight name), for the build's report."""
+        return {weight: stored.choice.summary() for weight, stored in self.choices.items()}
+
     def winograd_timings(self) -> dict[str, Timing | None]:
         """For the Winograd rewrite: each conv with a record or a choice, with the choice's times
         (the tuned direct candidate's against each tile size) or None (kept by its record, unmeasured)."""
@@ -72,6 +76,7 @@ def plan_rewrites(
     older: Sequence[StoredRecord],
     choices: Sequence[StoredChoice] = (),
     cache_dir: Path = CACHE_DIR,
+    measure_here: bool = True,
 ) -> RewritePlan:
     """The plan for `mod` (imported, NCHW, before any rewrite): its direct form is fused as the build
     would fuse it and each conv's task matched against the records and the stored choices. Nothing to
@@ -97,7 +102,7 @@ def plan_rewrites(
             )
         if task.key in by_choice_key:
             chosen[weight] = by_choice_key[task.key]
-    if runs_here(target):
+    if measure_here and runs_here(target):
         chosen.update(_measured_here(mod, target, recorded, chosen, by_hash, records, cache_dir))
     return RewritePlan(recorded, chosen)
 
@@ -210,3 +215,51 @@ def store_planner(target_dict: dict[str, Any], target: Any, records_dir: Path) -
         store.older_releases(target_dict, tvm.__version__),
         choices,
     )
+
+
+class RecordingPlanner:
+    """planner_for that keeps the plan it made, so the build can label its coverage table with it."""
+
+    def __init__(self, planner: Callable[[Any], RewritePlan]) -> None:
+        self._planner = planner
+        self.plan = RewritePlan()
+
+    def __call__(self, mod: Any) -> RewritePlan:
+        self.plan = self._planner(mod)
+        return self.plan
+
+
+def task_labels(tasks: Sequence[Any], plan: RewritePlan, report: WinogradReport) -> dict[str, tuple[str, bool]]:
+    """Task name -> (how its conv's form was chosen, whether that form was measured faster than the
+    conv's tuned record) for the convs a choice concerns: those kept direct for their record (by their
+    workload key) and the Winograd stages of rewritten convs (by the stage's shapes)."""
+    summaries = plan.choice_summaries()
+    by_key = {
+        conv.key: summaries.get(weight, "rule") for weight, conv in plan.recorded.items() if plan.keeps_direct(weight)
+    }
+    labels: dict[str, tuple[str, bool]] = {}
+    for task in tasks:
+        if task.key in by_key:
+            labels[task.name] = (by_key[task.key], False)
+            continue
+        layer = next((x for x in report.layers if _is_stage_of(task.key, x)), None)
+        if layer is not None:
+            labels[task.name] = (
+                layer.choice,
+                layer.choice.startswith("winograd (measured") and "tuned direct" in layer.choice,
+            )
+    return labels
+
+
+def _is_stage_of(key: WorkloadKey, layer: WinogradLayer) -> bool:
+    """Whether a Winograd stage's key fits the rewritten conv: its input, its GEMM, or its output."""
+    data, weight = (tuple(int(d) for d in part.split("x")) for part in layer.shape.split(" * "))
+    positions = (layer.tile + 2) ** 2
+    batch, channels, out_channels = data[0], data[1], weight[0]
+    if key.operator.endswith("input"):
+        return key.input_shape == data and key.output_shape[::2] == (positions, channels)
+    if key.operator.endswith("gemm"):
+        return key.input_shape[::2] == (positions, channels) and key.output_shape[::2] == (positions, out_channels)
+    if key.operator.endswith("output"):
+        return key.input_shape[::2] == (positions, out_channels) and key.output_shape[:2] == (batch, out_channels)
+    return False

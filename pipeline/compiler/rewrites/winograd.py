@@ -213,6 +213,7 @@ class WinogradLayer:
     direct_ms: float = 0.0  # measured at build time (both 0: chosen by rule)
     winograd_ms: float = 0.0
     recorded: bool = False  # the direct form has a record: the direct time is the tuned schedule's
+    choice: str = ""  # how the form was chosen, for the coverage table: `rule`, or what was measured
 
 
 @dataclass(frozen=True)
@@ -550,9 +551,24 @@ def _product(values: tuple[int, ...]) -> int:
     return result
 
 
-def report(mod: Any, done: list[Rewritten], weights: dict[str, np.ndarray]) -> WinogradReport:
-    """The rewrite's summary for the module it rewrote, with each layer's error on its own weights."""
+def report(
+    mod: Any, done: list[Rewritten], weights: dict[str, np.ndarray], choices: Mapping[str, str] | None = None
+) -> WinogradReport:
+    """The rewrite's summary for the module it rewrote, with each layer's error on its own weights;
+    `choices`: how a stored measurement chose a conv's form (by weight name), else the rule or the
+    build-time timing says."""
     before = multiply_adds(mod)
+
+    def chosen_by(candidate: Rewritten) -> str:
+        if choices and candidate.weight in choices:
+            return choices[candidate.weight]
+        timing = candidate.timing
+        if timing is None:
+            return "rule"
+        fastest = min(timing.winograd_ms.values())
+        if candidate.chosen:
+            return f"winograd (measured {timing.direct_ms / fastest:.1f}x faster than the direct default)"
+        return f"direct (measured {fastest / timing.direct_ms:.1f}x faster than winograd)"
 
     def layer(candidate: Rewritten) -> WinogradLayer:
         shape = candidate.plan.shape
@@ -565,8 +581,15 @@ def report(mod: Any, done: list[Rewritten], weights: dict[str, np.ndarray]) -> W
             winograd_multiply_adds=candidate.plan.multiply_adds(),
             error=layer_error(candidate.plan, weights[candidate.weight]) if candidate.chosen else 0.0,
             direct_ms=candidate.timing.direct_ms if candidate.timing else 0.0,
-            winograd_ms=candidate.timing.winograd_ms.get(candidate.plan.m, 0.0) if candidate.timing else 0.0,
+            winograd_ms=(
+                candidate.timing.winograd_ms.get(candidate.plan.m, 0.0)
+                if candidate.chosen
+                else min(candidate.timing.winograd_ms.values())
+            )
+            if candidate.timing
+            else 0.0,
             recorded=candidate.recorded,
+            choice=chosen_by(candidate),
         )
 
     layers = tuple(layer(c) for c in done if c.chosen)
