@@ -176,3 +176,51 @@ def test_on_this_host_a_tuned_conv_races_its_record_against_winograd_once_per_cp
     again = plan_rewrites(mod, target, [host_record(mod, target, "w1")], [], cache_dir=tmp_path)
     assert again.choices["w1"].choice == choice  # read back, not measured again
     assert timings.is_file()
+
+
+def small_cnn(path: Path) -> Path:
+    """A 3-channel stem and two eligible 3x3 convs of 32 channels (the second with another epilogue)."""
+    import onnx
+
+    from models.graph import GraphBuilder
+
+    g = GraphBuilder(7, "data", (1, 3, 16, 16))
+    x = g.relu(g.conv(g.input, 32, 3))
+    y = g.relu(g.conv(x, 32, 3))
+    x = g.add(g.conv(y, 32, 3), x)
+    x = g.flatten(g.global_avg_pool(x), features=x.channels)
+    onnx.save(g.finish("small_cnn", g.gemm(x, 10, gain=1.0)), path)
+    return path
+
+
+@pytest.mark.board
+def test_tune_choices_only_times_a_tuned_conv_on_the_board_and_the_build_applies_the_choice(tmp_path: Path) -> None:
+    import tvm
+
+    from pipeline.compiler import lowering
+    from pipeline.compiler.choice_candidates import eligible_shapes
+    from pipeline.compiler.coverage import coverage_lines
+    from pipeline.records.store import save_record
+    from pipeline.tuning.tuner import tune
+
+    spec, board = resolve_model(str(small_cnn(tmp_path / "small_cnn.onnx"))), load_board("local")
+    target = tvm.target.Target(builder.resolved_target(board))
+    mod = lowering.import_model(spec)[0]
+    weight = sorted(eligible_shapes(mod))[0]
+    records = tmp_path / "records"
+    stored = host_record(mod, target, weight)
+    save_record(stored.record, records)
+
+    result = tune(spec, board, 1, records_dir=records, cache_dir=tmp_path / "cache", choices_only=True)
+    assert result.tuned == () and len(result.choices) == 1
+    (loaded,), _ = load_choices(builder.resolved_target(board), tvm.__version__, records)
+    choice = loaded.choice
+    assert (choice.board, choice.emulated, choice.workload) == ("local", False, stored.record.workload)
+    assert [c.form for c in choice.candidates] == ["direct", "winograd", "winograd"]
+    assert choice.candidates[0].schedule.endswith(".json") and all(c.ms > 0 for c in choice.candidates)
+
+    artifact = builder.build(spec, board, cache_dir=tmp_path / "cache", records_dir=records)
+    labelled = [t for t in artifact.coverage.tasks if t.choice == choice.summary()]
+    assert labelled, "\n".join(coverage_lines(artifact.coverage))
+    kept = [layer.name for layer in artifact.winograd.kept_direct]
+    assert bool(kept) == (choice.chosen == "direct")

@@ -172,12 +172,17 @@ def _lifted_structure(mod: Any) -> Any:
 
 
 def _conv_tasks(mod: Any, fused: Any) -> dict[str, str]:
-    """Weight parameter name -> the fused PrimFunc that computes its conv: the weight lifting keeps a
-    conv weight's parameter, and fusion passes it to the conv's call_tir as it is."""
+    """Weight parameter name -> the fused PrimFunc that computes its conv, for the convs a rewrite may
+    take: the weight lifting keeps a conv weight's parameter, and fusion passes it to the conv's
+    call_tir as it is."""
     from tvm import relax
 
+    from pipeline.compiler.rewrites import channels_last, winograd
+
     weights = {
-        var_name(call.args[1]) for call in calls_of(mod, "relax.nn.conv2d") if isinstance(call.args[1], relax.Var)
+        var_name(call.args[1])
+        for call in calls_of(mod, "relax.nn.conv2d")
+        if isinstance(call.args[1], relax.Var) and (winograd.eligible(call) or channels_last.eligible(call))
     }
     found: dict[str, str] = {}
     for block in fused["main"].body.blocks:
@@ -235,7 +240,9 @@ def task_labels(tasks: Sequence[Any], plan: RewritePlan, report: WinogradReport)
     workload key) and the Winograd stages of rewritten convs (by the stage's shapes)."""
     summaries = plan.choice_summaries()
     by_key = {
-        conv.key: summaries.get(weight, "rule") for weight, conv in plan.recorded.items() if plan.keeps_direct(weight)
+        conv.key: summaries.get(weight, "rule (kept for its record; nothing measured)")
+        for weight, conv in plan.recorded.items()
+        if plan.keeps_direct(weight)
     }
     labels: dict[str, tuple[str, bool]] = {}
     for task in tasks:
