@@ -224,3 +224,18 @@ def test_tune_choices_only_times_a_tuned_conv_on_the_board_and_the_build_applies
     assert labelled, "\n".join(coverage_lines(artifact.coverage))
     kept = [layer.name for layer in artifact.winograd.kept_direct]
     assert bool(kept) == (choice.chosen == "direct")
+
+
+def test_a_form_measured_faster_than_the_tuned_record_counts_as_covered() -> None:
+    from pipeline.compiler.coverage import Coverage, TaskCoverage, coverage_lines, with_choices
+
+    def row(task: str, flops: float, tuned: bool) -> TaskCoverage:
+        return TaskCoverage(task, f"{task} key", "conv2d", True, 1, flops, 0.0, tuned, "", "", ())
+
+    coverage = Coverage((row("direct", 1.0, True), row("winograd_gemm", 3.0, False)), 0.25, 1, ())
+    faster = "winograd (measured 2.3x faster than the tuned direct record on rk3399-emu, emulated)"
+    labelled = with_choices(coverage, {"direct": ("rule", False), "winograd_gemm": (faster, True)})
+    assert labelled.tuned_share == 1.0 and labelled.missing == []
+    assert any(line.endswith(f"; {faster}") for line in coverage_lines(labelled))
+    unmeasured = with_choices(coverage, {"winograd_gemm": ("rule", False)})
+    assert unmeasured.tuned_share == 0.25 and [r.task for r in unmeasured.missing] == ["winograd_gemm"]

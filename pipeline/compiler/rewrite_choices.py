@@ -79,8 +79,10 @@ def plan_rewrites(
     measure_here: bool = True,
 ) -> RewritePlan:
     """The plan for `mod` (imported, NCHW, before any rewrite): its direct form is fused as the build
-    would fuse it and each conv's task matched against the records and the stored choices. Nothing to
-    match (no record, no choice for the target): the empty plan, without fusing."""
+    would fuse it and each conv's task matched against the records and the stored choices. On a target
+    this host runs (and `measure_here`), a tuned conv without a stored choice is timed here against its
+    Winograd forms (once per CPU, kept under `cache_dir`). Nothing to match (no record, no choice for
+    the target): the empty plan, without fusing."""
     if not records and not older and not choices:
         return RewritePlan()
     lifted = _lifted_structure(mod)
