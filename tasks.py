@@ -209,6 +209,7 @@ def doctor(c: Context, board: str = "rk3399-emu", model: str | None = None) -> N
         "trials": "schedules to measure in all; the largest conv/dense tasks get them first (default 64)",
         "only": "comma-separated task names (see invoke build's table) to tune instead of all",
         "retune": "search tasks that already have records too; a record is replaced only by a faster one",
+        "choices-only": "only time each tuned conv against its Winograd forms on the board and keep the choices",
         "input-shape": _SHAPE_HELP,
         **_TVM_HELP,
     }
@@ -221,11 +222,12 @@ def tune(
     trials: str | None = None,
     only: str = "",
     retune: bool = False,
+    choices_only: bool = False,
     input_shape: str | None = None,
     tvm: str | None = None,
 ) -> None:
     """Tune the model's conv/dense tasks with MetaSchedule, measuring on the board, and save the best
-    schedules in records/."""
+    schedules in records/ (first the choices between each tuned conv and its Winograd forms)."""
     if _under_release(tvm):
         return
     from pipeline.board.profile import load_board
@@ -240,9 +242,15 @@ def tune(
     where = f"{profile.name} (emulated)" if profile.emulated else profile.name
     with MeasuringBar(Console(stderr=True), where) as bar:
         result = tune_model(
-            resolve_model(model, shape), profile, budget, only=names, retune=retune, on_measured=bar.measured
+            resolve_model(model, shape),
+            profile,
+            budget,
+            only=names,
+            retune=retune,
+            on_measured=bar.measured,
+            choices_only=choices_only,
         )
-    print("\n".join(tune_lines(result, profile)))
+    print("\n".join(tune_lines(result, profile, choices_only)))
 
 
 @task(

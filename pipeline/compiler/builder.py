@@ -24,14 +24,17 @@ from pydantic import TypeAdapter, ValidationError
 
 from pipeline.board.profile import Arch, BoardProfile, TargetSpec
 from pipeline.compiler import lowering, passes
-from pipeline.compiler.coverage import Coverage, coverage_lines, measure_coverage
+from pipeline.compiler.coverage import Coverage, coverage_lines, measure_coverage, with_choices
 from pipeline.compiler.elf import elf_arch
 from pipeline.compiler.importer.model_file import ModelSpec
+from pipeline.compiler.rewrite_choices import RecordingPlanner, planner_for, task_labels
 from pipeline.compiler.rewrites.channels_last import ChannelsLastReport
 from pipeline.compiler.rewrites.winograd import WinogradReport
 from pipeline.compiler.schedules import tasks as schedule_tasks
+from pipeline.compiler.winograd_choice import host_timings_digest
 from pipeline.errors import PipelineError
 from pipeline.paths import CACHE_DIR, RECORDS_DIR
+from pipeline.records.choices import StoredChoice, load_choices
 from pipeline.records.store import RecordStore, StoredRecord, load_store, shown, to_database
 from pipeline.tvm_release.catalog import release_name
 from pipeline.tvm_release.errors import tvm_errors
@@ -144,10 +147,19 @@ def resolved_target(board: BoardProfile) -> TargetSpec:
     return board.target.with_cpu(str(codegen.llvm_get_system_cpu()))
 
 
-def build_key(model: ModelSpec, board: BoardProfile, records: Sequence[StoredRecord] = (), migrate: bool = True) -> str:
+def build_key(
+    model: ModelSpec,
+    board: BoardProfile,
+    records: Sequence[StoredRecord] = (),
+    migrate: bool = True,
+    choices: Sequence[StoredChoice] = (),
+    host_timings: str = "",
+) -> str:
     """Content hash of everything that changes the built library: the model's bytes, the target,
     the cross compiler, the TVM version, the records that may apply (older releases' ones too when they
-    may be migrated), the profile's Winograd and channels-last settings and this build recipe itself."""
+    may be migrated), the stored rewrite choices and this host's Winograd timings (`host_timings`, their
+    digest: they decide which convs are rewritten), the profile's Winograd and channels-last settings
+    and this build recipe itself."""
     import tvm
 
     digest = hashlib.sha256()
@@ -162,6 +174,8 @@ def build_key(model: ModelSpec, board: BoardProfile, records: Sequence[StoredRec
         "input": [model.input_name, list(model.input_shape)],
         "records": sorted(r.digest for r in records),
         "migrate": migrate,
+        "choices": sorted(c.digest for c in choices),
+        "host_timings": host_timings,
         "winograd": board.winograd,
         "channels_last": board.channels_last,
         "recipe": recipe_digest(),
@@ -197,7 +211,8 @@ def build(
     target = resolved_target(board)
     records = store.for_target(target, tvm.__version__)
     older = store.older_releases(target, tvm.__version__) if migrate else []
-    key = build_key(model, board, records + older, migrate)
+    choices, _ = load_choices(target, tvm.__version__, records_dir)
+    key = build_key(model, board, records + older, migrate, choices, host_timings_digest(target))
     directory = cache_dir / "builds" / f"{model.name}-{board.arch}-tvm{release_name(tvm.__version__)}-{key}"
     info_path = directory / BUILD_INFO_NAME
     if info_path.is_file():
@@ -206,7 +221,7 @@ def build(
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     staging.chmod(0o755)
     try:
-        artifact = _compile_into(staging, directory, model, board, key, store, records, migrate)
+        artifact = _compile_into(staging, directory, model, board, key, store, records, migrate, older, choices)
         os.replace(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -223,6 +238,8 @@ def _compile_into(
     store: RecordStore,
     records: list[StoredRecord],
     migrate: bool,
+    older: Sequence[StoredRecord] = (),
+    stored_choices: Sequence[StoredChoice] = (),
 ) -> BuildArtifact:
     """Compile into `out_dir`, the staging folder that becomes `directory`, where the artifact points."""
     import tvm
@@ -233,8 +250,9 @@ def _compile_into(
     started = time.perf_counter()
     target = resolved_target(board)
     tvm_target = tvm.target.Target(target.as_tvm_dict())
+    planner = RecordingPlanner(planner_for(tvm_target, records, older, stored_choices))
     mod, params, winograd, layout = lowering.import_model_reporting(
-        model, board.winograd, tvm_target, board.channels_last
+        model, board.winograd, tvm_target, board.channels_last, planner
     )
     doing = f"TVM could not build {model.name} for {target.mtriple}"
     fix = f"check that '{board.cross_compiler}' is installed (scripts/install.sh) and the profile's target"
@@ -263,6 +281,7 @@ def _compile_into(
         rejected + not_migrated,
         choices,
     )
+    coverage = with_choices(coverage, task_labels(tasks, planner.plan, winograd))
     library = out_dir / LIBRARY_NAME
     with tvm_errors(doing, fix):
         executable = passes.build_executable(applied, tvm_target)

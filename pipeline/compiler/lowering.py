@@ -7,30 +7,40 @@ applied to it, and the rest of TVM's CPU pipeline lowers it. `tvm.compile` alone
 
 import re
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from pipeline.compiler.importer.model_file import ModelSpec
 from pipeline.compiler.passes import lift_weight_transforms
+from pipeline.compiler.rewrite_choices import RewritePlan
 from pipeline.compiler.rewrites.channels_last import ChannelsLastReport, without_dropout
 from pipeline.compiler.rewrites.channels_last import rewrite as strided_channels_last
 from pipeline.compiler.rewrites.winograd import WinogradReport, multiply_adds, report, rewrite, var_name
 from pipeline.errors import PipelineError, write_log
 from pipeline.tvm_release.errors import reason, tvm_errors
 
+# The conv-by-conv plan of the rewrites for an imported NCHW module (rewrite_choices.plan_rewrites).
+Planner = Callable[[Any], RewritePlan]
+
 
 def import_model(
-    model: ModelSpec, winograd: bool = False, target: Any = None, channels_last: bool = False
+    model: ModelSpec,
+    winograd: bool = False,
+    target: Any = None,
+    channels_last: bool = False,
+    planner: Planner | None = None,
 ) -> tuple[Any, dict[str, list[Any]]]:
     """The model as a Relax module whose weights are runtime parameters (so the library stays small),
     with whatever depends on weights alone already computed (see lift_weight_transforms); with
     `winograd`, eligible 3x3 convs rewritten first (pipeline/compiler/rewrites/winograd.py), with `channels_last`
-    strided convs (pipeline/compiler/rewrites/channels_last.py)."""
-    mod, params, _, _ = import_model_reporting(model, winograd, target, channels_last)
+    strided convs (pipeline/compiler/rewrites/channels_last.py); `planner` says which convs keep their
+    records (pipeline/compiler/rewrite_choices.py)."""
+    mod, params, _, _ = import_model_reporting(model, winograd, target, channels_last, planner)
     return mod, params
 
 
 def import_model_reporting(
-    model: ModelSpec, winograd: bool, target: Any = None, channels_last: bool = False
+    model: ModelSpec, winograd: bool, target: Any = None, channels_last: bool = False, planner: Planner | None = None
 ) -> tuple[Any, dict[str, list[Any]], WinogradReport, ChannelsLastReport]:
     """import_model, also saying which convs the Winograd rewrite took and how accurate each is, and
     which run channels-last; with a `target` that runs on this host, each eligible conv shape is
@@ -52,27 +62,30 @@ def import_model_reporting(
         mod = relax.transform.DecomposeOpsForInference()(mod)
         mod = without_dropout(mod)
         layout = ChannelsLastReport(False)
+        plan = planner(mod) if planner is not None and (winograd or channels_last) else RewritePlan()
         if channels_last:
-            mod, layout = strided_channels_last(mod)
-        mod, summary = _winograd(mod, params, target) if winograd else (mod, WinogradReport.off(multiply_adds(mod)))
+            mod, layout = strided_channels_last(mod, plan.direct_weights())
+        mod, summary = (
+            _winograd(mod, params, target, plan) if winograd else (mod, WinogradReport.off(multiply_adds(mod)))
+        )
         mod, params = lift_weight_transforms(mod, params)
         return mod, params, summary, layout
 
 
-def _winograd(mod: Any, params: dict[str, list[Any]], target: Any) -> tuple[Any, WinogradReport]:
+def _winograd(mod: Any, params: dict[str, list[Any]], target: Any, plan: RewritePlan) -> tuple[Any, WinogradReport]:
     """The rewrite, and its report with each rewritten conv's error on its own weights."""
     from pipeline.compiler.schedules.winograd_schedules import gemm_width
     from pipeline.compiler.winograd_choice import chooser
 
     if target is None:
-        rewritten, done = rewrite(mod)
+        rewritten, done = rewrite(mod, recorded=plan.winograd_timings())
     else:
-        rewritten, done = rewrite(mod, chooser(target), width=gemm_width(target))
+        rewritten, done = rewrite(mod, chooser(target), width=gemm_width(target), recorded=plan.winograd_timings())
     main = mod["main"]
     names = [var_name(var) for var in main.params[int(main.attrs["num_input"]) :]]
     wanted = {layer.weight for layer in done}
     weights = {name: tensor.numpy() for name, tensor in zip(names, params.get("main", [])) if name in wanted}
-    return rewritten, report(mod, done, weights)
+    return rewritten, report(mod, done, weights, plan.choice_summaries())
 
 
 def weights_not_inputs(proto: Any) -> Any:

@@ -11,6 +11,7 @@ the schedules the build gives it, and the faster one is kept. The timings are ke
 .cache/winograd/ (delete to measure again), so a later build, `invoke tune` and `invoke migrate` lower the same module.
 """
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -21,8 +22,11 @@ from typing import Any
 import numpy as np
 
 from pipeline.atomic import write_atomically
+from pipeline.board.profile import TargetSpec
 from pipeline.compiler.rewrites.winograd import POINTS, ConvShape, Timing, rewrite
 from pipeline.paths import CACHE_DIR
+from pipeline.records.choices import Choice, StoredChoice, choice_from_json, choice_json
+from pipeline.records.workloads import WorkloadKey
 
 _RUNS = 20
 
@@ -34,8 +38,37 @@ def chooser(target: Any, cache_dir: Path = CACHE_DIR) -> Callable[[ConvShape], T
 
     if not runs_here(target):
         return None
-    path = cache_dir / "winograd" / f"v3-{target.attrs['mcpu']}-{int(target.attrs['num-cores'])}cores.json"
+    path = timings_path(str(target.attrs["mcpu"]), int(target.attrs["num-cores"]), cache_dir)
     return lambda shape: _timing(shape, target, path)
+
+
+def cached_choice(
+    target: Any, record_hash: str, key: WorkloadKey, measure: Callable[[], Choice], cache_dir: Path = CACHE_DIR
+) -> StoredChoice:
+    """A tuned conv's choice on this host: measured once per CPU and record (`measure`), kept with the
+    Winograd timings, so later builds, `invoke tune` and `invoke migrate` lower the same module."""
+    path = timings_path(str(target.attrs["mcpu"]), int(target.attrs["num-cores"]), cache_dir)
+    entry = f"tuned {record_hash} {key.text()}"
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    if entry not in known:
+        choice = measure()
+        known = json.loads(path.read_text()) if path.is_file() else {}  # another build may have added some
+        known[entry] = choice_json(choice)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, json.dumps(known, indent=1).encode())
+    return StoredChoice(path, choice_from_json(known[entry]), "")
+
+
+def timings_path(mcpu: str, cores: int, cache_dir: Path = CACHE_DIR) -> Path:
+    """Where this host's Winograd timings for a CPU and core count are kept."""
+    return cache_dir / "winograd" / f"v3-{mcpu}-{cores}cores.json"
+
+
+def host_timings_digest(target: TargetSpec, cache_dir: Path = CACHE_DIR) -> str:
+    """The digest of the stored timings a build for `target` reads ("" when there are none): part of the
+    build key, so a cached build does not keep the choices of timings since deleted or added."""
+    path = timings_path(target.mcpu, target.num_cores, cache_dir)
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
 
 
 def _timing(shape: ConvShape, target: Any, path: Path) -> Timing:
@@ -47,7 +80,7 @@ def _timing(shape: ConvShape, target: Any, path: Path) -> Timing:
     known = json.loads(path.read_text()) if path.is_file() else {}
     key = json.dumps(asdict(shape))
     if key not in known:
-        direct = _conv_module(shape)
+        direct = conv_module(shape)
         width = gemm_width(target)
         winograd = {m: _best_ms(rewrite(direct, tile=m, width=width)[0], shape, target) for m in sorted(POINTS)}
         known = json.loads(path.read_text()) if path.is_file() else {}  # another build may have added some
@@ -58,7 +91,7 @@ def _timing(shape: ConvShape, target: Any, path: Path) -> Timing:
     return Timing(entry["direct_ms"], {int(m): ms for m, ms in entry["winograd_ms"].items()})
 
 
-def _conv_module(shape: ConvShape) -> Any:
+def conv_module(shape: ConvShape) -> Any:
     from tvm import relax
 
     from pipeline.tvm_release.compat import TensorType as tensor

@@ -24,6 +24,8 @@ from pipeline.tvm_release.errors import reason
 from pipeline.validation import first_error
 
 FORMAT = "tvm-pipeline-record/1"
+# Measured rewrite choices live under each target's folder (pipeline/records/choices.py): not records.
+CHOICES_FOLDER = "choices"
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ def load_store(root: Path = RECORDS_DIR) -> RecordStore:
     records: list[StoredRecord] = []
     problems: list[str] = []
     for path in sorted(root.rglob("*.json")) if root.is_dir() else []:
+        if CHOICES_FOLDER in path.relative_to(root).parts[:-1]:
+            continue
         try:
             records.append(_read(path))
         except (OSError, ValueError) as exc:

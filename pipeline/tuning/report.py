@@ -5,10 +5,13 @@ from pipeline.records.store import shown
 from pipeline.tuning.tuner import TuneResult
 
 
-def tune_lines(result: TuneResult, board: BoardProfile) -> list[str]:
-    """Tasks tuned, the records written, and what is left for a later run."""
+def tune_lines(result: TuneResult, board: BoardProfile, choices_only: bool = False) -> list[str]:
+    """The choices measured, tasks tuned, the records written, and what is left for a later run."""
+    lines = [f"choice {shown(path)}" for path in result.choices]
+    if choices_only:
+        return [*lines, f"measured {len(result.choices)} choices in {result.seconds:.0f} s on {board.name}"]
     emulated = ", emulated: the records prove the loop, not the board's speed" if board.emulated else ""
-    lines = [
+    lines += [
         f"tuned {len(result.tuned)} tasks with {result.trials} trials in {result.seconds:.0f} s on {board.name}{emulated}"
     ]
     if result.tuned:

@@ -9,6 +9,7 @@ measurement, so an interrupted run loses nothing: the next run exports what was 
 with the rest. Records measured on an emulated board say so: they prove the loop, not the board's speed.
 """
 
+import math
 import signal
 import threading
 import time
@@ -24,11 +25,12 @@ from pipeline.board.tuning_python import board_python
 from pipeline.compiler import lowering, passes
 from pipeline.compiler.builder import resolved_target
 from pipeline.compiler.importer.model_file import ModelSpec
+from pipeline.compiler.rewrite_choices import store_planner
 from pipeline.compiler.schedules import tasks as schedule_tasks
 from pipeline.compiler.schedules.tensor_intrinsics import register_cpu_intrinsics
 from pipeline.errors import PipelineError
 from pipeline.paths import CACHE_DIR, RECORDS_DIR
-from pipeline.records.store import Record, load_store, record_from_tuning, save_record, target_slug, to_database
+from pipeline.records.store import Record, load_store, record_from_tuning, save_record, shown, target_slug, to_database
 from pipeline.tuning.rpc import RpcBoard, board_rpc, keyed_measurements, measured_by
 from pipeline.tvm_release.catalog import release_name
 
@@ -45,6 +47,7 @@ class TuneResult:
     saved: tuple[Path, ...]  # record files written or improved
     trials: int
     seconds: float
+    choices: tuple[Path, ...] = ()  # choice records written: each tuned conv against its Winograd forms
 
 
 def tune(
@@ -56,9 +59,12 @@ def tune(
     only: tuple[str, ...] = (),
     retune: bool = False,
     on_measured: MeasuredCallback | None = None,
+    choices_only: bool = False,
 ) -> TuneResult:
     """Search `trials` schedules in all, timed on the board over RPC; `only` limits the tasks by name,
     `retune` searches tasks the store already covers too (the store keeps whichever record is faster).
+    First the choices are measured (measure_choices), so the search tunes the form that won (the
+    Winograd stages where they beat a tuned direct conv); `choices_only`: nothing else.
     Progress goes to `on_measured`."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
@@ -66,9 +72,12 @@ def tune(
     if trials < 1:
         raise PipelineError(f"--trials {trials} is too few", "give at least 1 (64 per conv task is a fair start)")
     started = time.perf_counter()
+    choices = measure_choices(model, board, records_dir) if board.winograd else ()
+    if choices_only:
+        return TuneResult((), (), (), (), (), 0, round(time.perf_counter() - started, 1), choices)
     target = resolved_target(board)
     tvm_target = tvm.target.Target(target.as_tvm_dict())
-    tasks = _heavy_tasks(model, board, tvm_target, only)
+    tasks = _heavy_tasks(model, board, tvm_target, only, records_dir)
     work_dir = _work_dir(cache_dir, target, model)
     work_dir.mkdir(parents=True, exist_ok=True)
     database = _work_database(work_dir)
@@ -114,7 +123,77 @@ def tune(
         saved=tuple(dict.fromkeys(saved)),
         trials=trials,
         seconds=round(time.perf_counter() - started, 1),
+        choices=choices,
     )
+
+
+def measure_choices(model: ModelSpec, board: BoardProfile, records_dir: Path = RECORDS_DIR) -> tuple[Path, ...]:
+    """Time each Winograd-eligible conv that has a tuned direct record on the board itself, in each of
+    its forms (its direct task with the record, the Winograd stages with their best schedules:
+    pipeline/compiler/choice_candidates.py), and keep the outcome as a choice record that builds apply.
+    An emulated board measures like any other; its choices say emulated. Nothing to measure: no session."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from pipeline.compiler.builder import recipe_digest
+    from pipeline.compiler.choice_candidates import choice_of, conv_candidates, eligible_shapes
+    from pipeline.compiler.rewrite_choices import plan_rewrites, stage_schedules
+    from pipeline.records.choices import save_choice
+
+    target = resolved_target(board)
+    tvm_target = tvm.target.Target(target)
+    records = load_store(records_dir).for_target(target, tvm.__version__)
+    mod = lowering.import_model(model, False, tvm_target, False)[0]
+    plan = plan_rewrites(mod, tvm_target, records, [], measure_here=False)
+    shapes = eligible_shapes(mod)
+    by_path = {shown(s.path): s for s in records}
+    stages = stage_schedules(records)
+    candidates = [
+        conv_candidates(conv.weight, conv.key, shapes[conv.weight], by_path[conv.record], tvm_target, stages)
+        for conv in plan.recorded.values()
+        if conv.weight in shapes and conv.record in by_path
+    ]
+    unique = list({c.key: c for c in candidates}.values())  # convs of one workload share a task and a choice
+    if not unique:
+        return ()
+    register_cpu_intrinsics()
+    modules = [mod for conv in unique for form in conv.forms for mod in form.modules]
+    with _interruptible(), _on_board(board) as rpc_board:
+        builder = ms.builder.LocalBuilder(timeout_sec=120, f_export=_exporter(board.cross_compiler))
+        runner = _runner(rpc_board, board)
+        seconds = _run_modules(modules, builder, runner, tvm_target)
+    times = iter(seconds)
+    saved = []
+    for conv in unique:
+        form_ms = [sum(next(times) for _ in form.modules) * 1e3 for form in conv.forms]
+        if not all(math.isfinite(x) for x in form_ms):
+            continue  # a candidate failed to build or run: nothing honest to keep
+        choice = choice_of(conv, form_ms, target, board.name, f"recipe {recipe_digest()[:12]}", board.emulated)
+        saved.append(save_choice(choice, records_dir))
+    return tuple(saved)
+
+
+def _run_modules(modules: list[Any], builder: Any, runner: Any, target: Any) -> list[float]:
+    """Each scheduled PrimFunc module's median run time on the board in seconds (inf: it failed)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    built = builder.build([ms.builder.BuilderInput(mod, target) for mod in modules])
+    inputs = [
+        ms.runner.RunnerInput(b.artifact_path, "cpu", ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
+        for mod, b in zip(modules, built)
+        if not b.error_msg
+    ]
+    results = iter(future.result() for future in runner.run(inputs))
+    seconds = []
+    for b in built:
+        if b.error_msg:
+            seconds.append(float("inf"))
+            continue
+        result = next(results)
+        ms.utils.remove_build_dir(b.artifact_path)
+        runs = sorted(float(x) for x in result.run_secs or [])
+        seconds.append(runs[len(runs) // 2] if runs and not result.error_msg else float("inf"))
+    return seconds
 
 
 @contextmanager
@@ -319,10 +398,13 @@ def measured_schedules(
 
 
 def _heavy_tasks(
-    model: ModelSpec, board: BoardProfile, tvm_target: Any, only: tuple[str, ...]
+    model: ModelSpec, board: BoardProfile, tvm_target: Any, only: tuple[str, ...], records_dir: Path = RECORDS_DIR
 ) -> list[schedule_tasks.Task]:
-    """The model's conv/dense tasks as the build lowers them, those named in `only` when it names any."""
-    fused = passes.fuse(lowering.import_model(model, board.winograd, tvm_target, board.channels_last)[0], tvm_target)
+    """The model's conv/dense tasks as the build lowers them (the convs with records kept direct, as the
+    build keeps them), those named in `only` when it names any."""
+    planner = store_planner(resolved_target(board), tvm_target, records_dir)
+    imported = lowering.import_model(model, board.winograd, tvm_target, board.channels_last, planner)[0]
+    fused = passes.fuse(imported, tvm_target)
     tasks = [t for t in schedule_tasks.extract_tasks(fused, tvm_target) if t.key.heavy and (not only or t.name in only)]
     unknown = sorted(set(only) - {t.name for t in tasks})  # a misspelt name must not be skipped silently
     if unknown:

@@ -63,12 +63,15 @@ def migrate_model(
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
+    from pipeline.compiler.rewrite_choices import store_planner
     from pipeline.compiler.schedules.record_migration import migrate, migration_candidates
     from pipeline.tvm_release.catalog import release_name
 
     target = resolved_target(board)
     tvm_target = tvm.target.Target(target.as_tvm_dict())
-    fused = passes.fuse(lowering.import_model(model, board.winograd, tvm_target, board.channels_last)[0], tvm_target)
+    planner = store_planner(target, tvm_target, records_dir)
+    imported = lowering.import_model(model, board.winograd, tvm_target, board.channels_last, planner)[0]
+    fused = passes.fuse(imported, tvm_target)
     tasks = schedule_tasks.extract_tasks(fused, tvm_target)
     store = load_store(records_dir)
     covered = set(to_database(store.for_target(target, tvm.__version__))[1])

@@ -49,32 +49,40 @@ class ChannelsLastReport:
     enabled: bool
     convs: int = 0  # convs computed channels-last
     failure: str = ""  # why TVM could not convert this model's layout: its convs then stay NCHW
+    kept_tuned: int = 0  # eligible convs kept NCHW: their direct task has a record
 
     def lines(self) -> list[str]:
         if self.failure:
             return [f"Channels-last: not applied ({self.failure}); strided convs run NCHW"]
-        return [f"Channels-last: {self.convs} strided convs run NHWC"] if self.convs else []
+        kept = [f"Channels-last: {self.kept_tuned} strided convs kept NCHW, tuned record"] if self.kept_tuned else []
+        return ([f"Channels-last: {self.convs} strided convs run NHWC"] if self.convs else []) + kept
 
 
-def rewrite(mod: Any) -> tuple[Any, ChannelsLastReport]:
+def rewrite(mod: Any, keep: frozenset[str] = frozenset()) -> tuple[Any, ChannelsLastReport]:
     """Every eligible conv2d of `mod` computed channels-last, and the ops after it that do not care
     about the layout (bias, batch-norm, ReLU, pooling) with it, up to the next op that needs NCHW
     (Relax's ConvertLayout places the transposes); the other convs unchanged. Where ConvertLayout
     fails on a model, the model is left as it is and the report says why: the layout is a speed-up,
-    never a reason for a build to fail."""
+    never a reason for a build to fail. `keep`: convs (by weight name) that stay NCHW whatever their
+    shape: their direct task has a record (pipeline/compiler/rewrite_choices.py)."""
     import tvm
     from tvm import relax
 
+    from pipeline.compiler.rewrites.winograd import var_name
     from pipeline.tvm_release.compat import TVM_ERRORS
 
-    taken = [call for call in calls_of(mod, CONV2D) if eligible(call)]
+    def taking(call: Any) -> bool:
+        return eligible(call) and var_name(call.args[1]) not in keep
+
+    taken = [call for call in calls_of(mod, CONV2D) if taking(call)]
+    kept = sum(1 for call in calls_of(mod, CONV2D) if eligible(call)) - len(taken)
     if not taken:
-        return mod, ChannelsLastReport(True)
+        return mod, ChannelsLastReport(True, kept_tuned=kept)
 
     def desired(call: Any) -> dict[str, list[str]]:
         if call.op.name != CONV2D:
             return {}
-        if eligible(call):
+        if taking(call):
             return {CONV2D: ["NHWC", "HWIO"]}
         return {CONV2D: [str(call.attrs.data_layout), str(call.attrs.kernel_layout)]}
 
@@ -84,7 +92,7 @@ def rewrite(mod: Any) -> tuple[Any, ChannelsLastReport]:
     except TVM_ERRORS as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
         return mod, ChannelsLastReport(True, failure=f"TVM's ConvertLayout failed: {reason[:120]}")
-    return converted, ChannelsLastReport(True, convs=len(taken))
+    return converted, ChannelsLastReport(True, convs=len(taken), kept_tuned=kept)
 
 
 def without_dropout(mod: Any) -> Any:

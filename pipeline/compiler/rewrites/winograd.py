@@ -19,7 +19,7 @@ with its own workload key that `invoke tune` can search; without a record each g
 from winograd_schedules.py, never naive loops.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cache, partial, reduce
@@ -191,10 +191,13 @@ class Rewritten:
     plan: Plan  # the measured fastest tile size, or the rule's
     weight: str  # the weight parameter's name (the per-layer error check reads its values)
     timing: Timing | None  # None: decided by rule (no measurement)
+    recorded: bool = False  # its direct task has a record: without a measurement it stays direct
 
     @property
     def chosen(self) -> bool:
-        return self.timing is None or self.timing.best_tile() is not None
+        if self.timing is None:
+            return not self.recorded
+        return self.timing.best_tile() is not None
 
 
 @dataclass(frozen=True)
@@ -209,6 +212,8 @@ class WinogradLayer:
     error: float  # largest error of the float32 Winograd output relative to the largest output (float64 direct)
     direct_ms: float = 0.0  # measured at build time (both 0: chosen by rule)
     winograd_ms: float = 0.0
+    recorded: bool = False  # the direct form has a record: the direct time is the tuned schedule's
+    choice: str = ""  # how the form was chosen, for the coverage table: `rule`, or what was measured
 
 
 @dataclass(frozen=True)
@@ -232,11 +237,21 @@ class WinogradReport:
         if not self.enabled:
             return ["Winograd: off in the board profile (winograd: false); every conv runs direct"]
         kept = [
-            f"{layer.name} {layer.shape}: {layer.winograd_ms:.2f} ms Winograd vs {layer.direct_ms:.2f} ms direct"
+            f"{layer.name} {layer.shape}: {layer.winograd_ms:.2f} ms Winograd vs {layer.direct_ms:.2f} ms "
+            + ("tuned direct" if layer.recorded else "direct")
             for layer in self.kept_direct
+            if layer.direct_ms
         ]
         kept_lines = [f"Winograd: kept direct, measured slower: {'; '.join(kept)}"] if kept else []
+        recorded = [layer.name for layer in self.kept_direct if not layer.direct_ms]
+        if recorded:
+            kept_lines.append(
+                f"Winograd: kept direct, tuned record and no measured choice: {len(recorded)} convs"
+                f" ({', '.join(recorded)})"
+            )
         if not self.layers:
+            if recorded:
+                return kept_lines
             return [
                 f"Winograd: none of the {self.convs} convs is eligible (3x3, stride 1, {MIN_CHANNELS}+ channels)"
                 " or faster"
@@ -287,13 +302,19 @@ def eligible(call: Any) -> ConvShape | None:
 
 
 def rewrite(
-    mod: Any, measure: Callable[[ConvShape], Timing] | None = None, tile: int | None = None, width: int = 32
+    mod: Any,
+    measure: Callable[[ConvShape], Timing] | None = None,
+    tile: int | None = None,
+    width: int = 32,
+    recorded: Mapping[str, Timing | None] | None = None,
 ) -> tuple[Any, list[Rewritten]]:
     """Every eligible conv2d of every Relax function in `mod` as Winograd stages, with the tile size
     `measure` times fastest on the build host (kept direct when that is faster), else `tile`, else the
-    rule's (tile_size); the rest unchanged. `width`: output channels of the GEMM's register tile on
-    the target (winograd_schedules.gemm_width), the blocks the transformed weight is packed in. Returns
-    the eligible convs, rewritten or not."""
+    rule's (tile_size); the rest unchanged. `recorded`: the convs (by weight name) whose direct task has
+    a record, with their measured choice (the tuned direct time against each tile size) or None: those
+    without a measurement stay direct (pipeline/compiler/rewrite_choices.py). `width`: output channels of
+    the GEMM's register tile on the target (winograd_schedules.gemm_width), the blocks the transformed
+    weight is packed in. Returns the eligible convs, rewritten or not."""
     import tvm
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
@@ -313,9 +334,14 @@ def rewrite(
             shape = eligible(call)
             if shape is None or not any(call.args[1].same_as(w) for w in weights):
                 return call  # a weight computed at run time would be transformed on every inference
-            timing = measure(shape) if measure else None
+            weight = var_name(call.args[1])
+            has_record = recorded is not None and weight in recorded
+            if has_record:
+                timing = recorded[weight] if recorded is not None else None
+            else:
+                timing = measure(shape) if measure else None
             m = (timing.best_tile() if timing else None) or tile or tile_size(shape)
-            candidate = Rewritten(f"conv2d #{counter['conv']}", Plan(shape, m), var_name(call.args[1]), timing)
+            candidate = Rewritten(f"conv2d #{counter['conv']}", Plan(shape, m), weight, timing, has_record)
             done.append(candidate)
             if not candidate.chosen:
                 return call
@@ -517,9 +543,24 @@ def _product(values: tuple[int, ...]) -> int:
     return result
 
 
-def report(mod: Any, done: list[Rewritten], weights: dict[str, np.ndarray]) -> WinogradReport:
-    """The rewrite's summary for the module it rewrote, with each layer's error on its own weights."""
+def report(
+    mod: Any, done: list[Rewritten], weights: dict[str, np.ndarray], choices: Mapping[str, str] | None = None
+) -> WinogradReport:
+    """The rewrite's summary for the module it rewrote, with each layer's error on its own weights;
+    `choices`: how a stored measurement chose a conv's form (by weight name), else the rule or the
+    build-time timing says."""
     before = multiply_adds(mod)
+
+    def chosen_by(candidate: Rewritten) -> str:
+        if choices and candidate.weight in choices:
+            return choices[candidate.weight]
+        timing = candidate.timing
+        if timing is None:
+            return "rule"
+        fastest = min(timing.winograd_ms.values())
+        if candidate.chosen:
+            return f"winograd (measured {timing.direct_ms / fastest:.1f}x faster than the direct default)"
+        return f"direct (measured {fastest / timing.direct_ms:.1f}x faster than winograd)"
 
     def layer(candidate: Rewritten) -> WinogradLayer:
         shape = candidate.plan.shape
@@ -532,7 +573,15 @@ def report(mod: Any, done: list[Rewritten], weights: dict[str, np.ndarray]) -> W
             winograd_multiply_adds=candidate.plan.multiply_adds(),
             error=layer_error(candidate.plan, weights[candidate.weight]) if candidate.chosen else 0.0,
             direct_ms=candidate.timing.direct_ms if candidate.timing else 0.0,
-            winograd_ms=candidate.timing.winograd_ms[candidate.plan.m] if candidate.timing else 0.0,
+            winograd_ms=(
+                candidate.timing.winograd_ms.get(candidate.plan.m, 0.0)
+                if candidate.chosen
+                else min(candidate.timing.winograd_ms.values())
+            )
+            if candidate.timing
+            else 0.0,
+            recorded=candidate.recorded,
+            choice=chosen_by(candidate),
         )
 
     layers = tuple(layer(c) for c in done if c.chosen)
