@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.board.profile import load_board
+from pipeline.board.profile import TargetSpec, load_board
 from pipeline.compiler import builder, passes
 from pipeline.compiler.importer.model_file import resolve_model
 from pipeline.compiler.rewrite_choices import plan_rewrites
@@ -18,7 +18,8 @@ from pipeline.records.choices import Candidate, Choice, StoredChoice, load_choic
 from pipeline.records.store import Provenance, Record, StoredRecord, load_store
 from pipeline.records.workloads import WorkloadKey
 
-ARM = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"], "num-cores": 2}
+ARM_DICT = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"], "num-cores": 2}
+ARM = TargetSpec.model_validate(ARM_DICT)
 
 
 def two_convs(stride: int = 1) -> Any:
@@ -66,7 +67,7 @@ def choice_for(key: WorkloadKey, direct_ms: float, winograd_ms: float) -> Stored
 def arm() -> Any:
     import tvm
 
-    return tvm.target.Target(ARM)
+    return tvm.target.Target(ARM_DICT)
 
 
 def test_a_conv_with_a_record_stays_direct_and_one_without_takes_the_rule(arm: Any) -> None:
@@ -119,7 +120,7 @@ def test_choices_are_kept_beside_the_records_and_change_the_build_key(arm: Any, 
     (loaded,), problems = load_choices(ARM, "0.27.0", tmp_path)
     assert loaded.choice == choice_for(key, 1.0, 2.0).choice and not problems
     assert load_choices(ARM, "0.26.0", tmp_path)[0] == []  # another release: its choice does not apply
-    assert load_choices({**ARM, "num-cores": 4}, "0.27.0", tmp_path)[0] == []
+    assert load_choices(ARM.model_copy(update={"num_cores": 4}), "0.27.0", tmp_path)[0] == []
     assert load_store(tmp_path).problems == ()  # not a record, and not a damaged one either
     model, board = resolve_model("tiny"), load_board("rk3399-emu")
     assert builder.build_key(model, board) != builder.build_key(model, board, choices=[loaded])
@@ -164,7 +165,7 @@ def host_record(mod: Any, target: Any, weight: str) -> StoredRecord:
 def test_on_this_host_a_tuned_conv_races_its_record_against_winograd_once_per_cpu(tmp_path: Path) -> None:
     import tvm
 
-    target = tvm.target.Target(builder.resolved_target(load_board("local")))
+    target = tvm.target.Target(builder.resolved_target(load_board("local")).as_tvm_dict())
     mod = two_convs()
     plan = plan_rewrites(mod, target, [host_record(mod, target, "w1")], [], cache_dir=tmp_path)
     choice = plan.choices["w1"].choice
@@ -204,7 +205,7 @@ def test_tune_choices_only_times_a_tuned_conv_on_the_board_and_the_build_applies
     from pipeline.tuning.tuner import tune
 
     spec, board = resolve_model(str(small_cnn(tmp_path / "small_cnn.onnx"))), load_board("local")
-    target = tvm.target.Target(builder.resolved_target(board))
+    target = tvm.target.Target(builder.resolved_target(board).as_tvm_dict())
     mod = lowering.import_model(spec)[0]
     weight = sorted(eligible_shapes(mod))[0]
     records = tmp_path / "records"

@@ -3,17 +3,15 @@ target, the build's tasks (import, rewrites, fusion; nothing compiled) run tuned
 least the profile's share of conv/dense FLOPs. A pipeline change that stops them applying (a rewrite
 that takes tuned convs, a fusion change) fails here before it lands."""
 
-from typing import Any
-
 import pytest
 
-from pipeline.board.profile import BoardProfile, available_boards, load_board
+from pipeline.board.profile import BoardProfile, TargetSpec, available_boards, load_board
 from pipeline.compiler.coverage import coverage_lines, resolve_policy
 from pipeline.compiler.importer.model_file import resolve_model
 from pipeline.compiler.planned_coverage import planned_coverage
 from pipeline.errors import PipelineError
 from pipeline.paths import RECORDS_DIR
-from pipeline.records.store import load_store, same_target
+from pipeline.records.store import load_store
 
 
 def _profiles() -> list[BoardProfile]:
@@ -30,13 +28,13 @@ def _profiles() -> list[BoardProfile]:
 PROFILES = _profiles()
 
 
-def _profile_for(target: dict[str, Any]) -> BoardProfile | None:
+def _profile_for(target: TargetSpec) -> BoardProfile | None:
     """The shipped profile whose target is the records' (a profile's `mcpu: host` stands for the CPU
     the records name: the profile run on that CPU)."""
     for board in PROFILES:
         if board.target.mcpu == "host":
-            board = board.model_copy(update={"target": board.target.model_copy(update={"mcpu": target["mcpu"]})})
-        if same_target(board.target.as_tvm_dict(), target):
+            board = board.model_copy(update={"target": board.target.with_cpu(target.mcpu)})
+        if board.target == target:
             return board
     return None
 

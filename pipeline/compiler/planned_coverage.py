@@ -29,7 +29,7 @@ def planned_coverage(model: ModelSpec, board: BoardProfile, records_dir: Path = 
 
     store = load_store(records_dir)
     target = resolved_target(board)
-    tvm_target = tvm.target.Target(target)
+    tvm_target = tvm.target.Target(target.as_tvm_dict())
     records = store.for_target(target, tvm.__version__)
     older = store.older_releases(target, tvm.__version__)
     choices, _ = load_choices(target, tvm.__version__, records_dir)

@@ -141,7 +141,7 @@ def measure_choices(model: ModelSpec, board: BoardProfile, records_dir: Path = R
     from pipeline.records.choices import save_choice
 
     target = resolved_target(board)
-    tvm_target = tvm.target.Target(target)
+    tvm_target = tvm.target.Target(target.as_tvm_dict())
     records = load_store(records_dir).for_target(target, tvm.__version__)
     mod = lowering.import_model(model, False, tvm_target, False)[0]
     plan = plan_rewrites(mod, tvm_target, records, [], measure_here=False)
