@@ -137,19 +137,19 @@ def _broken_build(path: Path, detail: str) -> PipelineError:
     return PipelineError(f"{path} is not a readable build: {detail}", f"remove {path.parent} to rebuild it")
 
 
-def resolved_target(board: BoardProfile) -> TargetSpec:
+def resolved_target(profile: BoardProfile) -> TargetSpec:
     """The profile's target with `mcpu: host` replaced by this machine's CPU name, so the cache key
     and the result say exactly what the code was built for."""
-    if board.target.mcpu != "host":
-        return board.target
+    if profile.target.mcpu != "host":
+        return profile.target
     from tvm.target import codegen
 
-    return board.target.with_cpu(str(codegen.llvm_get_system_cpu()))
+    return profile.target.with_cpu(str(codegen.llvm_get_system_cpu()))
 
 
 def build_key(
     model: ModelSpec,
-    board: BoardProfile,
+    profile: BoardProfile,
     records: Sequence[StoredRecord] = (),
     migrate: bool = True,
     choices: Sequence[StoredChoice] = (),
@@ -168,16 +168,16 @@ def build_key(
             for block in iter(lambda: stream.read(1 << 20), b""):
                 digest.update(block)
     recipe = {
-        "target": resolved_target(board).as_tvm_dict(),
-        "cross_compiler": board.cross_compiler,
+        "target": resolved_target(profile).as_tvm_dict(),
+        "cross_compiler": profile.cross_compiler,
         "tvm": tvm.__version__,
         "input": [model.input_name, list(model.input_shape)],
         "records": sorted(r.digest for r in records),
         "migrate": migrate,
         "choices": sorted(c.digest for c in choices),
         "host_timings": host_timings,
-        "winograd": board.winograd,
-        "channels_last": board.channels_last,
+        "winograd": profile.winograd,
+        "channels_last": profile.channels_last,
         "recipe": recipe_digest(),
     }
     digest.update(json.dumps(recipe, sort_keys=True).encode())
@@ -196,7 +196,7 @@ def recipe_digest() -> str:
 
 def build(
     model: ModelSpec,
-    board: BoardProfile,
+    profile: BoardProfile,
     cache_dir: Path = CACHE_DIR,
     records_dir: Path = RECORDS_DIR,
     migrate: bool = True,
@@ -208,12 +208,12 @@ def build(
     import tvm
 
     store = load_store(records_dir)
-    target = resolved_target(board)
+    target = resolved_target(profile)
     records = store.for_target(target, tvm.__version__)
     older = store.older_releases(target, tvm.__version__) if migrate else []
     choices, _ = load_choices(target, tvm.__version__, records_dir)
-    key = build_key(model, board, records + older, migrate, choices, host_timings_digest(target))
-    directory = cache_dir / "builds" / f"{model.name}-{board.arch}-tvm{release_name(tvm.__version__)}-{key}"
+    key = build_key(model, profile, records + older, migrate, choices, host_timings_digest(target))
+    directory = cache_dir / "builds" / f"{model.name}-{profile.arch}-tvm{release_name(tvm.__version__)}-{key}"
     info_path = directory / BUILD_INFO_NAME
     if info_path.is_file():
         return _read_build(directory, store)
@@ -221,7 +221,7 @@ def build(
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     staging.chmod(0o755)
     try:
-        artifact = _compile_into(staging, directory, model, board, key, store, records, migrate, older, choices)
+        artifact = _compile_into(staging, directory, model, profile, key, store, records, migrate, older, choices)
         os.replace(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -233,7 +233,7 @@ def _compile_into(
     out_dir: Path,
     directory: Path,
     model: ModelSpec,
-    board: BoardProfile,
+    profile: BoardProfile,
     key: str,
     store: RecordStore,
     records: list[StoredRecord],
@@ -248,14 +248,14 @@ def _compile_into(
     from pipeline.compiler.schedules.schedule_transfer import fallback_database
 
     started = time.perf_counter()
-    target = resolved_target(board)
+    target = resolved_target(profile)
     tvm_target = tvm.target.Target(target.as_tvm_dict())
     planner = RecordingPlanner(planner_for(tvm_target, records, older, stored_choices))
     mod, params, winograd, layout = lowering.import_model_reporting(
-        model, board.winograd, tvm_target, board.channels_last, planner
+        model, profile.winograd, tvm_target, profile.channels_last, planner
     )
     doing = f"TVM could not build {model.name} for {target.mtriple}"
-    fix = f"check that '{board.cross_compiler}' is installed (scripts/install.sh) and the profile's target"
+    fix = f"check that '{profile.cross_compiler}' is installed (scripts/install.sh) and the profile's target"
     with tvm_errors(doing, fix):
         fused = passes.fuse(mod, tvm_target)
         tasks = schedule_tasks.extract_tasks(fused, tvm_target)
@@ -285,15 +285,15 @@ def _compile_into(
     library = out_dir / LIBRARY_NAME
     with tvm_errors(doing, fix):
         executable = passes.build_executable(applied, tvm_target)
-        executable.export_library(str(library), fcompile=_compiler_for(board))
+        executable.export_library(str(library), fcompile=_compiler_for(profile))
     tvm.runtime.save_param_dict_to_file(
         {f"p{i:05d}": tensor for i, tensor in enumerate(params.get("main", []))}, str(out_dir / PARAMS_NAME)
     )
     built_arch = elf_arch(library)
-    if built_arch != board.arch:
+    if built_arch != profile.arch:
         raise PipelineError(
-            f"the library was built for {built_arch}, but board {board.name} is {board.arch}",
-            f"set cross_compiler in boards/{board.name}.yaml to a compiler for {board.target.mtriple}",
+            f"the library was built for {built_arch}, but board {profile.name} is {profile.arch}",
+            f"set cross_compiler in boards/{profile.name}.yaml to a compiler for {profile.target.mtriple}",
         )
     artifact = BuildArtifact(
         key=key,
@@ -325,8 +325,8 @@ def load_build(directory: Path, records_dir: Path = RECORDS_DIR) -> BuildArtifac
     return _read_build(directory, load_store(records_dir))
 
 
-def _compiler_for(board: BoardProfile) -> Any:
+def _compiler_for(profile: BoardProfile) -> Any:
     """A fresh cross-compile function each time: TVM's helper mutates its option list between calls."""
     from tvm.support import cc
 
-    return cc.cross_compiler(board.cross_compiler)
+    return cc.cross_compiler(profile.cross_compiler)

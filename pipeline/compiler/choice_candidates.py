@@ -127,7 +127,7 @@ def choice_of(
     candidates: ConvCandidates,
     times_ms: Sequence[float],
     target: TargetSpec,
-    board: str,
+    board_name: str,
     revision: str,
     emulated: bool,
 ) -> Choice:
@@ -138,7 +138,7 @@ def choice_of(
         rewrite="winograd",
         workload=candidates.key,
         target=target,
-        board=board,
+        board=board_name,
         tvm_version=tvm.__version__,
         pipeline_revision=revision,
         emulated=emulated,

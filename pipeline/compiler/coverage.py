@@ -204,7 +204,7 @@ def resolve_policy(
     )
 
 
-def check_policy(coverage: Coverage, settings: CoverageSettings, board: str, model: str) -> str | None:
+def check_policy(coverage: Coverage, settings: CoverageSettings, board_name: str, model: str) -> str | None:
     """None when coverage meets the threshold; otherwise a warning line, or a PipelineError under `refuse`."""
     if coverage.tuned_share >= settings.min_tuned_flops:
         return None
@@ -217,8 +217,8 @@ def check_policy(coverage: Coverage, settings: CoverageSettings, board: str, mod
         f"({missing} workload{'s' if len(coverage.missing) != 1 else ''} missing)"
     )
     fix = (
-        f"invoke tune --board {board} --model {model}, "
-        f"or lower coverage.min_tuned_flops (now {settings.min_tuned_flops:g}) in boards/{board}.yaml"
+        f"invoke tune --board {board_name} --model {model}, "
+        f"or lower coverage.min_tuned_flops (now {settings.min_tuned_flops:g}) in boards/{board_name}.yaml"
     )
     if settings.policy == "refuse":
         raise PipelineError(problem, fix)

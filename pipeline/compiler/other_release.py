@@ -20,8 +20,8 @@ from pipeline.tvm_release.environment import Progress, release_python
 
 def build_under(
     release: Release,
-    board_arg: str,
-    board: BoardProfile,
+    board_name: str,
+    profile: BoardProfile,
     spec: ModelSpec,
     migrate: bool,
     show: Progress,
@@ -29,13 +29,13 @@ def build_under(
 ) -> BuildArtifact:
     """In this process for the running release, else in the release's environment (read back from build.json)."""
     if release == running_release():
-        return builder.build(spec, board, records_dir=records_dir, migrate=migrate)
+        return builder.build(spec, profile, records_dir=records_dir, migrate=migrate)
     python = release_python(release, show)
     command = [
         str(python),
         "-m",
         "pipeline.compiler.other_release",
-        board_arg,
+        board_name,
         spec.name if spec.builtin else str(spec.path),
         *([] if migrate else ["--no-migrate"]),
     ]

@@ -20,7 +20,7 @@ from pipeline.records.choices import load_choices
 from pipeline.records.store import load_store, to_database
 
 
-def planned_coverage(model: ModelSpec, board: BoardProfile, records_dir: Path = RECORDS_DIR) -> Coverage:
+def planned_coverage(model: ModelSpec, profile: BoardProfile, records_dir: Path = RECORDS_DIR) -> Coverage:
     """The tasks the build of `model` for `board` lowers, each tuned when a record of this target and
     release has its structural hash (as MetaScheduleApplyDatabase would apply it); no fallback
     schedules and no code (for a target this host runs, the Winograd choices are timed as a build
@@ -28,14 +28,14 @@ def planned_coverage(model: ModelSpec, board: BoardProfile, records_dir: Path = 
     import tvm
 
     store = load_store(records_dir)
-    target = resolved_target(board)
+    target = resolved_target(profile)
     tvm_target = tvm.target.Target(target.as_tvm_dict())
     records = store.for_target(target, tvm.__version__)
     older = store.older_releases(target, tvm.__version__)
     choices, _ = load_choices(target, tvm.__version__, records_dir)
     planner = RecordingPlanner(planner_for(tvm_target, records, older, choices))
     mod, _, winograd, _ = lowering.import_model_reporting(
-        model, board.winograd, tvm_target, board.channels_last, planner
+        model, profile.winograd, tvm_target, profile.channels_last, planner
     )
     tasks = schedule_tasks.extract_tasks(passes.fuse(mod, tvm_target), tvm_target)
     _, applicable, rejected = to_database(records)

@@ -65,7 +65,7 @@ class DeployOutcome:
 
 
 def deploy_once(
-    board: str,
+    board_name: str,
     model: str,
     *,
     runs: int | None = None,
@@ -87,7 +87,7 @@ def deploy_once(
     policy, whose `refuse` stops the deploy before anything is pushed. `profile_runs` more inferences
     after the timed ones time every kernel call (the result's `kernel_times`). `input_shape` fixes the
     model input's symbolic dimensions; `records_dir` is the record store the build applies."""
-    profile = load_board(board)
+    profile = load_board(board_name)
     spec = resolve_model(model, input_shape)
     warmup_runs = profile.timing.warmup if warmup is None else warmup
     timed_runs = max(1, profile.timing.runs if runs is None else runs)

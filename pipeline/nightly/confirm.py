@@ -102,7 +102,7 @@ class BaselineGone(Exception):
 
 
 def confirm_on_board(
-    board: str,
+    board_name: str,
     model: str,
     baseline: DeployResult,
     current: DeployResult,
@@ -117,9 +117,9 @@ def confirm_on_board(
     started = time.monotonic()
     show = on_progress or (lambda line: None)
     judge = decide or (lambda base, cur, final: compare_pairs(base, cur, factor, final=final))
-    profile = load_board(board)
+    profile = load_board(board_name)
     try:
-        old, rebuilt = baseline_build(baseline, board, model, profile, show)
+        old, rebuilt = baseline_build(baseline, board_name, model, profile, show)
     except BaselineGone as gone:
         return Confirmation("cannot_confirm", f"cannot confirm: baseline build gone ({gone})")
     new = builder.load_build(current.build.directory)
@@ -159,7 +159,7 @@ def confirm_on_board(
             tasks = session.fastest_tasks(settings.profile_runs)
     notes: list[str] = []
     if verdict.state == "confirmed" and verdict.change == "regression":
-        experiments, notes = _experiments(baseline, current, old, board, model, profile, show)
+        experiments, notes = _experiments(baseline, current, old, board_name, model, profile, show)
         notes += _run_experiments(experiments, sides, samples, profile, input_file, size, settings, factor, show)
     seconds = time.monotonic() - started
     return Confirmation(
@@ -233,7 +233,7 @@ def _experiments(
     baseline: DeployResult,
     current: DeployResult,
     old: BuildArtifact,
-    board: str,
+    board_name: str,
     model: str,
     profile: BoardProfile,
     on_progress: Progress,
@@ -251,7 +251,7 @@ def _experiments(
         try:
             release = _installed_release(baseline.tvm_version)
             on_progress(f"Building tonight's model under TVM {release.name} too, to test the release as the cause...")
-            build = build_under(release, board, profile, spec, True, on_progress)
+            build = build_under(release, board_name, profile, spec, True, on_progress)
         except (BaselineGone, PipelineError) as error:
             notes.append(f"{cause}: not tested ({error})")
         else:
@@ -266,7 +266,7 @@ def _experiments(
         on_progress(f"Building tonight's model with the records {old_store} too, to test the records as the cause...")
         try:
             release = get_release(new_release)
-            build = build_under(release, board, profile, spec, True, on_progress, records_dir=previous)
+            build = build_under(release, board_name, profile, spec, True, on_progress, records_dir=previous)
         except PipelineError as error:
             notes.append(f"{cause}: not tested ({error})")
             return experiments, notes
@@ -278,7 +278,7 @@ def _experiments(
 
 
 def baseline_build(
-    baseline: DeployResult, board: str, model: str, profile: BoardProfile, on_progress: Progress
+    baseline: DeployResult, board_name: str, model: str, profile: BoardProfile, on_progress: Progress
 ) -> tuple[BuildArtifact, bool]:
     """The baseline's build from the cache, else rebuilt (True) under its TVM release (in that release's
     environment when it is installed) with its records (the copy a nightly kept, else today's), if that
@@ -294,7 +294,7 @@ def baseline_build(
     records = find_snapshot(baseline.record_store_version) or RECORDS_DIR
     try:
         spec = resolve_model(model, wanted.input_shape)
-        rebuilt = build_under(release, board, profile, spec, True, on_progress, records_dir=records)
+        rebuilt = build_under(release, board_name, profile, spec, True, on_progress, records_dir=records)
     except PipelineError as error:
         raise BaselineGone(f"rebuilding it failed: {error.problem}") from None
     if rebuilt.key != wanted.key:

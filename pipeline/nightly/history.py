@@ -234,22 +234,22 @@ class History:
                 )
         return result_id
 
-    def baseline(self, board: str, model: str, timing_kind: str) -> Entry | None:
+    def baseline(self, board_name: str, model: str, timing_kind: str) -> Entry | None:
         """The latest earlier result of this point whose output check passed: what tonight is compared with."""
         rows = self._select(
             "WHERE r.board = ? AND r.model = ? AND r.timing_kind = ? AND r.check_passed"
             " ORDER BY r.created DESC, r.id DESC LIMIT 1",
-            (board, model, timing_kind),
+            (board_name, model, timing_kind),
         )
         return rows[0] if rows else None
 
-    def window(self, board: str, model: str, timing_kind: str, size: int) -> list[Entry]:
+    def window(self, board_name: str, model: str, timing_kind: str, size: int) -> list[Entry]:
         """Up to `size` latest results of this point whose output check passed, oldest first, none from
         before the latest confirmed change: after a step, the new level is the reference."""
         newest_first = self._select(
             "WHERE r.board = ? AND r.model = ? AND r.timing_kind = ? AND r.check_passed"
             " ORDER BY r.created DESC, r.id DESC LIMIT ?",
-            (board, model, timing_kind, size),
+            (board_name, model, timing_kind, size),
         )
         window = []
         for entry in newest_first:
@@ -265,9 +265,9 @@ class History:
         ).fetchall()
         return [KernelTime(name, calls, ms) for name, calls, ms in rows]
 
-    def series(self, board: str, model: str) -> list[Entry]:
+    def series(self, board_name: str, model: str) -> list[Entry]:
         """All results of one point, oldest first (for the plots)."""
-        return self._select("WHERE r.board = ? AND r.model = ? ORDER BY r.created, r.id", (board, model))
+        return self._select("WHERE r.board = ? AND r.model = ? ORDER BY r.created, r.id", (board_name, model))
 
     def points(self) -> list[tuple[str, str]]:
         return [

@@ -125,7 +125,7 @@ def write_report(history: History, outcome: NightlyOutcome, directory: Path) -> 
     return path
 
 
-def latency_figure(board: str, model: str, series: list[Entry]) -> Figure:
+def latency_figure(board_name: str, model: str, series: list[Entry]) -> Figure:
     """Every run as a faint dot, the median as a line, flagged points marked: noise, level and steps
     stay visible together. The time axis names each night by its date and the pipeline commit it ran."""
     times = [datetime.fromisoformat(entry.result.created.replace("Z", "+00:00")) for entry in series]
@@ -162,7 +162,7 @@ def latency_figure(board: str, model: str, series: list[Entry]) -> Figure:
         xs, ys = zip(*failed)
         axes.scatter(xs, ys, marker="x", s=70, color="black", zorder=3, label="output check failed")
     kind = series[-1].result.timing_kind
-    axes.set_title(f"{model} on {board} ({kind})")
+    axes.set_title(f"{model} on {board_name} ({kind})")
     axes.set_ylabel("latency per run (ms)")
     axes.grid(alpha=0.3)
     axes.legend(loc="best", fontsize="small")

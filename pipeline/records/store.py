@@ -197,7 +197,7 @@ def record_from_tuning(
     tuning: Any,
     workload: WorkloadKey,
     target: TargetSpec,
-    board: str,
+    board_name: str,
     model: str,
     task: str,
     trials: int,
@@ -215,7 +215,7 @@ def record_from_tuning(
         structural_hash=structural_hash(tuning.workload.mod),
         provenance=Provenance(
             tvm_version=tvm.__version__,
-            board=board,
+            board=board_name,
             model=model,
             task=task,
             created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -5,14 +5,14 @@ from pipeline.records.store import shown
 from pipeline.tuning.tuner import TuneResult
 
 
-def tune_lines(result: TuneResult, board: BoardProfile, choices_only: bool = False) -> list[str]:
+def tune_lines(result: TuneResult, profile: BoardProfile, choices_only: bool = False) -> list[str]:
     """The choices measured, tasks tuned, the records written, and what is left for a later run."""
     lines = [f"choice {shown(path)}" for path in result.choices]
     if choices_only:
-        return [*lines, f"measured {len(result.choices)} choices in {result.seconds:.0f} s on {board.name}"]
-    emulated = ", emulated: the records prove the loop, not the board's speed" if board.emulated else ""
+        return [*lines, f"measured {len(result.choices)} choices in {result.seconds:.0f} s on {profile.name}"]
+    emulated = ", emulated: the records prove the loop, not the board's speed" if profile.emulated else ""
     lines += [
-        f"tuned {len(result.tuned)} tasks with {result.trials} trials in {result.seconds:.0f} s on {board.name}{emulated}"
+        f"tuned {len(result.tuned)} tasks with {result.trials} trials in {result.seconds:.0f} s on {profile.name}{emulated}"
     ]
     if result.tuned:
         lines.append(f"{len(result.from_default)} of them started from their measured default schedule")

@@ -52,7 +52,7 @@ class TuneResult:
 
 def tune(
     model: ModelSpec,
-    board: BoardProfile,
+    profile: BoardProfile,
     trials: int,
     records_dir: Path = RECORDS_DIR,
     cache_dir: Path = CACHE_DIR,
@@ -72,21 +72,21 @@ def tune(
     if trials < 1:
         raise PipelineError(f"--trials {trials} is too few", "give at least 1 (64 per conv task is a fair start)")
     started = time.perf_counter()
-    choices = measure_choices(model, board, records_dir) if board.winograd else ()
+    choices = measure_choices(model, profile, records_dir) if profile.winograd else ()
     if choices_only:
         return TuneResult((), (), (), (), (), 0, round(time.perf_counter() - started, 1), choices)
-    target = resolved_target(board)
+    target = resolved_target(profile)
     tvm_target = tvm.target.Target(target.as_tvm_dict())
-    tasks = _heavy_tasks(model, board, tvm_target, only, records_dir)
+    tasks = _heavy_tasks(model, profile, tvm_target, only, records_dir)
     work_dir = _work_dir(cache_dir, target, model)
     work_dir.mkdir(parents=True, exist_ok=True)
     database = _work_database(work_dir)
-    saved = _export(tasks, database, model, board, target, records_dir, work_dir)  # what an interrupted run measured
+    saved = _export(tasks, database, model, profile, target, records_dir, work_dir)  # what an interrupted run measured
 
     store = load_store(records_dir)
     covered = set(to_database(store.for_target(target, tvm.__version__))[1])
     todo = [t for t in tasks if retune or t.structural_hash not in covered]
-    chosen, per_task = plan_trials(todo, trials, board.tuning.min_trials_per_task)
+    chosen, per_task = plan_trials(todo, trials, profile.tuning.min_trials_per_task)
     from_default: tuple[str, ...] = ()
     if chosen:
         register_cpu_intrinsics()
@@ -96,12 +96,12 @@ def tune(
         # The defaults are measured first: one more measurement per task.
         with (
             _interruptible(),
-            _on_board(board) as rpc_board,
+            _on_board(profile) as rpc_board,
             keyed_measurements(work_dir, rpc_board),
             _progress(on_measured, work_dir, trials + len(chosen)),
         ):
-            builder = ms.builder.LocalBuilder(timeout_sec=120, f_export=_exporter(board.cross_compiler))
-            runner = _runner(rpc_board, board)
+            builder = ms.builder.LocalBuilder(timeout_sec=120, f_export=_exporter(profile.cross_compiler))
+            runner = _runner(rpc_board, profile)
             from_default = start_from_defaults(chosen, database, builder, runner, tvm_target)
             ms.tune_tasks(
                 tasks=contexts,
@@ -114,7 +114,7 @@ def tune(
                 runner=runner,
                 database=database,
             )
-        saved += _export(chosen, database, model, board, target, records_dir, work_dir)
+        saved += _export(chosen, database, model, profile, target, records_dir, work_dir)
     return TuneResult(
         tuned=tuple(t.name for t in chosen),
         from_default=from_default,
@@ -127,7 +127,7 @@ def tune(
     )
 
 
-def measure_choices(model: ModelSpec, board: BoardProfile, records_dir: Path = RECORDS_DIR) -> tuple[Path, ...]:
+def measure_choices(model: ModelSpec, profile: BoardProfile, records_dir: Path = RECORDS_DIR) -> tuple[Path, ...]:
     """Time each Winograd-eligible conv that has a tuned direct record on the board itself, in each of
     its forms (its direct task with the record, the Winograd stages with their best schedules:
     pipeline/compiler/choice_candidates.py), and keep the outcome as a choice record that builds apply.
@@ -140,7 +140,7 @@ def measure_choices(model: ModelSpec, board: BoardProfile, records_dir: Path = R
     from pipeline.compiler.rewrite_choices import plan_rewrites, stage_schedules
     from pipeline.records.choices import save_choice
 
-    target = resolved_target(board)
+    target = resolved_target(profile)
     tvm_target = tvm.target.Target(target.as_tvm_dict())
     records = load_store(records_dir).for_target(target, tvm.__version__)
     mod = lowering.import_model(model, False, tvm_target, False)[0]
@@ -158,9 +158,9 @@ def measure_choices(model: ModelSpec, board: BoardProfile, records_dir: Path = R
         return ()
     register_cpu_intrinsics()
     modules = [mod for conv in unique for form in conv.forms for mod in form.modules]
-    with _interruptible(), _on_board(board) as rpc_board:
-        builder = ms.builder.LocalBuilder(timeout_sec=120, f_export=_exporter(board.cross_compiler))
-        runner = _runner(rpc_board, board)
+    with _interruptible(), _on_board(profile) as rpc_board:
+        builder = ms.builder.LocalBuilder(timeout_sec=120, f_export=_exporter(profile.cross_compiler))
+        runner = _runner(rpc_board, profile)
         seconds = _run_modules(modules, builder, runner, tvm_target)
     times = iter(seconds)
     saved = []
@@ -168,7 +168,7 @@ def measure_choices(model: ModelSpec, board: BoardProfile, records_dir: Path = R
         form_ms = [sum(next(times) for _ in form.modules) * 1e3 for form in conv.forms]
         if not all(math.isfinite(x) for x in form_ms):
             continue  # a candidate failed to build or run: nothing honest to keep
-        choice = choice_of(conv, form_ms, target, board.name, f"recipe {recipe_digest()[:12]}", board.emulated)
+        choice = choice_of(conv, form_ms, target, profile.name, f"recipe {recipe_digest()[:12]}", profile.emulated)
         saved.append(save_choice(choice, records_dir))
     return tuple(saved)
 
@@ -223,14 +223,14 @@ def _interruptible() -> Iterator[None]:
 
 
 @contextmanager
-def _on_board(board: BoardProfile) -> Iterator[RpcBoard]:
+def _on_board(profile: BoardProfile) -> Iterator[RpcBoard]:
     """The board's RPC server, registered with a tracker on this host, for the length of the block."""
-    with open_board(board) as session:
+    with open_board(profile) as session:
         with board_rpc(session, board_python(session)) as rpc_board:
             yield rpc_board
 
 
-def _runner(rpc_board: RpcBoard, board: BoardProfile) -> Any:
+def _runner(rpc_board: RpcBoard, profile: BoardProfile) -> Any:
     """One session at a time: with one board, a second request waits at the tracker until the first
     session ends, and a session that outlives tuning.session_timeout_s is killed and counted as failed."""
     from tvm.s_tir import meta_schedule as ms
@@ -239,7 +239,7 @@ def _runner(rpc_board: RpcBoard, board: BoardProfile) -> Any:
         tracker_host=rpc_board.tracker_host,
         tracker_port=rpc_board.tracker_port,
         tracker_key=rpc_board.key,
-        session_timeout_sec=board.tuning.session_timeout_s,
+        session_timeout_sec=profile.tuning.session_timeout_s,
     )
     return ms.runner.RPCRunner(rpc_config=rpc_config, max_workers=1)
 
@@ -369,7 +369,7 @@ def _export(
     tasks: list[schedule_tasks.Task],
     database: Any,
     model: ModelSpec,
-    board: BoardProfile,
+    profile: BoardProfile,
     target: TargetSpec,
     root: Path,
     work_dir: Path,
@@ -379,31 +379,33 @@ def _export(
     for task in tasks:
         measured = _measured(task, database)
         if measured:
-            record = _record(measured[0], len(measured), task, model, board, target, measured_by(work_dir, measured[0]))
+            record = _record(
+                measured[0], len(measured), task, model, profile, target, measured_by(work_dir, measured[0])
+            )
             saved.append(save_record(record, root))
     return saved
 
 
 def measured_schedules(
-    model: ModelSpec, board: BoardProfile, task_name: str, cache_dir: Path = CACHE_DIR
+    model: ModelSpec, profile: BoardProfile, task_name: str, cache_dir: Path = CACHE_DIR
 ) -> list[Record]:
     """Every schedule `invoke tune` measured for one task, fastest first, as records: the first is the
     one tuning keeps; the others are what the search rejected (a benchmark's slower record)."""
     import tvm
 
-    target = resolved_target(board)
-    [task] = _heavy_tasks(model, board, tvm.target.Target(target.as_tvm_dict()), (task_name,))
+    target = resolved_target(profile)
+    [task] = _heavy_tasks(model, profile, tvm.target.Target(target.as_tvm_dict()), (task_name,))
     measured = _measured(task, _work_database(_work_dir(cache_dir, target, model)))
-    return [_record(m, len(measured), task, model, board, target) for m in measured]
+    return [_record(m, len(measured), task, model, profile, target) for m in measured]
 
 
 def _heavy_tasks(
-    model: ModelSpec, board: BoardProfile, tvm_target: Any, only: tuple[str, ...], records_dir: Path = RECORDS_DIR
+    model: ModelSpec, profile: BoardProfile, tvm_target: Any, only: tuple[str, ...], records_dir: Path = RECORDS_DIR
 ) -> list[schedule_tasks.Task]:
     """The model's conv/dense tasks as the build lowers them (the convs with records kept direct, as the
     build keeps them), those named in `only` when it names any."""
-    planner = store_planner(resolved_target(board), tvm_target, records_dir)
-    imported = lowering.import_model(model, board.winograd, tvm_target, board.channels_last, planner)[0]
+    planner = store_planner(resolved_target(profile), tvm_target, records_dir)
+    imported = lowering.import_model(model, profile.winograd, tvm_target, profile.channels_last, planner)[0]
     fused = passes.fuse(imported, tvm_target)
     tasks = [t for t in schedule_tasks.extract_tasks(fused, tvm_target) if t.key.heavy and (not only or t.name in only)]
     unknown = sorted(set(only) - {t.name for t in tasks})  # a misspelt name must not be skipped silently
@@ -437,10 +439,10 @@ def _record(
     trials: int,
     task: schedule_tasks.Task,
     model: ModelSpec,
-    board: BoardProfile,
+    profile: BoardProfile,
     target: TargetSpec,
     rpc_key: str = "",
 ) -> Record:
     return record_from_tuning(
-        tuning, task.key, target, board.name, model.name, task.name, trials, board.emulated, rpc_key=rpc_key
+        tuning, task.key, target, profile.name, model.name, task.name, trials, profile.emulated, rpc_key=rpc_key
     )

@@ -53,7 +53,7 @@ class MigrateResult:
 
 def migrate_model(
     model: ModelSpec,
-    board: BoardProfile,
+    profile: BoardProfile,
     records_dir: Path = RECORDS_DIR,
     on_step: Callable[[str], None] | None = None,
     on_task: Callable[[MigratedTask], None] | None = None,
@@ -67,10 +67,10 @@ def migrate_model(
     from pipeline.compiler.schedules.record_migration import migrate, migration_candidates
     from pipeline.tvm_release.catalog import release_name
 
-    target = resolved_target(board)
+    target = resolved_target(profile)
     tvm_target = tvm.target.Target(target.as_tvm_dict())
     planner = store_planner(target, tvm_target, records_dir)
-    imported = lowering.import_model(model, board.winograd, tvm_target, board.channels_last, planner)[0]
+    imported = lowering.import_model(model, profile.winograd, tvm_target, profile.channels_last, planner)[0]
     fused = passes.fuse(imported, tvm_target)
     tasks = schedule_tasks.extract_tasks(fused, tvm_target)
     store = load_store(records_dir)
@@ -86,9 +86,9 @@ def migrate_model(
     if not accepted:
         return MigrateResult((), rejected, release)
     if on_step is not None:
-        on_step(f"Timing {len(accepted)} migrated schedules on {board.name} against the default ones...")
+        on_step(f"Timing {len(accepted)} migrated schedules on {profile.name} against the default ones...")
     by_name = {t.name: t for t in tasks}
-    mine, theirs = _task_times(model, board, records_dir, on_step or (lambda line: None))
+    mine, theirs = _task_times(model, profile, records_dir, on_step or (lambda line: None))
     measured = []
     for migration in accepted:
         schedule = migration.schedule
@@ -103,7 +103,7 @@ def migrate_model(
             )
             task = by_name[migration.task]
             record = record_from_tuning(
-                tuning, task.key, target, board.name, model.name, task.name, 0, board.emulated, migration.source
+                tuning, task.key, target, profile.name, model.name, task.name, 0, profile.emulated, migration.source
             )
             saved = save_record(record, records_dir)
         mine_us, theirs_us = (mine_ms or math.inf) * 1e3, theirs_ms * 1e3
@@ -118,20 +118,20 @@ def migrate_model(
 
 
 def _task_times(
-    model: ModelSpec, board: BoardProfile, records_dir: Path, show: Callable[[str], None]
+    model: ModelSpec, profile: BoardProfile, records_dir: Path, show: Callable[[str], None]
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Each task's ms per inference in the model built with the migrated schedules and in the model
     built without them (this release's records, defaults elsewhere), timed interleaved in one A/B session
     on the board: the fastest of PROFILE_ROUNDS profiled runs per build."""
     show(f"Building {model.name} with the migrated schedules and without them...")
-    migrated = builder.build(model, board, records_dir=records_dir, migrate=True)
-    defaults = builder.build(model, board, records_dir=records_dir, migrate=False)
+    migrated = builder.build(model, profile, records_dir=records_dir, migrate=True)
+    defaults = builder.build(model, profile, records_dir=records_dir, migrate=False)
     _, input_file = inputs.make_input(model.input_shape)
     sides = [
-        AbSide("the build with migrated schedules", migrated, board.threads),
-        AbSide("the build with default schedules", defaults, board.threads),
+        AbSide("the build with migrated schedules", migrated, profile.threads),
+        AbSide("the build with default schedules", defaults, profile.threads),
     ]
-    with open_ab_session(board, sides, input_file, show) as session:
-        show(f"Timing each task of both builds on {board.name} ({PROFILE_ROUNDS} profiled runs each, interleaved)...")
+    with open_ab_session(profile, sides, input_file, show) as session:
+        show(f"Timing each task of both builds on {profile.name} ({PROFILE_ROUNDS} profiled runs each, interleaved)...")
         mine, theirs = session.fastest_tasks(PROFILE_ROUNDS)
     return {k.name: k.ms for k in mine}, {k.name: k.ms for k in theirs}

@@ -55,17 +55,17 @@ def upgrade_check_lines(report: UpgradeCheck, path: Path) -> list[str]:
     return lines
 
 
-def migrate_lines(result: MigrateResult, model: str, board: BoardProfile) -> list[str]:
+def migrate_lines(result: MigrateResult, model: str, profile: BoardProfile) -> list[str]:
     """The records refused, then each migrated schedule against the default one and whether it was kept."""
     lines = [f"rejected: {line}" for line in result.rejected]
     if not result.measured:
-        return [*lines, f"no migrated schedule to measure for {model} on {board.name} under TVM {result.release}"]
+        return [*lines, f"no migrated schedule to measure for {model} on {profile.name} under TVM {result.release}"]
     lines.append(f"{'task':44} {'migrated':>10} {'default':>10}  outcome")
     for row in result.measured:
         outcome = f"kept as {shown_record(row.saved)}" if row.saved else f"not kept: {row.reason}"
         lines.append(f"{row.task[:44]:44} {row.migrated_us:>8.1f}µs {row.default_us:>8.1f}µs  {outcome}")
         lines.append(f"{'':44}   from {row.source}")
     kept = sum(1 for row in result.measured if row.kept)
-    emulated = " (measured under emulation)" if board.emulated else ""
+    emulated = " (measured under emulation)" if profile.emulated else ""
     lines.append(f"kept {kept} of {len(result.measured)} migrated schedules as TVM {result.release} records{emulated}")
     return lines

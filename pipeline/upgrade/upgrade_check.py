@@ -85,7 +85,7 @@ class UpgradeCheck:
 
 
 def upgrade_check(
-    board: str,
+    board_name: str,
     model: str,
     to: str,
     old: str | None = None,
@@ -100,13 +100,13 @@ def upgrade_check(
     before, after = get_release(old) if old else running_release(), get_release(to)
     if before == after:
         raise PipelineError(f"--from and --to are both TVM {after.name}", "name two different releases")
-    profile = load_board(board)
+    profile = load_board(board_name)
     spec = resolve_model(model)
     count = max(2, profile.timing.runs if rounds is None else rounds)
     builds = {}
     for release, migrating in ((before, True), (after, migrate)):
         show(f"Building {spec.name} for {profile.name} under TVM {release.name}...")
-        builds[release.name] = build_under(release, board, profile, spec, migrating, show)
+        builds[release.name] = build_under(release, board_name, profile, spec, migrating, show)
     data, input_file = inputs.make_input(spec.input_shape)
     releases = (before, after)
     runs: dict[str, list[float]] = {release.name: [] for release in releases}
