@@ -553,6 +553,57 @@ def upgrade_check(
     print(f"upgrade-check: ok: {report.reason}")
 
 
+@task(
+    help={
+        "board": "board profile name or path: each commit's build is timed there against the good one",
+        "model": "builtin model name or .onnx path",
+        "good": "a revision of the pipeline where the model was fast (sha, tag, branch, HEAD~5)",
+        "bad": "a later revision where it is slower (default: HEAD)",
+        "max-builds": "commits the bisection may build, both ends included (default 12)",
+        "board-seconds": "board time the A/B sessions may take in all (default 900)",
+        "pairs": "interleaved A/B pairs per commit (default 10)",
+    }
+)
+@_clean_errors
+def bisect(
+    c: Context,
+    board: str = "local",
+    model: str = "tiny",
+    good: str = "",
+    bad: str = "HEAD",
+    max_builds: str | None = None,
+    board_seconds: str | None = None,
+    pairs: str | None = None,
+) -> None:
+    """Build the model at the commits between --good and --bad (binary search, each in a worktree), time each
+    A/B against --good on the board, and name the first commit that made it slower."""
+    from pipeline.upgrade.bisect import Budget
+    from pipeline.upgrade.culprit import PairSettings, bisect_regression
+
+    if not good:
+        raise PipelineError("--good is missing", "name a revision where the model was fast, e.g. --good HEAD~10")
+    default = Budget()
+    result = bisect_regression(
+        board,
+        model,
+        good,
+        bad,
+        budget=Budget(
+            _count(max_builds, "max-builds", default.builds, least=2),
+            _positive(board_seconds, "board-seconds", default.board_seconds, "900"),
+        ),
+        settings=PairSettings(pairs=_count(pairs, "pairs", PairSettings().pairs, least=6)),
+        on_progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    for step in result.steps:
+        measured = step.measurement
+        print(
+            f"{step.revision.short} x{measured.ratio:.3f} {measured.state.replace('_', ' '):12} {step.revision.subject[:60]}"
+        )
+    print(f"{result.builds} builds, {result.board_seconds:.0f} s on {result.board} for {result.commits} commits")
+    print(f"bisect: {result.line()}")
+
+
 @task
 @_clean_errors
 def boards(c: Context) -> None:
