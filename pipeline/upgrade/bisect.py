@@ -56,10 +56,11 @@ class SearchResult:
         return self.first_slower is None and not self.undecided
 
 
+DEFAULT_BUDGET = Budget()
 Compare = Callable[[str], Measurement]  # a commit -> its A/B against the good end
 
 
-def bisect(commits: Sequence[str], compare: Compare, budget: Budget = Budget()) -> SearchResult:
+def bisect(commits: Sequence[str], compare: Compare, budget: Budget = DEFAULT_BUDGET) -> SearchResult:
     """The first commit of `commits` (oldest first, the bad end last; the good end is before the first)
     that `compare` finds slower than the good end, assuming the commits before it are not slower."""
     if not commits:

@@ -23,7 +23,7 @@ from pipeline.paths import CACHE_DIR, RECORDS_DIR, ROOT
 from pipeline.stats import DEFAULT_FACTOR, compare_pairs
 from pipeline.tvm_release.catalog import get_release
 from pipeline.upgrade import revisions
-from pipeline.upgrade.bisect import Budget, Measurement, bisect
+from pipeline.upgrade.bisect import DEFAULT_BUDGET, Budget, Measurement, State, bisect
 from pipeline.upgrade.revisions import Revision
 
 Progress = Callable[[str], None]
@@ -39,6 +39,9 @@ class PairSettings:
     batch_runs: int = 10
     warmup: int = 1
     factor: float = DEFAULT_FACTOR
+
+
+DEFAULT_PAIRS = PairSettings()
 
 
 @dataclass(frozen=True)
@@ -97,8 +100,8 @@ def bisect_regression(
     good: str,
     bad: str,
     *,
-    budget: Budget = Budget(),
-    settings: PairSettings = PairSettings(),
+    budget: Budget = DEFAULT_BUDGET,
+    settings: PairSettings = DEFAULT_PAIRS,
     on_progress: Progress | None = None,
     repo: Path = ROOT,
     cache_dir: Path = CACHE_DIR,
@@ -137,7 +140,7 @@ def bisect_regression(
             good_ms, current_ms = _time_pair(profile, baseline, artifact, settings)
             verdict = compare_pairs(good_ms, current_ms, settings.factor, final=True)
             slower = verdict.state == "confirmed" and verdict.change == "regression"
-            state = "slower" if slower else ("inconclusive" if verdict.state == "inconclusive" else "not_slower")
+            state: State = "slower" if slower else "inconclusive" if verdict.state == "inconclusive" else "not_slower"
             measured = Measurement(sha, state, verdict.ratio, verdict.reason, time.monotonic() - started)
             show(f"  {revision.short}: {state.replace('_', ' ')} ({verdict.reason})")
             steps.append(Step(revision, artifact.key, measured, good_ms, current_ms))
