@@ -481,6 +481,8 @@ def migrate(c: Context, board: str = "local", model: str = "tiny") -> None:
         "from": "the TVM release in use now (default: this environment's)",
         "rounds": "interleaved rounds, one timed run of each release per round (default: the profile's timing.runs)",
         "migrate": "let the new release migrate the old release's records (--no-migrate: TVM's own lookup)",
+        "from-rev": "instead of releases: a revision of this pipeline (sha, tag, HEAD~3), built by its own code",
+        "to-rev": "with --from-rev: the revision to compare it with (default: this working checkout)",
     }
 )
 @_clean_errors
@@ -492,24 +494,31 @@ def upgrade_check(
     from_: str | None = None,
     rounds: str | None = None,
     migrate: bool = True,
+    from_rev: str | None = None,
+    to_rev: str | None = None,
 ) -> None:
-    """Build the model under two TVM releases, run both interleaved on the board, and say whether the upgrade
-    keeps latency and coverage (exit 0) or not (exit 1, with the reason); the comparison goes to results/."""
+    """Build the model under two TVM releases (or by two revisions of this pipeline), run both interleaved on
+    the board, and say whether the upgrade keeps latency and coverage (exit 0) or not (exit 1, with the
+    reason); the comparison goes to results/."""
     from pipeline.errors import shown
-    from pipeline.upgrade.upgrade_check import KINDS
+    from pipeline.upgrade.upgrade_check import KINDS, revision_check
     from pipeline.upgrade.upgrade_check import upgrade_check as check_upgrade
 
-    if not to:
+    count = _count(rounds, "rounds", None, least=1)
+
+    def show(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    if from_rev is not None:
+        if to or from_:
+            raise PipelineError("--from-rev compares revisions, --from/--to releases", "pass one pair, not both")
+        report, path = revision_check(board, model, from_rev, to_rev, count, on_progress=show)
+    elif to_rev is not None:
+        raise PipelineError("--to-rev needs --from-rev", "name the revision to compare with, e.g. --from-rev HEAD~5")
+    elif not to:
         raise PipelineError("--to is missing", "name the release to upgrade to, e.g. --to 0.27")
-    report, path = check_upgrade(
-        board,
-        model,
-        to,
-        from_,
-        _count(rounds, "rounds", None, least=1),
-        migrate,
-        on_progress=lambda line: print(line, file=sys.stderr, flush=True),
-    )
+    else:
+        report, path = check_upgrade(board, model, to, from_, count, migrate, on_progress=show)
     old, new = report.old, report.new
     rows = [
         ("TVM", old.tvm_version, new.tvm_version),
@@ -528,13 +537,13 @@ def upgrade_check(
     ]
     timing_kind = "emulated, " if report.emulated else ""
     print(f"{report.model} on {report.board} ({timing_kind}{report.rounds} interleaved rounds)")
-    print(f"{'':12} {'TVM ' + old.release:>24} {'TVM ' + new.release:>24}")
+    print(f"{'':12} {old.name:>24} {new.name:>24}")
     for name, before, after in rows:
         print(f"{name:12} {before:>24} {after:>24}")
     verdict = report.verdict
     p_value = f", p={verdict.p_value:.2g}" if verdict.p_value is not None else ""
     print(
-        f"latency      {new.release}/{old.release} median ratio {verdict.ratio:.3f}: {verdict.change} ({verdict.method}{p_value}; {verdict.reason})"
+        f"latency      {new.slug}/{old.slug} median ratio {verdict.ratio:.3f}: {verdict.change} ({verdict.method}{p_value}; {verdict.reason})"
     )
     if report.changes:
         print(f"{len(report.changes)} conv/dense tasks changed their schedule kind or time:")
