@@ -33,10 +33,15 @@ SAMPLE_PERCENTILE = 10  # a sample is a low percentile of its batch: other proce
 @dataclass(frozen=True)
 class PairSettings:
     """How each commit is timed against the good end: `pairs` interleaved pairs (A B, B A, ...), each sample
-    the SAMPLE_PERCENTILE-th percentile of `batch_runs` runs in one runner process."""
+    the lowest SAMPLE_PERCENTILE-th percentile of `processes` runner processes (a process can stay slow for
+    its whole life) of `batch_runs` runs each. Pairs that cannot tell get `more_pairs` more, up to `max_pairs`,
+    where a median ratio within the factor is not slower (compare_pairs's final rule)."""
 
-    pairs: int = 10
-    batch_runs: int = 10
+    pairs: int = 8
+    more_pairs: int = 4
+    max_pairs: int = 16
+    batch_runs: int = 30
+    processes: int = 1  # each costs a runner start (about 1 s on a loaded 2-core host)
     warmup: int = 1
     factor: float = DEFAULT_FACTOR
 
@@ -137,8 +142,13 @@ def bisect_regression(
             show(f"Timing {revision.short} against {good_rev.short} on {profile.name} ({settings.pairs} pairs)")
             started = time.monotonic()
             pushed.update((baseline.key, artifact.key))
-            good_ms, current_ms = _time_pair(profile, baseline, artifact, settings)
-            verdict = compare_pairs(good_ms, current_ms, settings.factor, final=True)
+            good_ms, current_ms = _time_pair(profile, baseline, artifact, settings, settings.pairs)
+            verdict = compare_pairs(good_ms, current_ms, settings.factor, final=len(good_ms) >= settings.max_pairs)
+            while verdict.state == "inconclusive" and len(good_ms) < settings.max_pairs:
+                show(f"  {revision.short}: cannot tell yet ({verdict.reason}); {settings.more_pairs} more pairs")
+                more = _time_pair(profile, baseline, artifact, settings, settings.more_pairs)
+                good_ms, current_ms = good_ms + more[0], current_ms + more[1]
+                verdict = compare_pairs(good_ms, current_ms, settings.factor, final=len(good_ms) >= settings.max_pairs)
             slower = verdict.state == "confirmed" and verdict.change == "regression"
             state: State = "slower" if slower else "inconclusive" if verdict.state == "inconclusive" else "not_slower"
             measured = Measurement(sha, state, verdict.ratio, verdict.reason, time.monotonic() - started)
@@ -167,7 +177,7 @@ def bisect_regression(
 
 
 def _time_pair(
-    profile: BoardProfile, good: BuildArtifact, current: BuildArtifact, settings: PairSettings
+    profile: BoardProfile, good: BuildArtifact, current: BuildArtifact, settings: PairSettings, pairs: int
 ) -> tuple[list[float], list[float]]:
     """The one place the bisection times: both builds pushed side by side with this revision's runtime and
     run interleaved (A B, B A, ...), as upgrade-check does; returns the good and current samples, pair by pair."""
@@ -180,21 +190,26 @@ def _time_pair(
     samples: dict[str, list[float]] = {"good": [], "current": []}
     with open_board(profile) as session:
         deployments = {}
+
+        def batch(side: str) -> list[float]:
+            outcome = execute.run_benchmark(
+                session,
+                deployments[side],
+                good.input_shape,
+                warmup=settings.warmup,
+                runs=settings.batch_runs,
+                timeout_s=profile.timing.timeout_s,
+            )
+            return outcome.runs_ms
+
         for side, artifact in (("good", good), ("current", current)):
             bundle = runtime_bundle(profile.arch, get_release(artifact.release))
             deployments[side] = push_model(session, bundle, artifact, input_file)
             execute.check_architecture(artifact.arch, execute.probe_runtime(session, deployments[side]), session)
-        for index in range(settings.pairs):
+        for index in range(pairs):
             for side in ("good", "current") if index % 2 == 0 else ("current", "good"):
-                outcome = execute.run_benchmark(
-                    session,
-                    deployments[side],
-                    good.input_shape,
-                    warmup=settings.warmup,
-                    runs=settings.batch_runs,
-                    timeout_s=profile.timing.timeout_s,
-                )
-                samples[side].append(float(np.percentile(outcome.runs_ms, SAMPLE_PERCENTILE)))
+                lows = [np.percentile(batch(side), SAMPLE_PERCENTILE) for _ in range(settings.processes)]
+                samples[side].append(float(min(lows)))
     return samples["good"], samples["current"]
 
 
