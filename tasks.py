@@ -694,7 +694,10 @@ def nightly(
         confirm = runner.real_confirm(
             spec, on_progress=lambda line: console.print(f"  {line}", style="dim", markup=False, highlight=False)
         )
-        outcome = runner.run_nightly(spec, deploy, store, provenance, confirm=confirm, on_point=show)
+        bisect = runner.real_bisect(
+            on_progress=lambda line: console.print(f"  {line}", style="dim", markup=False, highlight=False)
+        )
+        outcome = runner.run_nightly(spec, deploy, store, provenance, confirm=confirm, on_point=show, bisect=bisect)
         page = write_report(store, outcome, report_path)
     print("\n".join(nightly_summary_lines(outcome)))
     print(f"Report       {page}")

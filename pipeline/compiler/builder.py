@@ -30,7 +30,11 @@ from pipeline.tvm_release.errors import tvm_errors
 PACKAGE = Path(__file__).resolve().parent.parent
 RECIPE_PACKAGES = tuple(PACKAGE / name for name in ("compiler", "records"))
 # Of the ground floors, what changes a build: the release shims, the trace renames and the tiling arithmetic.
-RECIPE_MODULES = (PACKAGE / "tvm_release" / "compat.py", PACKAGE / "tvm_release" / "trace_renames.py", PACKAGE / "tiling.py")
+RECIPE_MODULES = (
+    PACKAGE / "tvm_release" / "compat.py",
+    PACKAGE / "tvm_release" / "trace_renames.py",
+    PACKAGE / "tiling.py",
+)
 
 LIBRARY_NAME = "model.so"
 PARAMS_NAME = "params.bin"
