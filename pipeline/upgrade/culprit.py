@@ -17,7 +17,7 @@ from pipeline.board.profile import BoardProfile, load_board
 from pipeline.board.session import open_board
 from pipeline.compiler.builder import BuildArtifact
 from pipeline.deploy import execute, inputs
-from pipeline.deploy.layout import push_model
+from pipeline.deploy.layout import Deployment, push_model
 from pipeline.errors import PipelineError
 from pipeline.paths import CACHE_DIR, RECORDS_DIR, ROOT
 from pipeline.stats import DEFAULT_FACTOR, compare_pairs
@@ -189,7 +189,7 @@ def _time_pair(
     _, input_file = inputs.make_input(good.input_shape)
     samples: dict[str, list[float]] = {"good": [], "current": []}
     with open_board(profile) as session:
-        deployments = {}
+        deployments: dict[str, Deployment] = {}
 
         def batch(side: str) -> list[float]:
             outcome = execute.run_benchmark(
