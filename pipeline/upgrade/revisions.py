@@ -93,6 +93,11 @@ def head(repo: Path = ROOT) -> Revision:
     return resolve("HEAD", repo)
 
 
+def has_changes(repo: Path = ROOT) -> bool:
+    """The working tree differs from HEAD in a tracked file: its build is not HEAD's."""
+    return bool(git(repo, "status", "--porcelain", "--untracked-files=no").stdout.strip())
+
+
 def build_at(
     revision: Revision,
     board: str,

@@ -148,7 +148,8 @@ def revision_check(
     if after is None:
         show(f"Building {spec.name} for {profile.name} in this working checkout...")
         current = revisions.head(repo)
-        new_side = (f"{current.short}+", builder.build(spec, profile))  # + : the working tree, changes included
+        changed = "+" if revisions.has_changes(repo) else ""  # + : the working tree, its changes included
+        new_side = (f"{current.short}{changed}", builder.build(spec, profile))
     else:
         new_side = (after.short, revisions.build_at(after, board, model, show, repo))
     return compare_builds(profile, spec, old_side, new_side, rounds, show, results_dir)
