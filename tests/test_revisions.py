@@ -105,6 +105,26 @@ def test_a_commit_whose_build_fails_is_one_line_and_leaves_no_worktree(repo: dic
         git(clone, "checkout", "-q", "--detach", repo["bad"])
 
 
+def test_a_revision_whose_pins_cannot_be_installed_is_one_line_and_leaves_nothing(repo: dict, tmp_path: Path) -> None:
+    clone = repo["path"]
+    git(clone, "checkout", "-q", "--detach", repo["bad"])
+    pins = "pyelftools==0.33\n"
+    broken = commit(
+        clone, "requirements.txt", pins, pins + "not-a-real-package-qq==1.0\n", "pins: one that exists nowhere"
+    )
+    try:
+        with pytest.raises(PipelineError) as caught:
+            bisect_regression("local", "tiny", repo["bad"], broken, settings=PAIRS, repo=clone, cache_dir=tmp_path)
+        line = caught.value.line()
+        assert line.startswith(f"error: cannot install the pins of {broken[:12]} (installing its pins): ERROR: No "), (
+            line
+        )
+        assert len(line) <= 300 and "\n" not in line
+        assert leftovers(clone, tmp_path) == [] and list((tmp_path / "revisions" / "envs").iterdir()) == []
+    finally:
+        git(clone, "checkout", "-q", "--detach", repo["bad"])
+
+
 def bisect_cli(*args: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "invoke", "bisect", "--board", "local", "--model", "tiny", *args]
     return subprocess.run(command, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=120)

@@ -194,13 +194,15 @@ def revision_python(tree: Path, revision: Revision, show: Progress, cache_dir: P
                 log = write_log(f"env-{revision.short}", f"$ {' '.join(command)}\n{done.stdout}\n{done.stderr}")
                 last = ([line for line in done.stderr.splitlines() if line.strip()] or [str(done.returncode)])[-1]
                 raise PipelineError(
-                    f"the environment of {revision.short} could not be installed ({step}): {last}",
-                    "check pip's configuration and the network, or compare with a revision of the same pins",
+                    f"cannot install the pins of {revision.short} ({step}): {last}",
+                    "check pip's configuration and the network",
                     log,
                 )
         (staging / "venv").rename(venv)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not python.exists():
+            shutil.rmtree(venv.parent, ignore_errors=True)
     return python
 
 
