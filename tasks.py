@@ -570,7 +570,8 @@ def upgrade_check(
         "bad": "a later revision where it is slower (default: HEAD)",
         "max-builds": "commits the bisection may build, both ends included (default 12)",
         "board-seconds": "board time the A/B sessions may take in all (default 900)",
-        "pairs": "interleaved A/B pairs per commit (default 10)",
+        "pairs": "interleaved A/B pairs per commit at first (default 8)",
+        "factor": "how much slower a commit's median ratio must be to count as slower (default: the nightly's 1.05)",
     }
 )
 @_clean_errors
@@ -583,14 +584,17 @@ def bisect(
     max_builds: str | None = None,
     board_seconds: str | None = None,
     pairs: str | None = None,
+    factor: str | None = None,
 ) -> None:
     """Build the model at the commits between --good and --bad (binary search, each in a worktree), time each
     A/B against --good on the board, and name the first commit that made it slower."""
     from pipeline.upgrade.bisect import Budget
-    from pipeline.upgrade.culprit import PairSettings, bisect_regression
+    from pipeline.upgrade.culprit import DEFAULT_PAIRS, PairSettings, bisect_regression
 
     if not good:
         raise PipelineError("--good is missing", "name a revision where the model was fast, e.g. --good HEAD~10")
+    if factor is not None and _positive(factor, "factor", 1.0, "1.05") < 1:
+        raise PipelineError(f"--factor must be at least 1, got '{factor}'", "pass e.g. --factor 1.05")
     default = Budget()
     result = bisect_regression(
         board,
@@ -601,7 +605,10 @@ def bisect(
             _count(max_builds, "max-builds", default.builds, least=2),
             _positive(board_seconds, "board-seconds", default.board_seconds, "900"),
         ),
-        settings=PairSettings(pairs=_count(pairs, "pairs", PairSettings().pairs, least=6)),
+        settings=PairSettings(
+            pairs=_count(pairs, "pairs", DEFAULT_PAIRS.pairs, least=8),
+            factor=_positive(factor, "factor", DEFAULT_PAIRS.factor, "1.05"),
+        ),
         on_progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
     for step in result.steps:

@@ -19,7 +19,9 @@ from pipeline.upgrade.revisions import FIRST_BUILD_REVISION
 SCHEDULES = "pipeline/compiler/schedules/default_schedules.py"
 TILE = "    return plan[spatial.index(position)]\n"
 SLOW_TILE = "    return _pad([extents[spatial.index(position)]], parts, front=False)  # no tile, no vectors\n"
-PAIRS = PairSettings()
+# The injected rule is ~1.7x slower; two identical builds of the tiny model measured up to x1.09 apart over 20
+# pairs on this shared 2-core host, so the test asks for a change past x1.25 (the nightly's 1.05 is for boards).
+PAIRS = PairSettings(factor=1.25)
 
 
 def git(repo: Path, *args: str) -> str:
