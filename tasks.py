@@ -287,6 +287,8 @@ def migrate(c: Context, board: str = "local", model: str = "tiny") -> None:
         "from": "the TVM release in use now (default: this environment's)",
         "rounds": "interleaved rounds, one timed run of each release per round (default: the profile's timing.runs)",
         "migrate": "let the new release migrate the old release's records (--no-migrate: TVM's own lookup)",
+        "from-rev": "instead of releases: a revision of this pipeline (sha, tag, HEAD~3), built by its own code",
+        "to-rev": "with --from-rev: the revision to compare it with (default: this working checkout)",
     }
 )
 @_clean_errors
@@ -298,27 +300,93 @@ def upgrade_check(
     from_: str | None = None,
     rounds: str | None = None,
     migrate: bool = True,
+    from_rev: str | None = None,
+    to_rev: str | None = None,
 ) -> None:
-    """Build the model under two TVM releases, run both interleaved on the board, and say whether the upgrade
-    keeps latency and coverage (exit 0) or not (exit 1, with the reason); the comparison goes to results/."""
+    """Build the model under two TVM releases (or by two revisions of this pipeline), run both interleaved on
+    the board, and say whether the upgrade keeps latency and coverage (exit 0) or not (exit 1, with the
+    reason); the comparison goes to results/."""
     from pipeline.upgrade.report import upgrade_check_lines
+    from pipeline.upgrade.upgrade_check import revision_check
     from pipeline.upgrade.upgrade_check import upgrade_check as check_upgrade
 
-    if not to:
+    count = flags.count(rounds, "rounds", None, least=1)
+
+    def show(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    if from_rev is not None:
+        if to or from_:
+            raise PipelineError("--from-rev compares revisions, --from/--to releases", "pass one pair, not both")
+        report, path = revision_check(board, model, from_rev, to_rev, count, on_progress=show)
+    elif to_rev is not None:
+        raise PipelineError("--to-rev needs --from-rev", "name the revision to compare with, e.g. --from-rev HEAD~5")
+    elif not to:
         raise PipelineError("--to is missing", "name the release to upgrade to, e.g. --to 0.27")
-    report, path = check_upgrade(
-        board,
-        model,
-        to,
-        from_,
-        flags.count(rounds, "rounds", None, least=1),
-        migrate,
-        on_progress=lambda line: print(line, file=sys.stderr, flush=True),
-    )
+    else:
+        report, path = check_upgrade(board, model, to, from_, count, migrate, on_progress=show)
     print("\n".join(upgrade_check_lines(report, path)))
     if not report.passed:
         raise Exit(f"upgrade-check: not safe: {report.reason}", code=1)
     print(f"upgrade-check: ok: {report.reason}")
+
+
+@task(
+    help={
+        "board": "board profile name or path: each commit's build is timed there against the good one",
+        "model": "builtin model name or .onnx path",
+        "good": "a revision of the pipeline where the model was fast (sha, tag, branch, HEAD~5)",
+        "bad": "a later revision where it is slower (default: HEAD)",
+        "max-builds": "commits the bisection may build, both ends included (default 12)",
+        "board-seconds": "board time the A/B sessions may take in all (default 900)",
+        "pairs": "interleaved A/B pairs per commit at first (default 8)",
+        "factor": "how much slower a commit's median ratio must be to count as slower (default: the nightly's 1.05)",
+    }
+)
+@_clean_errors
+def bisect(
+    c: Context,
+    board: str = "local",
+    model: str = "tiny",
+    good: str = "",
+    bad: str = "HEAD",
+    max_builds: str | None = None,
+    board_seconds: str | None = None,
+    pairs: str | None = None,
+    factor: str | None = None,
+) -> None:
+    """Build the model at the commits between --good and --bad (binary search, each in a worktree), time each
+    A/B against --good on the board, and name the first commit that made it slower."""
+    from pipeline.upgrade.bisect import Budget
+    from pipeline.upgrade.culprit import DEFAULT_PAIRS, PairSettings, bisect_regression
+
+    if not good:
+        raise PipelineError("--good is missing", "name a revision where the model was fast, e.g. --good HEAD~10")
+    if factor is not None and flags.positive(factor, "factor", 1.0, "1.05") < 1:
+        raise PipelineError(f"--factor must be at least 1, got '{factor}'", "pass e.g. --factor 1.05")
+    default = Budget()
+    result = bisect_regression(
+        board,
+        model,
+        good,
+        bad,
+        budget=Budget(
+            flags.count(max_builds, "max-builds", default.builds, least=2),
+            flags.positive(board_seconds, "board-seconds", default.board_seconds, "900"),
+        ),
+        settings=PairSettings(
+            pairs=flags.count(pairs, "pairs", DEFAULT_PAIRS.pairs, least=8),
+            factor=flags.positive(factor, "factor", DEFAULT_PAIRS.factor, "1.05"),
+        ),
+        on_progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    for step in result.steps:
+        measured = step.measurement
+        print(
+            f"{step.revision.short} x{measured.ratio:.3f} {measured.state.replace('_', ' '):12} {step.revision.subject[:60]}"
+        )
+    print(f"{result.builds} builds, {result.board_seconds:.0f} s on {result.board} for {result.commits} commits")
+    print(f"bisect: {result.line()}")
 
 
 @task
@@ -402,7 +470,10 @@ def nightly(
         confirm = runner.real_confirm(
             spec, on_progress=lambda line: console.print(f"  {line}", style="dim", markup=False, highlight=False)
         )
-        outcome = runner.run_nightly(spec, deploy, store, provenance, confirm=confirm, on_point=show)
+        bisect = runner.real_bisect(
+            on_progress=lambda line: console.print(f"  {line}", style="dim", markup=False, highlight=False)
+        )
+        outcome = runner.run_nightly(spec, deploy, store, provenance, confirm=confirm, on_point=show, bisect=bisect)
         page = write_report(store, outcome, report_path)
     print("\n".join(nightly_summary_lines(outcome)))
     print(f"Report       {page}")

@@ -102,6 +102,9 @@ class Point:
 DeployPoint = Callable[[Point], DeployResult]
 # A flagged point's baseline and tonight's result, run A/B on the point's board.
 ConfirmPoint = Callable[[Point, DeployResult, DeployResult], Confirmation]
+# A confirmed regression whose pipeline commit changed: the point, the baseline's commit and tonight's ->
+# the bisection's one line (its culprit, or what it could not decide).
+BisectPoint = Callable[[Point, str, str], str]
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ class PointOutcome:
     error: str | None = None
     confirmation: Confirmation | None = None
     tasks: list[str] = field(default_factory=list)
+    culprit: str | None = None  # the bisection's line for a confirmed regression whose pipeline commit changed
 
     @property
     def alarm(self) -> str | None:
@@ -207,6 +211,7 @@ def run_nightly(
     confirm: ConfirmPoint,
     lock_dir: Path = DEFAULT_LOCK_DIR,
     on_point: Callable[[PointOutcome], None] | None = None,
+    bisect: BisectPoint | None = None,
 ) -> NightlyOutcome:
     """Deploy each point, compare it with its recent history, confirm a flagged change with `confirm`,
     store it at once (one transaction each). Ctrl-C stops the loop but keeps every point already stored."""
@@ -216,7 +221,7 @@ def run_nightly(
     with board_locks(matrix.boards, lock_dir):
         for index, point in enumerate(points):
             try:
-                outcome = _measure(point, matrix, deploy_point, confirm, history, provenance)
+                outcome = _measure(point, matrix, deploy_point, confirm, history, provenance, bisect)
             except KeyboardInterrupt:
                 return NightlyOutcome(started, outcomes, points[index:], interrupted=True)
             outcomes.append(outcome)
@@ -232,6 +237,7 @@ def _measure(
     confirm: ConfirmPoint,
     history: History,
     provenance: RunProvenance,
+    bisect: BisectPoint | None = None,
 ) -> PointOutcome:
     try:
         result = deploy_point(point)
@@ -266,7 +272,14 @@ def _measure(
             causes = likely_causes(baseline.result, result, direction, before=baseline.provenance, after=provenance)
             tasks = changed_tasks(confirmation.baseline_tasks, confirmation.current_tasks, direction)
     result_id = history.add(result, provenance, Comparison(baseline.id, verdict, causes, confirmation))
-    return PointOutcome(point, result_id, median_ms, verdict, causes, confirmation=confirmation, tasks=tasks)
+    culprit = None
+    good, bad = baseline.provenance.pipeline_commit, provenance.pipeline_commit
+    if bisect is not None and confirmation is not None and confirmation.confirmed_change == "regression":
+        if good and bad and good != bad:  # a dirty checkout bisects from its HEAD: its changes are not a commit
+            culprit = bisect(point, good.removesuffix("-dirty"), bad.removesuffix("-dirty"))
+    return PointOutcome(
+        point, result_id, median_ms, verdict, causes, confirmation=confirmation, tasks=tasks, culprit=culprit
+    )
 
 
 def real_deploy(
@@ -316,6 +329,22 @@ def real_confirm(matrix: Matrix, on_progress: Callable[[str], None] | None = Non
             return Confirmation("cannot_confirm", f"cannot confirm: the A/B session failed: {error}")
 
     return confirm_point
+
+
+def real_bisect(on_progress: Callable[[str], None] | None = None) -> BisectPoint:
+    """The bisection of `invoke bisect` with its default budget; a failure is said in the line, the point kept."""
+
+    def bisect_point(point: Point, good: str, bad: str) -> str:
+        from pipeline.upgrade.culprit import bisect_regression
+
+        if good == bad:
+            return f"not bisected: tonight's commit {bad[:12]} is the baseline's, only uncommitted changes differ"
+        try:
+            return bisect_regression(point.board, point.model, good, bad, on_progress=on_progress).line()
+        except PipelineError as error:
+            return f"bisection failed: {error}"
+
+    return bisect_point
 
 
 def cron_line(matrix_path: Path, matrix: Matrix) -> str:

@@ -91,7 +91,8 @@ def point_line(outcome: PointOutcome) -> str:
         f"{label:<12} {name}: {flagged}median {verdict.current_median_ms:.2f} ms vs {verdict.baseline_median_ms:.2f} ms "
         f"(x{verdict.ratio:.2f}; {verdict.current_runs} vs {verdict.baseline_runs} runs, {verdict.reason})"
     )
-    return f"{line}; {confirmation.reason}" if confirmation is not None else line
+    line = f"{line}; {confirmation.reason}" if confirmation is not None else line
+    return f"{line}; bisect: {outcome.culprit}" if outcome.culprit else line
 
 
 def write_report(history: History, outcome: NightlyOutcome, directory: Path) -> Path:

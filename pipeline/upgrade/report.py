@@ -31,13 +31,13 @@ def upgrade_check_lines(report: UpgradeCheck, path: Path) -> list[str]:
     timing_kind = "emulated, " if report.emulated else ""
     lines = [
         f"{report.model} on {report.board} ({timing_kind}{report.rounds} interleaved rounds)",
-        f"{'':12} {'TVM ' + old.release:>24} {'TVM ' + new.release:>24}",
+        f"{'':12} {old.name:>24} {new.name:>24}",
         *(f"{name:12} {before:>24} {after:>24}" for name, before, after in rows),
     ]
     verdict = report.verdict
     p_value = f", p={verdict.p_value:.2g}" if verdict.p_value is not None else ""
     lines.append(
-        f"latency      {new.release}/{old.release} median ratio {verdict.ratio:.3f}: {verdict.change} "
+        f"latency      {new.slug}/{old.slug} median ratio {verdict.ratio:.3f}: {verdict.change} "
         f"({verdict.method}{p_value}; {verdict.reason})"
     )
     if report.changes:
