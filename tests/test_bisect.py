@@ -84,7 +84,7 @@ def test_builds_needed_counts_both_ends_and_the_midpoints() -> None:
 
 def test_the_nightly_bisects_a_confirmed_regression_whose_pipeline_commit_changed(tmp_path: Path) -> None:
     """Stand-ins for the deploy, the A/B session and the bisection: the loop calls the bisection with the
-    baseline's and tonight's commits, and the summary line carries its answer."""
+    baseline's and tonight's commits, and the summary line and the history carry its answer."""
     matrix = Matrix(matrix=[MatrixEntry(boards=["rk3399"], models=["vgg16"], runs=20)])
     asked: list[tuple[str, str, str]] = []
 
@@ -115,6 +115,8 @@ def test_the_nightly_bisects_a_confirmed_regression_whose_pipeline_commit_change
         assert same_commit.exit_code == 1 and asked == [] and same_commit.outcomes[0].culprit is None
         night(10.0, "a", "good")
         slower = night(19.0, "c", "bad-dirty")
+        stored = store.series("rk3399", "vgg16")
+    assert [entry.culprit for entry in stored] == [None, None, None, slower.outcomes[0].culprit]
     assert asked == [("rk3399/vgg16", "good", "bad")]
     assert slower.outcomes[0].culprit == "culprit: bad default schedules: no register tile (x1.90 against good)"
     assert point_line(slower.outcomes[0]).endswith(

@@ -48,6 +48,11 @@ def test_a_result_round_trips_with_runs_coverage_provenance_and_verdict(history:
     assert (old.change, new.change) == (None, "regression")
     assert new.causes == [cause]
     assert history.points() == [("rk3399", "vgg16")]
+    history.set_culprit(second, "culprit: c0ffee default schedules: no register tile")
+    assert [entry.culprit for entry in history.series("rk3399", "vgg16")] == [
+        None,
+        "culprit: c0ffee default schedules: no register tile",
+    ]
 
 
 def test_the_baseline_is_the_latest_earlier_result_whose_output_was_right(history: History) -> None:
@@ -202,7 +207,7 @@ def test_a_database_written_by_the_previous_version_is_migrated_and_reads_typed(
         third = store.add(synthetic_result([1.0]), PROVENANCE)
         assert [entry.id for entry in store.series("rk3399", "vgg16")] == [1, 2, third]
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone() == (3,)
+    assert db.execute("PRAGMA user_version").fetchone() == (4,)
     assert all("provenance" not in json.loads(text) for (text,) in db.execute("SELECT result FROM results"))
 
 
@@ -276,11 +281,12 @@ def test_a_version_2_database_gets_the_confirmation_columns_and_its_per_task_tim
     db = sqlite3.connect(path)  # back to what version 2 wrote
     db.executescript(
         "DROP TABLE kernel_times; ALTER TABLE comparisons DROP COLUMN confirmation;"
-        " ALTER TABLE comparisons DROP COLUMN confirmation_detail; PRAGMA user_version = 2;"
+        " ALTER TABLE comparisons DROP COLUMN confirmation_detail; ALTER TABLE comparisons DROP COLUMN culprit;"
+        " PRAGMA user_version = 2;"
     )
     db.close()
     with History(path) as store:
         assert store.kernel_times(first) == kernels
         [_, flag] = store.series("rk3399", "vgg16")
-        assert (flag.id, flag.confirmation, flag.confirmed_change) == (second, None, "regression")
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (3,)
+        assert (flag.id, flag.confirmation, flag.confirmed_change, flag.culprit) == (second, None, "regression", None)
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (4,)

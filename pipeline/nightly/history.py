@@ -11,7 +11,9 @@ Database versions (PRAGMA user_version): 1 kept the result JSON with the run's p
 in, in a column `record`; 2 keeps the result JSON as the deploy wrote it, in a column `result`, and
 the provenance only in its own columns; 3 adds the A/B confirmation of a flagged comparison
 (`confirmation`: its state, `confirmation_detail`: its pairs and per-task times as JSON) and a table
-`kernel_times` (per-task times of profiled runs). An older database is migrated when it is opened.
+`kernel_times` (per-task times of profiled runs); 4 adds the bisection of a confirmed regression
+(`culprit`: its one line, the first commit that made it slower or what it could not decide). An older
+database is migrated when it is opened.
 """
 
 import json
@@ -34,7 +36,7 @@ from pipeline.nightly.provenance import RunProvenance
 from pipeline.paths import RESULTS_DIR
 from pipeline.stats import Verdict
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DEFAULT_PATH = RESULTS_DIR / "history.sqlite"
 BUSY_TIMEOUT_S = 30.0
 
@@ -80,7 +82,8 @@ CREATE TABLE comparisons (
     reason TEXT NOT NULL,
     causes TEXT NOT NULL,
     confirmation TEXT,
-    confirmation_detail TEXT
+    confirmation_detail TEXT,
+    culprit TEXT
 );
 CREATE TABLE kernel_times (
     result_id INTEGER NOT NULL REFERENCES results (id),
@@ -114,6 +117,7 @@ class Entry:
     change: str | None
     causes: list[Cause]
     confirmation: Confirmation | None = None
+    culprit: str | None = None  # the bisection's line, for a confirmed regression whose pipeline commit changed
 
     @property
     def confirmed_change(self) -> str | None:
@@ -166,10 +170,12 @@ class History:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
-            elif version in (1, 2):
+            elif version in (1, 2, 3):
                 if version == 1:
                     _migrate_from_version_1(db, self.path)
-                _migrate_from_version_2(db, self.path)
+                if version <= 2:
+                    _migrate_from_version_2(db, self.path)
+                _migrate_from_version_3(db)
             else:
                 raise PipelineError(
                     f"history database {self.path} has schema version {version}, this pipeline reads {SCHEMA_VERSION}",
@@ -234,6 +240,12 @@ class History:
                 )
         return result_id
 
+    def set_culprit(self, result_id: int, line: str) -> None:
+        """Keep the bisection's line with the result's comparison (the bisection runs after the result is stored,
+        so a night interrupted during a long bisection keeps its result)."""
+        with self._transaction() as db:
+            db.execute("UPDATE comparisons SET culprit = ? WHERE result_id = ?", (line, result_id))
+
     def baseline(self, board_name: str, model: str, timing_kind: str) -> Entry | None:
         """The latest earlier result of this point whose output check passed: what tonight is compared with."""
         rows = self._select(
@@ -280,7 +292,7 @@ class History:
     def _select(self, where: str, params: Sequence[Any]) -> list[Entry]:
         rows = self._db.execute(
             "SELECT r.id, r.result, r.pipeline_commit, r.record_store_version, c.change, c.causes,"
-            " c.confirmation_detail"
+            " c.confirmation_detail, c.culprit"
             f" FROM results r LEFT JOIN comparisons c ON c.result_id = r.id {where}",
             params,
         ).fetchall()
@@ -292,6 +304,7 @@ class History:
                 change=row[4],
                 causes=[Cause(**cause) for cause in json.loads(row[5] or "[]")],
                 confirmation=_CONFIRMATION.validate_json(row[6]) if row[6] else None,
+                culprit=row[7],
             )
             for row in rows
         ]
@@ -322,6 +335,11 @@ def _migrate_from_version_2(db: sqlite3.Connection, path: Path) -> None:
     for result_id, text in db.execute("SELECT id, result FROM results").fetchall():
         result = DeployResult.from_json(text, f"result {result_id} in history database {path}")
         _insert_kernel_times(db, result_id, result.kernel_times)
+
+
+def _migrate_from_version_3(db: sqlite3.Connection) -> None:
+    """Version 3 -> 4: comparisons get their (empty) bisection column."""
+    db.execute("ALTER TABLE comparisons ADD COLUMN culprit TEXT")
 
 
 def _insert_kernel_times(db: sqlite3.Connection, result_id: int, kernels: Sequence[KernelTime]) -> None:

@@ -277,6 +277,7 @@ def _measure(
     if bisect is not None and confirmation is not None and confirmation.confirmed_change == "regression":
         if good and bad and good != bad:  # a dirty checkout bisects from its HEAD: its changes are not a commit
             culprit = bisect(point, good.removesuffix("-dirty"), bad.removesuffix("-dirty"))
+            history.set_culprit(result_id, culprit)
     return PointOutcome(
         point, result_id, median_ms, verdict, causes, confirmation=confirmation, tasks=tasks, culprit=culprit
     )
